@@ -1,0 +1,243 @@
+"""Artifacts: a directory plus a manifest ``bertedge.json``, written atomically.
+
+A stage writes into a hidden sibling temp directory and renames it into place only when
+everything (weights, tokenizer, manifest) is written. A crash or an error leaves no
+directory at the output path, and a leftover temp directory is never read as an artifact
+because `load_artifact` requires the manifest's ``complete`` flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ArtifactError
+
+MANIFEST = "bertedge.json"
+FORMAT_VERSION = 1
+PARTIAL_MARK = ".partial-"
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def stage(self) -> str:
+        return self.manifest.get("stage", "?")
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.get("labels") or [])
+
+    @property
+    def is_bundle(self) -> bool:
+        """An ONNX bundle (model.onnx + tokenizer) rather than a transformers directory."""
+        return (self.path / "model.onnx").exists()
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.manifest.get("metrics") or {})
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = Path(path) / MANIFEST
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"not a bertedge artifact (no {MANIFEST})", where=str(path),
+            fix="Pass a directory written by a bertedge stage (finetune, distill, prune, export, quantize)",
+        ) from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(
+            f"manifest is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+            where=str(manifest_path), fix="The artifact is damaged; rerun the stage that wrote it",
+        ) from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError("manifest is not a JSON object", where=str(manifest_path),
+                            fix="The artifact is damaged; rerun the stage that wrote it")
+    return manifest
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Open a finished artifact; refuse missing, partial or damaged ones."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError("no such artifact directory", where=str(path),
+                            fix="Check the path, or run the stage that writes it first")
+    if not path.is_dir():
+        raise ArtifactError("is a file, not an artifact directory", where=str(path),
+                            fix="Pass the artifact directory that holds bertedge.json")
+    manifest = read_manifest(path)
+    if manifest.get("complete") is not True:
+        raise ArtifactError("artifact is incomplete (its stage did not finish)", where=str(path),
+                            fix="Delete it and rerun the stage, or use `bertedge run --resume`")
+    for key in ("task", "stage"):
+        if key not in manifest:
+            raise ArtifactError(f"manifest lacks the field '{key}'", where=str(path / MANIFEST),
+                                fix="The artifact is damaged; rerun the stage that wrote it")
+    return Artifact(path=path, manifest=manifest)
+
+
+def is_artifact(path: Path) -> bool:
+    try:
+        load_artifact(path)
+    except ArtifactError:
+        return False
+    return True
+
+
+def _enclosing_artifact(path: Path) -> Path | None:
+    for parent in [path, *path.parents]:
+        if (parent / MANIFEST).is_file():
+            return parent
+    return None
+
+
+def check_output_path(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Validate an output directory before any work starts. Writes nothing."""
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise ArtifactError("output path exists and is a file", where=str(out),
+                            fix="Choose a directory path for --out")
+    enclosing = _enclosing_artifact(out.parent)
+    if enclosing is not None:
+        raise ArtifactError(f"output path is inside the artifact {enclosing}", where=str(out),
+                            fix="Write artifacts next to each other, not inside one another")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ArtifactError("output directory already exists and is not empty", where=str(out),
+                                fix="Pass --overwrite to replace it, or choose another --out")
+        if not (out / MANIFEST).is_file():
+            raise ArtifactError("refusing to overwrite a non-empty directory that is not a bertedge artifact",
+                                where=str(out), fix="Choose another --out")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ArtifactError(f"cannot write here: {existing} is read-only", where=str(out),
+                            fix="Choose a writable --out")
+    return out
+
+
+def payload_sha256(path: Path) -> str:
+    """Hash of every file in the artifact except the manifest (names and contents)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = file.relative_to(path).as_posix()
+        digest.update(rel.encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def parent_record(parent: Artifact | None) -> dict[str, Any] | None:
+    if parent is None:
+        return None
+    return {
+        "path": str(parent.path.absolute()),
+        "stage": parent.stage,
+        "sha256": parent.manifest.get("payload_sha256"),
+    }
+
+
+class ArtifactWriter:
+    """The temp directory a stage writes into, and the manifest it will finish with."""
+
+    def __init__(self, out: Path, tmp: Path, stage: str, task: str):
+        self.out = out
+        self.path = tmp
+        self.started = time.time()
+        self.manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "stage": stage,
+            "task": task,
+            "complete": False,
+        }
+
+    def finish(self) -> None:
+        from .env import environment
+
+        self.manifest["payload_sha256"] = payload_sha256(self.path)
+        self.manifest["size_bytes"] = dir_size(self.path)
+        self.manifest["environment"] = environment()
+        self.manifest["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.manifest["wall_time_s"] = round(time.time() - self.started, 2)
+        self.manifest["complete"] = True
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+
+def _clean_stale_partials(out: Path) -> None:
+    """Remove temp directories left by dead processes for this output path."""
+    prefix = f".{out.name}{PARTIAL_MARK}"
+    for candidate in out.parent.glob(prefix + "*"):
+        pid = candidate.name[len(prefix):]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_artifact(out: str | Path, *, stage: str, task: str, overwrite: bool = False) -> Iterator[ArtifactWriter]:
+    """Yield a writer over a temp dir; on success rename it to `out`, on failure delete it."""
+    out = check_output_path(out, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_partials(out)
+    tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    writer = ArtifactWriter(out, tmp, stage, task)
+    try:
+        yield writer
+        writer.finish()
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    writer.path = out

@@ -1,0 +1,83 @@
+"""The `bertedge` command line. Thin: flags -> config -> stage call.
+
+Heavy libraries (torch, transformers, onnxruntime) are imported inside command bodies so
+`bertedge --help` is instant. Every BertEdgeError is printed as one line on stderr with exit
+code 1; usage errors exit 2; `--debug` (or BERTEDGE_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+try:  # typer >= 0.22 vendors click as typer._click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer with click installed
+    from click import exceptions as click_exceptions
+
+from ..errors import BertEdgeError
+
+app = typer.Typer(
+    name="bertedge",
+    help="Fine-tune, distill, prune, quantize, export and benchmark BERT-family encoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+STATE = {"debug": bool(os.environ.get("BERTEDGE_DEBUG"))}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More log output on stderr."),
+) -> None:
+    from .. import log
+
+    STATE["debug"] = STATE["debug"] or debug
+    log.setup(verbose)
+
+
+# Command modules register themselves on `app` when imported.
+from . import commands  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 error, 2 usage)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        STATE["debug"] = True
+    try:
+        app(args=args, prog_name="bertedge", standalone_mode=False)
+    except click_exceptions.UsageError as exc:
+        exc.show()
+        return 2
+    except click_exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BertEdgeError as exc:
+        if STATE["debug"]:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - a bug still gets one line; --debug shows it
+        if STATE["debug"]:
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        print(f"error: unexpected {type(exc).__name__}: {detail} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""info, finetune, eval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .common import emit_json, fmt_metric
+
+
+@app.command()
+def info(json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False) -> None:
+    """Library versions, CPU flags (avx2/avx512/vnni/amx), ONNX Runtime providers, GPUs, data root."""
+    from ..data import data_root
+    from ..env import cpu_info, gpu_info, library_versions, ort_providers
+    from ..models import ALIASES, alias_path
+
+    aliases = {}
+    for alias in ALIASES:
+        try:
+            aliases[alias] = str(alias_path(alias))
+        except Exception as exc:  # noqa: BLE001 - info reports, never fails
+            aliases[alias] = f"unavailable: {exc}"
+    root = data_root()
+    data = {
+        "versions": library_versions(),
+        "cpu": cpu_info(),
+        "onnxruntime_providers": ort_providers(),
+        "gpus": gpu_info(),
+        "data_root": str(root) if root else None,
+        "model_aliases": aliases,
+    }
+    if json_out:
+        emit_json(data)
+        return
+    typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
+    cpu = data["cpu"]
+    typer.echo(f"cpu: {cpu['model']} ({cpu['usable_cores']} usable cores), flags: {' '.join(cpu['flags']) or 'none'}")
+    typer.echo("onnxruntime providers: " + (", ".join(data["onnxruntime_providers"]) or "onnxruntime not installed"))
+    typer.echo("gpus: " + (", ".join(g["name"] for g in data["gpus"]) or "none"))
+    typer.echo(f"data root: {data['data_root'] or 'not found (set BERTEDGE_DATA_ROOT)'}")
+    for alias, path in aliases.items():
+        typer.echo(f"model alias {alias}: {path}")
+
+
+TASK_HELP = "text-classification, token-classification or question-answering"
+
+
+@app.command()
+def finetune(
+    out: Annotated[Path, typer.Option("--out", help="Output artifact directory.")],
+    task: Annotated[str, typer.Option("--task", help=TASK_HELP)],
+    data: Annotated[str, typer.Option("--data", help="Data directory, name under the data root (sst2), or hub:NAME[/CONFIG].")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Alias (minilm-l6), model directory or hub id.")] = None,
+    epochs: Annotated[float, typer.Option(help="Training epochs.")] = 3.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    eval_batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 64,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence (default 128; 384 for QA).")] = None,
+    doc_stride: Annotated[int, typer.Option(help="QA: overlap between context windows.")] = 128,
+    max_answer_length: Annotated[int, typer.Option(help="QA: longest answer, in tokens.")] = 30,
+    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps with linear warmup.")] = 0.1,
+    scheduler: Annotated[str, typer.Option(help="linear, cosine or constant.")] = "linear",
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    hidden_dropout: Annotated[Optional[float], typer.Option(help="Override hidden dropout.")] = None,
+    attention_dropout: Annotated[Optional[float], typer.Option(help="Override attention dropout.")] = None,
+    classifier_dropout: Annotated[Optional[float], typer.Option(help="Override classifier dropout.")] = None,
+    early_stopping: Annotated[Optional[int], typer.Option("--early-stopping", help="Patience in evaluations (off by default).")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (default: each epoch).")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Dev metric that picks the best checkpoint.")] = None,
+    max_train_samples: Annotated[Optional[int], typer.Option(help="Train on a seeded subset.")] = None,
+    max_eval_samples: Annotated[Optional[int], typer.Option(help="Evaluate on a seeded subset.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    layerwise_lr_decay: Annotated[float, typer.Option(help="Per-layer LR multiplier from the top (1 = off).")] = 1.0,
+    freeze_embeddings: Annotated[bool, typer.Option(help="Freeze the embeddings.")] = False,
+    freeze_layers: Annotated[int, typer.Option(help="Freeze the first N encoder layers.")] = 0,
+    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    text_column: Annotated[Optional[str], typer.Option(help="Text column (auto-detected for GLUE).")] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column for pairs.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column.")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="Start from another fine-tuned artifact (transfer).")] = None,
+    reinit_head: Annotated[str, typer.Option(help="With --init-from: auto, always or never.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest metrics as JSON.")] = False,
+) -> None:
+    """Fine-tune a task head on a pretrained encoder (warmup + decay, early stopping, LLRD, freezing)."""
+    from ..config import FinetuneConfig, build
+    from ..stages.finetune import finetune as run_finetune
+
+    config = build(FinetuneConfig, {
+        "task": task,
+        "data": {"data": data, "text_column": text_column, "text_pair_column": text_pair_column,
+                 "label_column": label_column, "max_train_samples": max_train_samples,
+                 "max_eval_samples": max_eval_samples},
+        "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
+                  "grad_accum": grad_accum, "warmup_ratio": warmup_ratio, "scheduler": scheduler,
+                  "weight_decay": weight_decay, "early_stopping_patience": early_stopping,
+                  "eval_steps": eval_steps, "metric": metric, "seed": seed,
+                  "layerwise_lr_decay": layerwise_lr_decay, "freeze_embeddings": freeze_embeddings,
+                  "freeze_layers": freeze_layers, "precision": precision},
+        "max_length": max_length, "doc_stride": doc_stride, "max_answer_length": max_answer_length,
+        "hidden_dropout": hidden_dropout, "attention_dropout": attention_dropout,
+        "classifier_dropout": classifier_dropout, "init_from": init_from, "reinit_head": reinit_head,
+    })
+    artifact = run_finetune(model, config, out, overwrite=overwrite)
+    if json_out:
+        emit_json({"artifact": str(artifact.path), "task": artifact.task, "metrics": artifact.metrics})
+    else:
+        typer.echo(f"wrote {artifact.path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    artifact: Annotated[Path, typer.Argument(help="A PyTorch artifact or an ONNX bundle.")],
+    data: Annotated[Optional[str], typer.Option(help="Data (defaults to the one recorded in the manifest).")] = None,
+    split: Annotated[str, typer.Option(help="train, dev or test.")] = "dev",
+    max_samples: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    provider: Annotated[str, typer.Option(help="ONNX Runtime provider for bundles: cpu, cuda, tensorrt.")] = "cpu",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Evaluate an artifact with its task metric (through ONNX Runtime for bundles)."""
+    from ..evaluate import evaluate_artifact
+
+    result = evaluate_artifact(artifact, data, split, max_samples=max_samples, batch_size=batch_size,
+                               provider=provider)
+    if json_out:
+        emit_json(result)
+        return
+    typer.echo(f"{result['task']} · {result['split']} · n={result['n']} · {result['backend']}")
+    for key, value in result["metrics"].items():
+        if isinstance(value, (int, float)):
+            typer.echo(f"  {key:<16} {fmt_metric(value)}")

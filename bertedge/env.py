@@ -1,0 +1,102 @@
+"""Facts about the machine and libraries, for manifests, benchmarks and `bertedge info`.
+
+Everything here is cheap and import-light: library versions come from package metadata,
+not from importing the libraries.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+from importlib import metadata
+
+LIBRARIES = (
+    "bertedge",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "optimum",
+    "optimum-onnx",
+    "neural-compressor-pt",
+    "numpy",
+)
+
+# CPU features that decide which int8 kernels and fusions are fast.
+INTERESTING_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "f16c",
+    "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "avx512_bf16",
+    "amx_tile", "amx_int8", "amx_bf16",
+    "asimd", "asimddp", "sve", "i8mm",
+)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict:
+    """Model name, logical cores, frequency and SIMD flags of this CPU."""
+    model, flags, mhz = platform.processor() or platform.machine(), set(), None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model in ("", platform.machine(), platform.processor()):
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+                elif key == "cpu MHz" and mhz is None:
+                    try:
+                        mhz = float(value)
+                    except ValueError:
+                        pass
+    except OSError:
+        pass
+    return {
+        "model": model,
+        "machine": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "mhz": mhz,
+        "flags": sorted(f for f in INTERESTING_FLAGS if f in flags),
+    }
+
+
+def ort_providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
+
+
+def gpu_info() -> list[dict]:
+    """GPUs visible to torch (empty without torch or without a GPU)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    return [
+        {"name": torch.cuda.get_device_name(i),
+         "memory_gb": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
+        for i in range(torch.cuda.device_count())
+    ]
+
+
+def environment() -> dict:
+    """What goes into every manifest: versions and CPU, no GPU probing (that imports torch)."""
+    return {"versions": library_versions(), "cpu": cpu_info(), "platform": platform.platform()}

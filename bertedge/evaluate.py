@@ -1,0 +1,63 @@
+"""Evaluate any artifact (PyTorch directory or ONNX bundle) with its task metric."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .artifacts import Artifact, load_artifact
+from .data import Columns, load_data, subsample
+from .errors import ConfigError, DataError
+from .tasks import TaskSettings, get_task
+from .tasks.base import evaluate_examples
+
+
+def artifact_settings(artifact: Artifact) -> TaskSettings:
+    settings = artifact.manifest.get("settings") or {}
+    return TaskSettings(**{k: v for k, v in settings.items() if k in TaskSettings.__dataclass_fields__})
+
+
+def artifact_data_spec(artifact: Artifact, data: str | None) -> tuple[str, Columns]:
+    recorded = artifact.manifest.get("data") or {}
+    columns = recorded.get("columns") or {}
+    spec = data or recorded.get("hub") and f"hub:{recorded['hub']}" or recorded.get("path")
+    if not spec:
+        raise ConfigError("the artifact records no data and none was given", where=str(artifact.path),
+                          fix="Pass --data")
+    return spec, Columns(columns.get("text"), columns.get("text_pair"), columns.get("label"))
+
+
+def load_eval_examples(artifact: Artifact, data: str | None, split: str, max_samples: int | None = None,
+                       seed: int = 42) -> list[dict]:
+    spec, columns = artifact_data_spec(artifact, data)
+    task_data = load_data(spec, artifact.task, columns=columns, need=(split,), labels=artifact.labels or None)
+    return subsample(task_data.split(split), max_samples, seed)
+
+
+def forward_for(artifact: Artifact, provider: str = "cpu"):
+    """(encoder, forward) for an artifact: ONNX Runtime for bundles, torch otherwise."""
+    if artifact.is_bundle:
+        from .runtime import Bundle
+
+        bundle = Bundle(artifact.path, provider=provider)
+        return bundle.encoder, bundle.forward
+    from .modeling import encoder_from_hf, load_torch_artifact
+    from .train import torch_forward
+
+    model, tokenizer = load_torch_artifact(artifact)
+    return encoder_from_hf(tokenizer), torch_forward(model)
+
+
+def evaluate_artifact(path: str | Path, data: str | None = None, split: str = "dev", *,
+                      max_samples: int | None = None, batch_size: int = 64, provider: str = "cpu") -> dict:
+    artifact = load_artifact(path)
+    if split not in ("train", "dev", "test"):
+        raise DataError(f"unknown split '{split}'", where="--split", fix="Choose train, dev or test")
+    examples = load_eval_examples(artifact, data, split, max_samples)
+    encoder, forward = forward_for(artifact, provider)
+    start = time.perf_counter()
+    metrics, _ = evaluate_examples(get_task(artifact.task), examples, encoder, forward,
+                                   artifact_settings(artifact), artifact.labels or None, batch_size)
+    return {"task": artifact.task, "split": split, "n": len(examples), "metrics": metrics,
+            "artifact": str(artifact.path), "backend": "onnxruntime" if artifact.is_bundle else "torch",
+            "wall_time_s": round(time.perf_counter() - start, 2)}

@@ -1,0 +1,69 @@
+"""Loading and saving transformers task models for artifacts (torch side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .artifacts import Artifact
+from .errors import ArtifactError
+from .tasks import get_task
+from .tokenization import TextEncoder
+
+
+def model_class(task_name: str):
+    import transformers
+
+    return getattr(transformers, get_task(task_name).auto_model)
+
+
+def load_hf_tokenizer(path: str | Path):
+    from .models import load_tokenizer
+
+    return load_tokenizer(str(path))
+
+
+def encoder_from_hf(tokenizer) -> TextEncoder:
+    """A TextEncoder with its own copy of the fast tokenizer's Rust tokenizer."""
+    from tokenizers import Tokenizer
+
+    return TextEncoder(Tokenizer.from_str(tokenizer.backend_tokenizer.to_str()),
+                       pad_token_id=tokenizer.pad_token_id or 0,
+                       model_input_names=tuple(tokenizer.model_input_names))
+
+
+def tokenizer_record(tokenizer) -> dict:
+    return {
+        "pad_token_id": tokenizer.pad_token_id or 0,
+        "model_input_names": list(tokenizer.model_input_names),
+        "cls_token": tokenizer.cls_token,
+        "sep_token": tokenizer.sep_token,
+        "do_lower_case": bool(getattr(tokenizer, "do_lower_case", False)),
+        "vocab_size": tokenizer.vocab_size,
+    }
+
+
+def load_torch_artifact(artifact: Artifact):
+    """(model, hf_tokenizer) of a transformers-directory artifact, in eval mode."""
+    if artifact.is_bundle:
+        raise ArtifactError("this is an ONNX bundle, not a PyTorch artifact", where=str(artifact.path),
+                            fix="Pass the PyTorch artifact it was exported from")
+    model = model_class(artifact.task).from_pretrained(str(artifact.path))
+    model.eval()
+    return model, load_hf_tokenizer(artifact.path)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def head_module_names(model) -> list[str]:
+    """Top-level children that are not the base encoder (the task head)."""
+    prefix = model.base_model_prefix
+    return [name for name, _ in model.named_children() if name != prefix]
+
+
+def reinit_head(model) -> list[str]:
+    names = head_module_names(model)
+    for name in names:
+        getattr(model, name).apply(model._init_weights)
+    return names

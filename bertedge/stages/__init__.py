@@ -1,0 +1,1 @@
+"""Stages: each has one public function `STAGE(src, config, out) -> Artifact`."""

@@ -1,0 +1,175 @@
+"""finetune: a task head on a pretrained encoder, trained with the shared loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import log
+from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
+from ..config import FinetuneConfig
+from ..data import Columns, TaskData, load_data, subsample
+from ..errors import ConfigError, DataError, ModelError
+from ..modeling import (count_parameters, encoder_from_hf, load_hf_tokenizer, model_class, reinit_head,
+                        tokenizer_record)
+from ..models import resolve_model
+from ..tasks import TaskSettings, get_task
+from ..tasks.base import evaluate_examples
+from ..train import freeze, torch_forward, train_model
+
+
+def task_settings(config: FinetuneConfig) -> TaskSettings:
+    return TaskSettings(max_length=config.max_length, doc_stride=config.doc_stride,
+                        max_answer_length=config.max_answer_length)
+
+
+def load_task_data(config: FinetuneConfig, need=("train", "dev"), labels=None) -> TaskData:
+    if not config.data.data:
+        raise ConfigError("no data given", where="--data", fix="Pass --data DIR, a name under the data root, or hub:NAME")
+    d = config.data
+    return load_data(d.data, config.task, columns=Columns(d.text_column, d.text_pair_column, d.label_column),
+                     need=need, labels=labels)
+
+
+def evaluate_split(model, encoder, task_name: str, examples: list[dict], settings: TaskSettings,
+                   labels, batch_size: int) -> dict:
+    task = get_task(task_name)
+    metrics, _ = evaluate_examples(task, examples, encoder, torch_forward(model), settings, labels, batch_size)
+    metrics["n"] = len(examples)
+    return metrics
+
+
+def _head_decision(config: FinetuneConfig, parent: Artifact, labels: list[str] | None) -> tuple[bool, str]:
+    same_task = parent.task == config.task
+    same_labels = (parent.labels or None) == (labels or None)
+    if config.reinit_head == "always":
+        return True, "forced by reinit_head=always"
+    if config.reinit_head == "never":
+        if not (same_task and (labels is None or len(parent.labels) == len(labels))):
+            raise ConfigError(
+                f"cannot keep the head of a {parent.task} model with labels {parent.labels} for "
+                f"{config.task} with labels {labels}", where="--reinit-head never",
+                fix="Use --reinit-head auto or always")
+        return False, "kept: forced by reinit_head=never"
+    if same_task and same_labels:
+        return False, "kept: same task and label set"
+    return True, "re-initialised: " + ("different task" if not same_task else "label sets differ")
+
+
+def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, overwrite: bool = False) -> Artifact:
+    """Fine-tune `model` (alias, directory or hub id) — or `config.init_from` — on the task data."""
+    out = check_output_path(out, overwrite=overwrite)
+    task = get_task(config.task)
+    parent = None
+    if config.init_from:
+        parent = load_artifact(config.init_from)
+        if parent.is_bundle:
+            raise ModelError("init_from must be a PyTorch artifact, not an ONNX bundle", where=config.init_from,
+                             fix="Pass the fine-tuned artifact the bundle was exported from")
+        resolved = resolve_model(str(parent.path))
+        if model and model != config.init_from:
+            base = resolve_model(model)
+            if base.model_type != resolved.model_type:
+                raise ModelError(f"--init-from is a {resolved.model_type} model but --model is {base.model_type}",
+                                 where=config.init_from, fix="Start from an artifact of the same architecture")
+    elif model:
+        resolved = resolve_model(model)
+    else:
+        raise ConfigError("no model given", where="--model", fix="Pass --model minilm-l6, a directory or a hub id")
+
+    data = load_task_data(config)
+    settings = task_settings(config)
+    hf_tokenizer = load_hf_tokenizer(resolved.path)
+    if parent is not None and model:
+        base_tok = load_hf_tokenizer(resolve_model(model).path)
+        if base_tok.get_vocab() != hf_tokenizer.get_vocab():
+            raise ModelError("--init-from artifact has a different vocabulary from --model", where=config.init_from,
+                             fix="Start from an artifact fine-tuned from the same base model")
+    encoder = encoder_from_hf(hf_tokenizer)
+
+    train_examples = subsample(data.split("train"), config.data.max_train_samples, config.train.seed)
+    dev_examples = subsample(data.split("dev"), config.data.max_eval_samples, config.train.seed)
+    log.info(f"finetune: {config.task} on {data.source.get('path')} — train {len(train_examples)}, "
+             f"dev {len(dev_examples)}, model {resolved.reference} ({resolved.model_type})")
+
+    import torch
+    from transformers import AutoConfig, set_seed
+
+    set_seed(config.train.seed)
+    hf_config = AutoConfig.from_pretrained(resolved.path)
+    overrides = {}
+    if data.labels is not None:
+        overrides = {"num_labels": len(data.labels), "id2label": dict(enumerate(data.labels)),
+                     "label2id": {name: i for i, name in enumerate(data.labels)}}
+    elif config.task == "question-answering":
+        overrides = {"num_labels": 2}
+    for field, attr in (("hidden_dropout", "hidden_dropout_prob"), ("attention_dropout", "attention_probs_dropout_prob"),
+                        ("classifier_dropout", "classifier_dropout")):
+        value = getattr(config, field)
+        if value is not None:
+            overrides[attr] = value
+    hf_config.update(overrides)
+    head_note = "new head"
+    try:
+        net = model_class(config.task).from_pretrained(resolved.path, config=hf_config, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model weights ({str(exc).splitlines()[0][:200]})", where=resolved.path,
+                         fix="Check the model directory holds model.safetensors or pytorch_model.bin") from None
+    if parent is not None:
+        reinit, head_note = _head_decision(config, parent, data.labels)
+        if reinit:
+            reinit_head(net)
+        log.info(f"finetune: init from {parent.path}; head {head_note}")
+    frozen = freeze(net, config.train.freeze_embeddings, config.train.freeze_layers)
+    if config.train.freeze_layers > net.config.num_hidden_layers:
+        raise ConfigError(f"freeze_layers={config.train.freeze_layers} but the model has "
+                          f"{net.config.num_hidden_layers} layers", where="--freeze-layers",
+                          fix=f"Use a value from 0 to {net.config.num_hidden_layers}")
+
+    train_features = task.train_features(train_examples, encoder, settings)
+    metric = config.train.metric or task.primary_metric
+
+    def evaluate(m) -> dict:
+        return evaluate_split(m, encoder, config.task, dev_examples, settings, data.labels,
+                              config.train.eval_batch_size)
+
+    with atomic_artifact(out, stage="finetune", task=config.task, overwrite=overwrite) as writer:
+        result = train_model(net, train_features, encoder, config.train, evaluate, metric)
+        net.eval()
+        metrics = {"dev": evaluate(net)}
+        if metric not in metrics["dev"]:
+            raise ConfigError(f"metric '{metric}' is not reported for {config.task} "
+                              f"(have: {', '.join(k for k, v in metrics['dev'].items() if isinstance(v, float))})",
+                              where="--metric", fix="Choose one of the reported metrics")
+        test = data.splits.get("test")
+        if test and all(_has_gold(config.task, ex) for ex in test):
+            metrics["test"] = evaluate_split(net, encoder, config.task, test, settings, data.labels,
+                                             config.train.eval_batch_size)
+        net.save_pretrained(writer.path, safe_serialization=True)
+        hf_tokenizer.save_pretrained(writer.path)
+        writer.manifest.update({
+            "labels": data.labels,
+            "settings": settings.record(),
+            "primary_metric": metric,
+            "config": config.model_dump(mode="json"),
+            "model": resolved.record(),
+            "parent": parent_record(parent),
+            "init": {"head": head_note, "frozen_tensors": frozen},
+            "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples)},
+            "tokenizer": tokenizer_record(hf_tokenizer),
+            "parameters": count_parameters(net),
+            "metrics": metrics,
+            "training": {k: v for k, v in result.items() if k != "history"},
+            "history": result["history"],
+            "torch_threads": torch.get_num_threads(),
+        })
+        log.info(f"finetune: dev {metric} {metrics['dev'][metric]:.4f}"
+                 + (f", test {metric} {metrics['test'][metric]:.4f}" if "test" in metrics else ""))
+    return load_artifact(out)
+
+
+def _has_gold(task: str, example: dict) -> bool:
+    if task == "text-classification":
+        return example["label"] is not None
+    if task == "token-classification":
+        return example["tags"] is not None
+    return bool(example["answers"]["text"])

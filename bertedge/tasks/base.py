@@ -1,0 +1,76 @@
+"""What every task family provides, and the backend-agnostic evaluation loop."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..tokenization import TextEncoder
+
+Forward = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class TaskSettings:
+    max_length: int = 128
+    doc_stride: int = 128
+    max_answer_length: int = 30
+    n_best: int = 20
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+class Task:
+    name: str = ""
+    output_names: tuple[str, ...] = ("logits",)
+    per_token_outputs: tuple[str, ...] = ()
+    primary_metric: str = ""
+    auto_model: str = ""  # transformers AutoModelFor... class name
+    ort_task: str = ""  # optimum export task name
+
+    def train_features(self, examples: list[dict], encoder: TextEncoder, settings: TaskSettings) -> list[dict]:
+        raise NotImplementedError
+
+    def eval_features(self, examples: list[dict], encoder: TextEncoder, settings: TaskSettings) -> list[dict]:
+        """Like train features, plus what postprocessing needs (example index, offsets, ...)."""
+        raise NotImplementedError
+
+    def postprocess(self, examples: list[dict], features: list[dict], outputs: list[dict[str, np.ndarray]],
+                    settings: TaskSettings, labels: list[str] | None) -> list:
+        raise NotImplementedError
+
+    def metrics(self, examples: list[dict], predictions: list, labels: list[str] | None) -> dict:
+        raise NotImplementedError
+
+
+def run_forward(features: list[dict], encoder: TextEncoder, forward: Forward, batch_size: int,
+                per_token: tuple[str, ...] = (),
+                progress: Callable[[int], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Run `forward` over features in length-sorted batches.
+
+    Outputs named in `per_token` are trimmed to each feature's own length (padding dropped).
+    """
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    results: list[dict[str, np.ndarray] | None] = [None] * len(features)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = encoder.collate([features[i] for i in idx])
+        out = forward(batch)
+        for row, i in enumerate(idx):
+            n = len(features[i]["input_ids"])
+            results[i] = {k: (v[row, :n] if k in per_token else v[row]) for k, v in out.items()}
+        if progress:
+            progress(len(idx))
+    return results  # type: ignore[return-value]
+
+
+def evaluate_examples(task: Task, examples: list[dict], encoder: TextEncoder, forward: Forward,
+                      settings: TaskSettings, labels: list[str] | None, batch_size: int = 64,
+                      progress: Callable[[int], None] | None = None) -> tuple[dict, list]:
+    features = task.eval_features(examples, encoder, settings)
+    outputs = run_forward(features, encoder, forward, batch_size, task.per_token_outputs, progress)
+    predictions = task.postprocess(examples, features, outputs, settings, labels)
+    return task.metrics(examples, predictions, labels), predictions

@@ -1,0 +1,220 @@
+"""The one training loop shared by finetune, distill, prune recovery: a transformers Trainer.
+
+Using the Trainer keeps multi-GPU (torchrun / accelerate launch) working unchanged. What
+bertedge adds: evaluation through the task's own metric code (the same code the ONNX
+runtime path uses), layer-wise LR decay, freezing, length-grouped dynamic-padding batches
+(5x faster on CPU than padding random batches), a NaN guard, and a pluggable loss.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import TrainConfig
+from .errors import TrainingError
+from .tokenization import TextEncoder
+
+
+def layer_index(name: str, num_layers: int) -> int:
+    """Depth of a parameter: 0 embeddings, 1..L encoder layers, L+1 heads/pooler."""
+    if "embeddings" in name:
+        return 0
+    match = re.search(r"\.layers?\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    return num_layers + 1
+
+
+def parameter_groups(model, lr: float, weight_decay: float, layerwise_lr_decay: float) -> list[dict]:
+    """AdamW groups: LR scaled by decay**(depth from top); no weight decay on biases and LayerNorm."""
+    num_layers = model.config.num_hidden_layers
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        depth = layer_index(name, num_layers)
+        scale = layerwise_lr_decay ** (num_layers + 1 - depth)
+        no_decay = name.endswith(".bias") or "LayerNorm" in name or "layer_norm" in name
+        key = (lr * scale, 0.0 if no_decay else weight_decay)
+        groups.setdefault(key, []).append(param)
+    return [{"params": params, "lr": group_lr, "weight_decay": wd} for (group_lr, wd), params in groups.items()]
+
+
+def freeze(model, embeddings: bool, first_layers: int) -> int:
+    """Freeze the embeddings and/or the first N encoder layers; returns the count of frozen tensors."""
+    frozen = 0
+    num_layers = model.config.num_hidden_layers
+    for name, param in model.named_parameters():
+        depth = layer_index(name, num_layers)
+        if (embeddings and depth == 0) or (1 <= depth <= first_layers):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+class _Collator:
+    """Dynamic padding of feature dicts into torch tensors (labels padded with -100 per token)."""
+
+    def __init__(self, encoder: TextEncoder):
+        self.encoder = encoder
+
+    def __call__(self, features: list[dict]):
+        import torch
+
+        batch = {k: torch.from_numpy(v) for k, v in self.encoder.collate(features).items()}
+        length = batch["input_ids"].shape[1]
+        for key in ("labels", "start_positions", "end_positions"):
+            if key not in features[0]:
+                continue
+            values = [f[key] for f in features]
+            if isinstance(values[0], list):
+                padded = np.full((len(values), length), -100, dtype=np.int64)
+                for i, v in enumerate(values):
+                    padded[i, :len(v)] = v
+                batch[key] = torch.from_numpy(padded)
+            else:
+                batch[key] = torch.tensor(values, dtype=torch.long)
+        for key in features[0]:
+            if key.startswith("teacher_") or key == "index":
+                batch[key] = torch.tensor(np.stack([np.asarray(f[key]) for f in features]))
+        return batch
+
+
+def torch_forward(model, device=None) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """A numpy-in, numpy-out forward over a torch model, for the task evaluation loop."""
+    import torch
+
+    def forward(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        dev = device or next(model.parameters()).device
+        with torch.no_grad():
+            out = model(**{k: torch.from_numpy(v).to(dev) for k, v in batch.items()})
+        return {k: v.float().cpu().numpy() for k, v in out.items() if k in ("logits", "start_logits", "end_logits")}
+
+    return forward
+
+
+def train_model(model, train_features: list[dict], encoder: TextEncoder, config: TrainConfig,
+                evaluate: Callable[[object], dict], metric: str,
+                compute_loss: Callable | None = None, log: Callable[[str], None] = print,
+                extra_modules: list | None = None) -> dict:
+    """Train in place; restores the best dev checkpoint. Returns the history.
+
+    `evaluate(model) -> metrics` runs the task metric on dev; `compute_loss(model, inputs)`
+    replaces the model's own loss (distillation); `extra_modules` are trained alongside the
+    model (e.g. distillation projections).
+    """
+    import torch
+    from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+
+    history: list[dict] = []
+
+    class GuardCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise TrainingError(f"training loss became {loss} at step {state.global_step}",
+                                    where="train", fix="Lower --lr, check the data, or use fp32")
+            if logs:
+                history.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
+
+    class BertEdgeTrainer(Trainer):
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            self.model.eval()
+            metrics = evaluate(self.model)
+            self.model.train()
+            flat = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+            flat["epoch"] = self.state.epoch
+            self.log(flat)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, flat)
+            return flat
+
+        def create_optimizer(self):
+            if self.optimizer is None:
+                groups = parameter_groups(self.model, config.lr, config.weight_decay, config.layerwise_lr_decay)
+                for module in extra_modules or []:
+                    groups.append({"params": [p for p in module.parameters() if p.requires_grad],
+                                   "lr": config.lr, "weight_decay": config.weight_decay})
+                self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+            return self.optimizer
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if compute_loss is None:
+                inputs = {k: v for k, v in inputs.items() if not k.startswith("teacher_") and k != "index"}
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = compute_loss(model, inputs)
+            return (loss, outputs) if return_outputs else loss
+
+    cuda = torch.cuda.is_available()
+    precision = config.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision in ("fp16", "bf16") and not cuda:
+        raise TrainingError(f"{precision} training needs a GPU", where="--precision", fix="Use --precision fp32 on CPU")
+
+    work = Path(tempfile.mkdtemp(prefix="bertedge-train-"))
+    strategy = "steps" if config.eval_steps else "epoch"
+    args = TrainingArguments(
+        output_dir=str(work),
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        warmup_ratio=config.warmup_ratio,
+        lr_scheduler_type=config.scheduler if config.scheduler != "constant" else "constant_with_warmup",
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=config.eval_steps,
+        save_steps=config.eval_steps,
+        load_best_model_at_end=True,
+        metric_for_best_model=f"eval_{metric}",
+        greater_is_better=True,
+        save_total_limit=1,
+        save_only_model=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        group_by_length=True,
+        logging_steps=50,
+        report_to=[],
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        use_cpu=not cuda,
+    )
+    callbacks = [GuardCallback()]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    # eval_dataset is only a token for the Trainer's checks: `evaluate` above runs the task's own loop.
+    trainer = BertEdgeTrainer(model=model, args=args, train_dataset=train_features, eval_dataset=train_features[:1],
+                              data_collator=_Collator(encoder), callbacks=callbacks)
+    try:
+        result = trainer.train()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    best = trainer.state.best_metric
+    return {
+        "history": history,
+        "best_metric": best,
+        "best_step": _step_of(trainer.state.best_model_checkpoint),
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+    }
+
+
+def _step_of(checkpoint: str | None) -> int | None:
+    if not checkpoint:
+        return None
+    match = re.search(r"checkpoint-(\d+)", checkpoint)
+    return int(match.group(1)) if match else None
