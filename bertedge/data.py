@@ -107,7 +107,7 @@ def find_split_files(directory: Path, task: str) -> dict[str, Path]:
             if split not in found and any(w in aliases for w in words):
                 found[split] = file
                 break
-    return found
+    return {split: found[split] for split in SPLIT_ALIASES if split in found}
 
 
 # ----------------------------------------------------------------------------- reading text

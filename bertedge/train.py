@@ -147,8 +147,14 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if compute_loss is None:
                 inputs = {k: v for k, v in inputs.items() if not k.startswith("teacher_") and k != "index"}
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = compute_loss(model, inputs)
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            else:
+                loss, outputs = compute_loss(model, inputs)
+            # Checked every step (one scalar sync): a diverged run stops at once instead of
+            # training on NaN weights until the next log line.
+            if not torch.isfinite(loss.detach()).all():
+                raise TrainingError(f"training loss became {loss.item()} at step {self.state.global_step + 1}",
+                                    where="train", fix="Lower --lr, check the data and the model weights, or use fp32")
             return (loss, outputs) if return_outputs else loss
 
     cuda = torch.cuda.is_available()
@@ -200,6 +206,7 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
     try:
         result = trainer.train()
     finally:
+        _close_progress_bars(trainer)
         shutil.rmtree(work, ignore_errors=True)
     best = trainer.state.best_metric
     return {
@@ -211,6 +218,16 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         "train_runtime_s": result.metrics.get("train_runtime"),
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
     }
+
+
+def _close_progress_bars(trainer) -> None:
+    """End the Trainer's tqdm lines so an error message after a failure starts on its own line."""
+    for callback in trainer.callback_handler.callbacks:
+        for attr in ("training_bar", "prediction_bar"):
+            bar = getattr(callback, attr, None)
+            if bar is not None:
+                bar.close()
+                setattr(callback, attr, None)
 
 
 def _step_of(checkpoint: str | None) -> int | None:

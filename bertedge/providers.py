@@ -1,0 +1,105 @@
+"""ONNX Runtime execution providers: one place that maps `--provider` names to sessions.
+
+A requested provider that is not active in the session is an error, never a silent CPU
+fallback: ONNX Runtime quietly drops a provider it cannot load, so after creating the
+session we compare `session.get_providers()` with what was asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import BenchError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+# Which pip package ships each provider (onnxruntime's CPU wheel has only the CPU provider).
+PROVIDER_PACKAGE = {
+    "cpu": "onnxruntime",
+    "cuda": "onnxruntime-gpu (with CUDA and cuDNN libraries)",
+    "tensorrt": "onnxruntime-gpu (with TensorRT libraries)",
+}
+
+
+def provider_name(provider: str) -> str:
+    """The ONNX Runtime name of a `--provider` value; unknown values are a one-line error."""
+    key = provider.lower().strip()
+    if key not in PROVIDERS:
+        raise BenchError(f"unknown provider '{provider}'", where="--provider",
+                         fix=f"Choose one of: {', '.join(PROVIDERS)}")
+    return PROVIDERS[key]
+
+
+def check_available(provider: str) -> str:
+    """Raise unless this onnxruntime build offers the provider; returns its ORT name."""
+    import onnxruntime as ort
+
+    name = provider_name(provider)
+    available = ort.get_available_providers()
+    if name not in available:
+        raise BenchError(
+            f"provider '{provider}' ({name}) is not available in this onnxruntime build "
+            f"(available: {', '.join(available)})", where="--provider",
+            fix=f"Install {PROVIDER_PACKAGE[provider.lower().strip()]}, or use --provider cpu")
+    return name
+
+
+def provider_list(provider: str, *, trt_cache_dir: str | Path | None = None) -> list:
+    """The providers argument for InferenceSession: the requested one first, CPU as the last resort
+    for nodes the accelerator cannot run (ORT requires it), with options for TensorRT/CUDA."""
+    name = check_available(provider)
+    if name == "CPUExecutionProvider":
+        return [name]
+    providers: list = []
+    if name == "TensorrtExecutionProvider":
+        options = {"trt_fp16_enable": False}
+        if trt_cache_dir is not None:
+            Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
+            options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir)})
+        providers.append((name, options))
+        providers.append("CUDAExecutionProvider")
+    else:
+        providers.append(name)
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def make_session(model_path: str | Path, provider: str = "cpu", *, threads: int | None = None,
+                 optimization: str = "all", trt_cache_dir: str | Path | None = None):
+    """An InferenceSession on `provider`, verified to be active; `threads` sets intra-op threads.
+
+    `optimization` is the graph optimisation level ONNX Runtime applies when loading:
+    "all" (default), "extended", "basic" or "disabled".
+    """
+    import onnxruntime as ort
+
+    from .errors import ArtifactError
+
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = levels[optimization]
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    providers = provider_list(provider, trt_cache_dir=trt_cache_dir)
+    try:
+        session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
+        detail = " ".join(str(exc).split())[:240]
+        raise ArtifactError(f"ONNX Runtime cannot load the model ({detail})", where=str(model_path),
+                            fix="The file is corrupt or truncated; re-export the bundle") from None
+    wanted = provider_name(provider)
+    active = session.get_providers()
+    if wanted not in active:
+        raise BenchError(f"provider '{provider}' was requested but the session runs on {', '.join(active)}",
+                         where="--provider",
+                         fix=f"Check the {PROVIDER_PACKAGE[provider.lower().strip()]} install and its GPU "
+                             "libraries, or use --provider cpu")
+    return session
