@@ -9,6 +9,7 @@ runtime path uses), layer-wise LR decay, freezing, length-grouped dynamic-paddin
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -164,7 +165,7 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
     if precision in ("fp16", "bf16") and not cuda:
         raise TrainingError(f"{precision} training needs a GPU", where="--precision", fix="Use --precision fp32 on CPU")
 
-    work = Path(tempfile.mkdtemp(prefix="bertedge-train-"))
+    work = _trainer_work_dir()
     strategy = "steps" if config.eval_steps else "epoch"
     args = TrainingArguments(
         output_dir=str(work),
@@ -218,6 +219,21 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         "train_runtime_s": result.metrics.get("train_runtime"),
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
     }
+
+
+TRAIN_DIR_PREFIX = "bertedge-train-"
+
+
+def _trainer_work_dir() -> Path:
+    """The Trainer's checkpoint directory, named by PID so one left by a killed run is removed next time."""
+    from .artifacts import _pid_alive
+
+    tmp = Path(tempfile.gettempdir())
+    for stale in tmp.glob(f"{TRAIN_DIR_PREFIX}*"):
+        pid = stale.name[len(TRAIN_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{TRAIN_DIR_PREFIX}{os.getpid()}-"))
 
 
 def _close_progress_bars(trainer) -> None:
