@@ -75,6 +75,8 @@ def finetune(
     max_train_samples: Annotated[Optional[int], typer.Option(help="Train on a seeded subset.")] = None,
     max_eval_samples: Annotated[Optional[int], typer.Option(help="Evaluate on a seeded subset.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (1,2,3): one run per seed into OUT/seed-N, "
+                                                      "dev metric as mean +- std in OUT/seeds.json. Overrides --seed.")] = None,
     layerwise_lr_decay: Annotated[float, typer.Option(help="Per-layer LR multiplier from the top (1 = off).")] = 1.0,
     freeze_embeddings: Annotated[bool, typer.Option(help="Freeze the embeddings.")] = False,
     freeze_layers: Annotated[int, typer.Option(help="Freeze the first N encoder layers.")] = 0,
@@ -106,6 +108,17 @@ def finetune(
         "hidden_dropout": hidden_dropout, "attention_dropout": attention_dropout,
         "classifier_dropout": classifier_dropout, "init_from": init_from, "reinit_head": reinit_head,
     })
+    if seeds is not None:
+        from ..seeds import finetune_seeds
+        from .common import parse_int_list
+
+        summary = finetune_seeds(model, config, out, parse_int_list(seeds, "--seeds"), overwrite=overwrite)
+        if json_out:
+            emit_json(summary)
+        else:
+            typer.echo(f"dev {summary['metric']}: {summary['mean']:.4f} +- {summary['std']:.4f} over seeds "
+                       f"{','.join(map(str, summary['seeds']))}; wrote {out}")
+        return
     artifact = run_finetune(model, config, out, overwrite=overwrite)
     if json_out:
         emit_json({"artifact": str(artifact.path), "task": artifact.task, "metrics": artifact.metrics})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import log
@@ -55,8 +56,28 @@ def _head_decision(config: FinetuneConfig, parent: Artifact, labels: list[str] |
     return True, "re-initialised: " + ("different task" if not same_task else "label sets differ")
 
 
-def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, overwrite: bool = False) -> Artifact:
-    """Fine-tune `model` (alias, directory or hub id) — or `config.init_from` — on the task data."""
+ARCHITECTURE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+
+
+def _shape_difference(init_path: str, base_path: str) -> str:
+    """'hidden_size 48 vs 32' for the first architecture field that differs; '' when they match."""
+    from transformers import AutoConfig
+
+    init, base = AutoConfig.from_pretrained(init_path), AutoConfig.from_pretrained(base_path)
+    for name in ARCHITECTURE_FIELDS:
+        a, b = getattr(init, name, None), getattr(base, name, None)
+        if a != b:
+            return f"{name} {a} vs {b}"
+    return ""
+
+
+def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, overwrite: bool = False,
+             on_evaluate: Callable[[dict], None] | None = None) -> Artifact:
+    """Fine-tune `model` (alias, directory or hub id) — or `config.init_from` — on the task data.
+
+    `on_evaluate(dev_metrics)` is called after each evaluation during training (hyperparameter
+    search reports them to its pruner; raising there stops the run and writes nothing).
+    """
     out = check_output_path(out, overwrite=overwrite)
     task = get_task(config.task)
     parent = None
@@ -71,6 +92,10 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
             if base.model_type != resolved.model_type:
                 raise ModelError(f"--init-from is a {resolved.model_type} model but --model is {base.model_type}",
                                  where=config.init_from, fix="Start from an artifact of the same architecture")
+            shape = _shape_difference(resolved.path, base.path)
+            if shape:
+                raise ModelError(f"--init-from has a different architecture from --model ({shape})",
+                                 where=config.init_from, fix="Start from an artifact fine-tuned from --model")
     elif model:
         resolved = resolve_model(model)
     else:
@@ -132,8 +157,14 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
         return evaluate_split(m, encoder, config.task, dev_examples, settings, data.labels,
                               config.train.eval_batch_size)
 
+    def evaluate_during_training(m) -> dict:
+        metrics = evaluate(m)
+        if on_evaluate is not None:
+            on_evaluate(metrics)
+        return metrics
+
     with atomic_artifact(out, stage="finetune", task=config.task, overwrite=overwrite) as writer:
-        result = train_model(net, train_features, encoder, config.train, evaluate, metric)
+        result = train_model(net, train_features, encoder, config.train, evaluate_during_training, metric)
         net.eval()
         metrics = {"dev": evaluate(net)}
         if metric not in metrics["dev"]:

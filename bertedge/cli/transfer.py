@@ -1,0 +1,108 @@
+"""adapt (domain-adaptive masked-LM pretraining) and tune (hyperparameter search)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .common import emit_json, fmt_metric
+
+
+@app.command()
+def adapt(
+    model: Annotated[str, typer.Option("--model", help="Alias (minilm-l6), model directory, artifact or hub id.")],
+    text: Annotated[list[Path], typer.Option("--text", help="Unlabeled text: .txt (one text per line) or .tsv/.csv/.jsonl "
+                                                           "(see --text-column). Repeat for several files.")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory (a base model for `finetune --model`).")],
+    text_column: Annotated[Optional[str], typer.Option(help="Column of a .tsv/.csv/.jsonl file (auto: sentence, text, ...).")] = None,
+    mlm_probability: Annotated[float, typer.Option(help="Fraction of tokens (or words) chosen for masking.")] = 0.15,
+    whole_word_mask: Annotated[bool, typer.Option(help="Mask all pieces of a word together.")] = False,
+    epochs: Annotated[float, typer.Option(help="Training epochs over the text.")] = 1.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps with linear warmup.")] = 0.06,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (default: each epoch).")] = None,
+    max_length: Annotated[int, typer.Option(help="Max tokens per text.")] = 128,
+    max_samples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of this many texts.")] = None,
+    eval_samples: Annotated[int, typer.Option(help="Held-out texts for masked accuracy / perplexity (at most 10%).")] = 500,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the artifact path and metrics as JSON.")] = False,
+) -> None:
+    """Domain-adaptive pretraining: continue masked-LM training on unlabeled in-domain text."""
+    from ..config import build
+    from ..stages.adapt import AdaptConfig
+    from ..stages.adapt import adapt as run_adapt
+
+    config = build(AdaptConfig, {
+        "text": [str(t) for t in text], "text_column": text_column, "mlm_probability": mlm_probability,
+        "whole_word_mask": whole_word_mask, "max_length": max_length, "max_samples": max_samples,
+        "eval_samples": eval_samples,
+        "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "warmup_ratio": warmup_ratio,
+                  "weight_decay": weight_decay, "eval_steps": eval_steps, "seed": seed, "precision": precision},
+    })
+    artifact = run_adapt(model, config, out, overwrite=overwrite)
+    if json_out:
+        emit_json({"artifact": str(artifact.path), "task": artifact.task, "metrics": artifact.metrics,
+                   "mlm_head": artifact.manifest.get("mlm_head")})
+        return
+    dev = artifact.metrics.get("dev")
+    if dev:
+        before = artifact.metrics["dev_before"]
+        typer.echo(f"held-out masked accuracy {fmt_metric(before['masked_accuracy'])} -> "
+                   f"{fmt_metric(dev['masked_accuracy'])}, perplexity {before['perplexity']:.1f} -> {dev['perplexity']:.1f}")
+    typer.echo(f"wrote {artifact.path} (use it as `bertedge finetune --model {artifact.path}`)")
+
+
+@app.command()
+def tune(
+    task: Annotated[str, typer.Option("--task", help="text-classification, token-classification or question-answering")],
+    data: Annotated[str, typer.Option("--data", help="Data directory, name under the data root (rte), or hub:NAME.")],
+    model: Annotated[Optional[str], typer.Option("--model", help="Alias (minilm-l6), model directory or hub id.")] = None,
+    trials: Annotated[int, typer.Option(help="Number of trials.")] = 20,
+    space: Annotated[Optional[Path], typer.Option(help="Search space YAML/JSON (default: lr, batch_size, epochs, "
+                                                       "warmup_ratio, weight_decay, dropout).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop starting new trials after S seconds.")] = None,
+    max_train_samples: Annotated[Optional[int], typer.Option(help="Train each trial on a seeded subset.")] = None,
+    max_eval_samples: Annotated[Optional[int], typer.Option(help="Evaluate on a seeded subset.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence (default 128; 384 for QA).")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Dev metric to maximise (default: the task's primary).")] = None,
+    pruner: Annotated[str, typer.Option(help="median (stop trials below the median after an epoch) or none.")] = "median",
+    startup_trials: Annotated[int, typer.Option(help="Trials that run in full before pruning starts.")] = 2,
+    seed: Annotated[int, typer.Option(help="Training seed of every trial.")] = 42,
+    sampler_seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 0,
+    init_from: Annotated[Optional[str], typer.Option(help="Start every trial from this fine-tuned artifact.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write best-config.yaml, trials.json, trials.md and best/ here.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier tune result at --out.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Hyperparameter search (Optuna) over finetune; weak trials are pruned on the dev metric."""
+    from ..config import FinetuneConfig, build
+    from ..tune import DEFAULT_SPACE, TuneConfig, load_space, trial_table
+    from ..tune import tune as run_tune
+
+    base = build(FinetuneConfig, {
+        "task": task, "data": {"data": data, "max_train_samples": max_train_samples,
+                               "max_eval_samples": max_eval_samples},
+        "train": {"metric": metric, "seed": seed}, "max_length": max_length, "init_from": init_from,
+    })
+    config = build(TuneConfig, {
+        "finetune": base.model_dump(), "trials": trials, "timeout_s": timeout,
+        "space": load_space(space) if space is not None else dict(DEFAULT_SPACE),
+        "pruner": pruner, "startup_trials": startup_trials, "seed": sampler_seed,
+    })
+    result = run_tune(model, config, out, overwrite=overwrite)
+    if json_out:
+        emit_json(result)
+        return
+    typer.echo(trial_table(result))
+    if out is None:
+        typer.echo("")
+        typer.echo(result["fragment"], nl=False)
+    else:
+        typer.echo(f"\nwrote {result['out']} (best-config.yaml, trials.json, trials.md, best/)")
