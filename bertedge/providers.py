@@ -47,9 +47,11 @@ def check_available(provider: str) -> str:
     return name
 
 
-def provider_list(provider: str, *, trt_cache_dir: str | Path | None = None) -> list:
+def provider_list(provider: str, *, trt_cache_dir: str | Path | None = None,
+                  trt_options: dict | None = None) -> list:
     """The providers argument for InferenceSession: the requested one first, CPU as the last resort
-    for nodes the accelerator cannot run (ORT requires it), with options for TensorRT/CUDA."""
+    for nodes the accelerator cannot run (ORT requires it), with options for TensorRT/CUDA.
+    `trt_options` adds TensorRT provider options (e.g. the trt_profile_*_shapes of a benchmark)."""
     name = check_available(provider)
     if name == "CPUExecutionProvider":
         return [name]
@@ -59,6 +61,7 @@ def provider_list(provider: str, *, trt_cache_dir: str | Path | None = None) -> 
         if trt_cache_dir is not None:
             Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
             options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir)})
+        options.update(trt_options or {})
         providers.append((name, options))
         providers.append("CUDAExecutionProvider")
     else:
@@ -68,11 +71,13 @@ def provider_list(provider: str, *, trt_cache_dir: str | Path | None = None) -> 
 
 
 def make_session(model_path: str | Path, provider: str = "cpu", *, threads: int | None = None,
-                 optimization: str = "all", trt_cache_dir: str | Path | None = None):
+                 optimization: str = "all", trt_cache_dir: str | Path | None = None,
+                 trt_options: dict | None = None, spinning: bool | None = None):
     """An InferenceSession on `provider`, verified to be active; `threads` sets intra-op threads.
 
     `optimization` is the graph optimisation level ONNX Runtime applies when loading:
-    "all" (default), "extended", "basic" or "disabled".
+    "all" (default), "extended", "basic" or "disabled". `spinning=False` stops idle intra-op threads
+    from busy-waiting (ORT's default spins), which matters when several sessions share the cores.
     """
     import onnxruntime as ort
 
@@ -88,7 +93,9 @@ def make_session(model_path: str | Path, provider: str = "cpu", *, threads: int 
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
-    providers = provider_list(provider, trt_cache_dir=trt_cache_dir)
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    providers = provider_list(provider, trt_cache_dir=trt_cache_dir, trt_options=trt_options)
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for bad files
