@@ -1,0 +1,134 @@
+"""Distil the fine-tuned minilm-l6 teacher into 3- and 2-layer students; compare with no-KD.
+
+For one task (SST-2 by default) this runs, with the exact `bertedge distill` commands
+recorded in the results:
+
+1. a 3-layer student (teacher layers spread evenly, DistilBERT-style) trained with KD;
+2. the same 3-layer student trained without KD (``--alpha 1``: same init, data and
+   schedule, hard labels only) — the baseline that isolates what the soft targets add;
+3. a 2-layer student trained with KD.
+
+Every student records the teacher's dev metric on the same dev examples, so the deltas
+compare like with like. The teacher comes from benchmarks/finetune_teachers.py
+($BERTEDGE_CACHE/teachers/NAME). Usage:
+
+    python benchmarks/distill_sst2.py                                  # full SST-2 (~15+ min per student on 2 cores)
+    python benchmarks/distill_sst2.py --max-train-samples 8000 --epochs 1   # a labelled subset run
+    python benchmarks/distill_sst2.py --task conll2003                 # or squad, mrpc, rte
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import cache_dir, write_results
+
+# Per task: the dev metric the acceptance compares, and flags the teacher was trained with
+# that the student should share (the rest is inherited from the teacher's manifest).
+TASKS = {
+    "sst2": {"metric": "accuracy", "flags": []},
+    "mrpc": {"metric": "f1_positive", "flags": ["--metric", "f1_positive", "--batch-size", "16"]},
+    "rte": {"metric": "accuracy", "flags": ["--batch-size", "16"]},
+    "conll2003": {"metric": "f1", "flags": []},
+    "squad": {"metric": "f1", "flags": ["--batch-size", "16"]},
+}
+TOLERANCE_POINTS = 1.5  # acceptance: the 3-layer KD student within 1.5 points of the teacher
+
+
+def students(layers_kd: list[int], no_kd_layers: int) -> list[dict]:
+    runs = [{"name": f"{n}-layer KD", "layers": n, "flags": ["--layers", str(n)]} for n in layers_kd]
+    runs.insert(1, {"name": f"{no_kd_layers}-layer no KD", "layers": no_kd_layers,
+                    "flags": ["--layers", str(no_kd_layers), "--alpha", "1"]})
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="sst2", choices=sorted(TASKS))
+    parser.add_argument("--teacher", type=Path, help="teacher artifact (default: $BERTEDGE_CACHE/teachers/TASK)")
+    parser.add_argument("--max-train-samples", type=int, help="train on a seeded subset (the result is labelled a subset run)")
+    parser.add_argument("--max-eval-samples", type=int, help="evaluate on a seeded dev subset")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--alpha", type=float, default=0.5, help="CE weight of the KD students")
+    parser.add_argument("--students", default="3,2",
+                        help="student layer counts trained with KD; the first is also trained without KD")
+    parser.add_argument("--force", action="store_true", help="retrain students that already exist")
+    parser.add_argument("--extra", default="", help="extra distill flags for every student")
+    args = parser.parse_args()
+
+    teacher = args.teacher or cache_dir() / "teachers" / args.task
+    if not (teacher / "bertedge.json").exists():
+        sys.exit(f"error: no teacher at {teacher}: run benchmarks/finetune_teachers.py {args.task} first")
+    spec = TASKS[args.task]
+    subset = args.max_train_samples is not None
+    tag = f"{args.task}-subset{args.max_train_samples}" if subset else args.task
+    work = cache_dir() / "distill-bench" / tag
+    common = ["--epochs", f"{args.epochs:g}", "--lr", f"{args.lr:g}", "--temperature", f"{args.temperature:g}",
+              *spec["flags"], *shlex.split(args.extra)]
+    if subset:
+        common += ["--max-train-samples", str(args.max_train_samples)]
+    if args.max_eval_samples:
+        common += ["--max-eval-samples", str(args.max_eval_samples)]
+
+    rows = []
+    sizes = [int(n) for n in args.students.split(",")]
+    for run in students(sizes, sizes[0]):
+        out = work / run["name"].replace(" ", "-").lower()
+        flags = list(run["flags"])
+        if "--alpha" not in flags:
+            flags += ["--alpha", f"{args.alpha:g}"]
+        command = ["bertedge", "distill", "--teacher", str(teacher), "--out", str(out), *flags, *common, "--overwrite"]
+        if args.force or not (out / "bertedge.json").exists():
+            print("$", " ".join(shlex.quote(c) for c in command), flush=True)
+            start = time.time()
+            subprocess.run([str(Path(sys.executable).parent / "bertedge"), *command[1:]], check=True)
+            print(f"{run['name']}: {time.time() - start:.0f} s", flush=True)
+        m = json.loads((out / "bertedge.json").read_text())
+        metric = spec["metric"]
+        value, teacher_value = m["metrics"]["dev"][metric], m["teacher"]["metrics"]["dev"][metric]
+        rows.append({
+            "student": run["name"], "layers": run["layers"], "kd": "--alpha" not in run["flags"],
+            "command": " ".join(shlex.quote(c) for c in command), "artifact": str(out),
+            "metric": metric, "dev": value, "teacher_dev": teacher_value,
+            "delta_points": round(100 * (value - teacher_value), 2),
+            "parameters": m["parameters"], "teacher_parameters": m["teacher"]["parameters"],
+            "layer_map": m["layer_map"], "loss": m["loss"], "train_examples": m["data"]["train_examples"],
+            "dev_examples": m["data"]["dev_examples"], "train_runtime_s": m["training"]["train_runtime_s"],
+            "wall_time_s": m["wall_time_s"], "best_step": m["training"]["best_step"],
+        })
+
+    kd3 = rows[0]
+    verdict = kd3["delta_points"] >= -TOLERANCE_POINTS
+    title = (f"# Distillation on {args.task}: SUBSET RUN ({args.max_train_samples} train examples, "
+             f"{args.epochs:g} epoch(s)) — not the acceptance run" if subset
+             else f"# Distillation on {args.task}: fine-tuned teacher -> {args.students}-layer students")
+    md = [title, "",
+          (f"Teacher: `{teacher}` — dev {kd3['metric']} {kd3['teacher_dev']:.4f} on the same "
+           f"{kd3['dev_examples']} dev examples, {kd3['teacher_parameters'] / 1e6:.1f}M parameters."), "",
+          "| student | KD | layers (teacher layers copied) | params | dev " + kd3["metric"] + " | vs teacher (pt) | train time |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['student']} | {'yes' if r['kd'] else 'no (alpha=1)'} | {r['layers']} {r['layer_map']} | "
+                  f"{r['parameters'] / 1e6:.1f}M | {r['dev']:.4f} | {r['delta_points']:+.2f} | "
+                  f"{r['train_runtime_s'] / 60:.1f} min |")
+    md += ["", f"{kd3['layers']}-layer KD student within {TOLERANCE_POINTS} pt of the teacher: **{'yes' if verdict else 'NO'}**"
+           + (" (subset run: indicative only)" if subset else ""), "",
+           ("Same init (teacher layers), data, schedule and seed for all students; the no-KD student "
+            "differs only in its loss (hard labels, alpha=1)."), "", "Commands:", ""]
+    md += [f"- `{r['command']}`" for r in rows]
+    write_results(f"distill-{tag}", {"task": args.task, "subset": subset, "teacher": str(teacher),
+                                     "tolerance_points": TOLERANCE_POINTS, "within_tolerance": verdict,
+                                     "runs": rows}, "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
