@@ -1,0 +1,78 @@
+"""quantize: int8 / fp16 versions of an exported bundle, with an accuracy gate (--mode auto)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+from .common import emit_json
+
+
+def _split_names(values: list[str] | None) -> list[str]:
+    """Accept both repeated options and comma-separated values."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def quantize(
+    bundle: Annotated[Path, typer.Argument(help="An fp32 ONNX bundle written by `bertedge export`.")],
+    out: Annotated[Path, typer.Option("--out", help="Output bundle directory.")],
+    mode: Annotated[str, typer.Option(help="dynamic, static (needs --calibration), auto (accuracy gate) or fp16.")] = "dynamic",
+    fp16: Annotated[bool, typer.Option("--fp16", help="Same as --mode fp16 (GPU targets).")] = False,
+    preset: Annotated[str | None, typer.Option(help="Target CPU: avx2, avx512, avx512_vnni or arm64 (default: this CPU).")] = None,
+    per_channel: Annotated[bool, typer.Option("--per-channel", help="Per-channel weight scales.")] = False,
+    reduce_range: Annotated[bool | None, typer.Option("--reduce-range/--no-reduce-range", help="7-bit weights (default: the preset's choice).")] = None,
+    calibration: Annotated[str | None, typer.Option(help="Calibration data for static int8 (directory, name under the data root, hub:NAME).")] = None,
+    calibration_split: Annotated[str, typer.Option(help="Calibration split: train, dev or test.")] = "train",
+    calibration_samples: Annotated[int, typer.Option(help="Most calibration samples read.")] = 256,
+    calibration_batch_size: Annotated[int, typer.Option(help="Calibration batch size (bounds memory).")] = 8,
+    method: Annotated[str, typer.Option(help="Static calibration: minmax, entropy or percentile.")] = "minmax",
+    exclude_op_types: Annotated[list[str] | None, typer.Option("--exclude-op-types", help="Op types kept in float (comma-separated or repeated).")] = None,
+    exclude_nodes: Annotated[list[str] | None, typer.Option("--exclude-nodes", help="Node names kept in float (comma-separated or repeated).")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(help="Accuracy budget in points of the dev metric (auto picks the fastest within it).")] = 1.0,
+    fp32_nodes: Annotated[int, typer.Option(help="auto: keep up to N most sensitive nodes in fp32.")] = 2,
+    sensitivity_samples: Annotated[int, typer.Option(help="auto: dev samples for the sensitivity analysis.")] = 64,
+    data: Annotated[str | None, typer.Option(help="Evaluation data (default: recorded in the bundle).")] = None,
+    eval_samples: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset of the dev split.")] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the dev evaluation (not with --mode auto).")] = False,
+    timing_rounds: Annotated[int, typer.Option(help="auto: interleaved timing rounds per candidate.")] = 30,
+    timing_threads: Annotated[int | None, typer.Option(help="auto: intra-op threads for timing.")] = None,
+    provider: Annotated[str, typer.Option(help="ONNX Runtime provider for evaluation: cpu, cuda.")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Quantize a bundle: dynamic or static (QDQ) int8, fp16, or --mode auto with an accuracy gate."""
+    from ..config import build
+    from ..errors import ConfigError
+    from ..stages.quantize import QuantizeConfig
+    from ..stages.quantize import quantize as run_quantize
+
+    if fp16 and mode not in ("dynamic", "fp16"):
+        raise ConfigError(f"--fp16 conflicts with --mode {mode}", where="--fp16", fix="Pass one of them")
+    config = build(QuantizeConfig, {
+        "mode": "fp16" if fp16 else mode, "preset": preset, "per_channel": per_channel, "reduce_range": reduce_range,
+        "calibration": calibration, "calibration_split": calibration_split,
+        "calibration_samples": calibration_samples, "calibration_batch_size": calibration_batch_size,
+        "method": method, "exclude_op_types": _split_names(exclude_op_types),
+        "exclude_nodes": _split_names(exclude_nodes), "max_accuracy_drop": max_accuracy_drop,
+        "fp32_nodes": fp32_nodes, "sensitivity_samples": sensitivity_samples, "data": data,
+        "eval_samples": eval_samples, "evaluate": not no_eval, "timing_rounds": timing_rounds,
+        "timing_threads": timing_threads, "provider": provider,
+    })
+    artifact = run_quantize(bundle, config, out, overwrite=overwrite)
+    q = artifact.manifest["quantization"]
+    metrics = artifact.metrics
+    if json_out:
+        emit_json({"artifact": str(artifact.path), "task": artifact.task, "mode": q["mode"],
+                   "candidate": q["candidate"], "size_ratio": q["size_ratio"],
+                   "quantized_nodes": q["quantized_nodes"], "metrics": metrics,
+                   "gate": q.get("gate")})
+        return
+    line = f"wrote {artifact.path} ({q['candidate']}, {q['size_ratio']}x smaller"
+    if metrics:
+        metric = artifact.manifest.get("primary_metric")
+        line += f", dev {metric} {metrics['dev'].get(metric):.4f} vs fp32 {metrics['fp32_dev'].get(metric):.4f}"
+    typer.echo(line + ")")
