@@ -9,6 +9,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Caches (distillation teacher outputs, ...) go to a per-session temp dir, never the user's ~/.cache.
+os.environ["BERTEDGE_CACHE"] = tempfile.mkdtemp(prefix="bertedge-test-cache-")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -31,7 +34,7 @@ def write_vocab(path: Path) -> Path:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     chars = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-\"()")
-    vocab = specials + sorted(set(WORDS)) + chars + pieces
+    vocab = list(dict.fromkeys(specials + sorted(set(WORDS)) + chars + pieces))  # no duplicates: holes in ids
     path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
     return path
 
@@ -216,3 +219,15 @@ def cli():
 
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+# ----------------------------------------------------------------------------- exported bundles
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory, tiny_artifacts) -> dict:
+    """Each tiny artifact exported to a validated, fused ONNX bundle (opset 17, model.onnx only)."""
+    from bertedge.stages.export import ExportConfig, export
+
+    root = tmp_path_factory.mktemp("tiny-bundles")
+    return {name: export(artifact, ExportConfig(), root / name) for name, artifact in tiny_artifacts.items()}

@@ -1,0 +1,160 @@
+"""export, predict."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app
+from .common import emit_json
+
+
+@app.command()
+def export(
+    artifact: Annotated[Path, typer.Argument(help="Fine-tuned PyTorch artifact (finetune, distill or prune output).")],
+    out: Annotated[Path, typer.Option("--out", help="Output bundle directory.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset (14-20).")] = 17,
+    optimize: Annotated[bool, typer.Option("--optimize/--no-optimize",
+                                           help="Fuse Attention, SkipLayerNormalization, BiasGelu, "
+                                                "EmbedLayerNormalization with ONNX Runtime's optimizer.")] = True,
+    embed_layer_norm: Annotated[bool, typer.Option("--embed-layer-norm/--no-embed-layer-norm",
+                                                   help="With --optimize: fuse the embeddings too.")] = True,
+    raw_attention_mask: Annotated[bool, typer.Option(help="Fused attention reads the raw 0/1 mask (any padding "
+                                                          "side) instead of a right-padding length.")] = False,
+    ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write model.ort + required_operators.config "
+                                                                  "(ONNX Runtime mobile/minimal builds).")] = False,
+    atol: Annotated[float, typer.Option(help="Largest allowed |ONNX - PyTorch| per output on dev samples.")] = 1e-4,
+    metric_samples: Annotated[Optional[int], typer.Option(help="Dev examples for the metric check (seeded subset).")] = 1000,
+    all_samples: Annotated[bool, typer.Option("--all-samples", help="Validate on the whole dev split.")] = False,
+    min_agreement: Annotated[float, typer.Option(help="Fraction of dev predictions that must agree.")] = 0.995,
+    max_metric_delta: Annotated[float, typer.Option(help="Largest metric difference (0.001 = 0.1 point).")] = 0.001,
+    data: Annotated[Optional[str], typer.Option(help="Dev data (defaults to the one recorded in the manifest).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Validation batch size.")] = 32,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle at --out.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the bundle summary as JSON.")] = False,
+) -> None:
+    """Export to a validated ONNX bundle (model.onnx + tokenizer + manifest), fused for ONNX Runtime."""
+    from ..config import build
+    from ..stages.export import ExportConfig
+    from ..stages.export import export as run_export
+
+    config = build(ExportConfig, {
+        "opset": opset, "optimize": optimize, "embed_layer_norm": embed_layer_norm,
+        "raw_attention_mask": raw_attention_mask, "ort_format": ort_format, "atol": atol,
+        "metric_samples": None if all_samples else metric_samples, "min_agreement": min_agreement,
+        "max_metric_delta": max_metric_delta, "batch_size": batch_size, "data": data,
+    })
+    bundle = run_export(artifact, config, out, overwrite=overwrite)
+    summary = {"bundle": str(bundle.path), "task": bundle.task,
+               "fused_node_counts": bundle.manifest["onnx"]["fused_node_counts"],
+               "validation": bundle.manifest["validation"], "metrics": bundle.metrics}
+    if json_out:
+        emit_json(summary)
+        return
+    v = bundle.manifest["validation"]
+    typer.echo(f"wrote {bundle.path}")
+    for name, r in v["outputs"].items():
+        typer.echo(f"  {name:<14} max abs diff {r['max_abs_diff']:.2e} (atol {v['atol']:.0e})")
+    m = v["metric"]
+    typer.echo(f"  {m['name']:<14} onnx {m['onnx']:.4f} torch {m['torch']:.4f} on {v['examples']} dev examples; "
+               f"predictions agree {v['agreement']:.2%}")
+    fused = summary["fused_node_counts"]
+    if fused:
+        typer.echo("  fused: " + ", ".join(f"{k} {n}" for k, n in fused.items()))
+
+
+def _text_items(texts: list[str]) -> list[tuple[str, object]]:
+    """TEXT arguments; one starting with '{' is a JSON object (pairs, QA)."""
+    items = []
+    for i, text in enumerate(texts, start=1):
+        where = f"TEXT {i}"
+        if text.lstrip().startswith("{"):
+            from ..errors import DataError
+
+            try:
+                items.append((where, json.loads(text)))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"looks like JSON but does not parse (column {exc.colno}: {exc.msg})", where=where,
+                                fix='Quote it as one shell argument: \'{"question": "...", "context": "..."}\'') from None
+        else:
+            items.append((where, text))
+    return items
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="An exported bundle.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to predict; a JSON object for pairs or QA.")] = None,
+    input_file: Annotated[Optional[Path], typer.Option("--input", help="Inputs: .txt (one text a line), .tsv or "
+                                                                       ".jsonl (text/text_pair, question/context).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Write JSON lines here (default: stdout).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Inputs per ONNX Runtime call.")] = 32,
+    provider: Annotated[str, typer.Option(help="cpu, cuda or tensorrt.")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: ONNX Runtime's choice).")] = None,
+    ort_format: Annotated[bool, typer.Option("--ort-format", help="Run model.ort instead of model.onnx.")] = False,
+) -> None:
+    """Predict with a bundle (ONNX Runtime + tokenizers only); streams one JSON line per input."""
+    from ..errors import ConfigError
+    from ..runtime import Bundle, iter_input_file
+
+    if batch_size < 1:
+        raise ConfigError("must be at least 1", where="--batch-size", fix="Pass --batch-size 32")
+    if not texts and input_file is None:
+        raise ConfigError("no inputs", where="predict", fix="Pass TEXT arguments or --input FILE")
+    if output is not None and (output.is_dir() or not output.absolute().parent.is_dir()):
+        raise ConfigError("is a directory or its folder does not exist", where=f"--output {output}",
+                          fix="Pass a file path in an existing directory")
+    model = Bundle(bundle, provider=provider, threads=threads, model_file="model.ort" if ort_format else None)
+
+    def items():
+        yield from _text_items(texts or [])
+        if input_file is not None:
+            yield from iter_input_file(input_file, model.input_kind)
+
+    # First pass: read and check every input, so a bad line fails before anything is written.
+    count = 0
+    for where, item in items():
+        model.normalize(item, where)
+        count += 1
+
+    start = time.perf_counter()
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output is not None else None
+    sink = open(tmp, "w", encoding="utf-8") if tmp is not None else sys.stdout
+    try:
+        chunk: list[tuple[str, object]] = []
+
+        def flush() -> None:
+            predictions = model.predict([item for _, item in chunk], batch_size=batch_size,
+                                        where=[where for where, _ in chunk])
+            for (where, item), prediction in zip(chunk, predictions):
+                record = {}
+                if isinstance(item, dict) and "id" in item:
+                    record["id"] = item["id"]
+                record["input"] = where
+                record.update(prediction)
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()
+            chunk.clear()
+
+        for pair in items():
+            chunk.append(pair)
+            if len(chunk) >= batch_size:
+                flush()
+        if chunk:
+            flush()
+        if tmp is not None:
+            sink.close()
+            os.replace(tmp, output)
+    except BaseException:
+        if tmp is not None:
+            sink.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    elapsed = time.perf_counter() - start
+    typer.echo(f"predicted {count} input(s) in {elapsed:.2f}s" + (f" -> {output}" if output else ""), err=True)

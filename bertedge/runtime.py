@@ -1,0 +1,286 @@
+"""Torch-free inference over an exported bundle: onnxruntime + tokenizers + numpy only.
+
+    from bertedge.runtime import Bundle
+    bundle = Bundle("bundles/sst2")
+    bundle.predict(["a gripping film", "dull"])            # [{"label": "1", "score": 0.97, ...}, ...]
+    bundle.predict([{"question": "...", "context": "..."}])   # answers with character spans
+
+Importing this module and predicting never imports torch or transformers (a test checks
+sys.modules), so a deployment needs only `pip install onnxruntime tokenizers numpy` plus
+bertedge itself. Pre- and postprocessing are the task modules' own code, the same code that
+evaluated the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import Artifact, load_artifact
+from .errors import ArtifactError, DataError
+from .tasks import TaskSettings, get_task
+from .tasks.base import run_forward
+from .tasks.classification import softmax
+from .tasks.token import get_entities
+from .tokenization import TextEncoder
+
+# Raw NER text is split into words the way CoNLL data is: runs of letters/digits, and every
+# other non-space character (punctuation, symbols, emoji) on its own.
+WORD_PATTERN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Words of `text` and their [start, end) character spans."""
+    matches = list(WORD_PATTERN.finditer(text))
+    return [m.group() for m in matches], [m.span() for m in matches]
+
+
+def session_forward(session):
+    """numpy-in, numpy-out forward over an InferenceSession, feeding only the inputs it declares."""
+    input_names = [i.name for i in session.get_inputs()]
+    output_names = [o.name for o in session.get_outputs()]
+
+    def forward(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = session.run(output_names, {name: batch[name] for name in input_names})
+        return dict(zip(output_names, values))
+
+    return forward
+
+
+def _settings(artifact: Artifact) -> TaskSettings:
+    recorded = artifact.manifest.get("settings") or {}
+    return TaskSettings(**{k: v for k, v in recorded.items() if k in TaskSettings.__dataclass_fields__})
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+class Bundle:
+    """An exported bundle loaded for inference.
+
+    `encoder` tokenizes exactly as training did; `forward(batch)` runs the ONNX model on
+    numpy inputs; `predict(items)` goes from raw inputs to labels / entities / answers.
+    `model_file="model.ort"` loads the ORT-format model written by `export --ort-format`.
+    """
+
+    def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
+                 model_file: str | None = None, optimization: str = "all"):
+        from .providers import make_session
+
+        self.artifact = load_artifact(path)
+        self.path = self.artifact.path
+        if not self.artifact.is_bundle:
+            raise ArtifactError("not an ONNX bundle (no model.onnx)", where=str(self.path),
+                                fix="Pass a directory written by `bertedge export` (or quantize)")
+        self.manifest = self.artifact.manifest
+        self.task = get_task(self.artifact.task)
+        self.labels = self.artifact.labels or None
+        self.settings = _settings(self.artifact)
+        model_path = self.path / (model_file or "model.onnx")
+        if not model_path.is_file():
+            raise ArtifactError(f"bundle has no {model_path.name}", where=str(self.path),
+                                fix="Re-export with --ort-format to get model.ort" if model_path.suffix == ".ort"
+                                else "Re-export the bundle")
+        if not (self.path / "tokenizer.json").is_file():
+            raise ArtifactError("bundle has no tokenizer.json", where=str(self.path), fix="Re-export the bundle")
+        self.session = make_session(model_path, provider, threads=threads, optimization=optimization)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        tokenizer = self.manifest.get("tokenizer") or {}
+        # The encoder builds exactly the inputs the graph declares.
+        self.encoder = TextEncoder.from_dir(self.path, pad_token_id=tokenizer.get("pad_token_id"),
+                                            model_input_names=self.input_names)
+        self._forward = session_forward(self.session)
+        interface = self.manifest.get("interface") or {}
+        self.input_kind = interface.get("input_kind") or {
+            "text-classification": "single-sentence", "token-classification": "words",
+            "question-answering": "question-context"}[self.task.name]
+
+    # ------------------------------------------------------------------ raw model
+
+    def forward(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in batch]
+        if missing:
+            raise DataError(f"batch lacks the model inputs {', '.join(missing)}", where="forward",
+                            fix=f"Pass {', '.join(self.input_names)}")
+        return self._forward(batch)
+
+    # ------------------------------------------------------------------ predictions
+
+    def predict(self, items: Iterable[Any], *, batch_size: int = 32,
+                where: Iterable[str] | None = None) -> list[dict]:
+        """Predictions for raw inputs, in order.
+
+        text-classification: a string, or {"text", "text_pair"} (pair models need text_pair);
+        token-classification: a string (split into words here) or {"text"} or {"tokens": [...]};
+        question-answering: {"question", "context"}. `where` names each item in errors (file:line).
+        """
+        items = list(items)
+        places = list(where) if where is not None else [f"input {i + 1}" for i in range(len(items))]
+        examples = [self.normalize(item, place) for item, place in zip(items, places)]
+        results: list[dict] = []
+        for start in range(0, len(examples), batch_size):
+            results.extend(self._predict_batch(examples[start:start + batch_size], batch_size))
+        return results
+
+    def normalize(self, item: Any, where: str = "input") -> dict:
+        """One raw input -> the task's example dict; bad inputs raise a DataError naming `where`."""
+        kind = self.input_kind
+        if kind in ("single-sentence", "sentence-pair"):
+            if isinstance(item, str):
+                item = {"text": item}
+            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+                raise DataError("expected a text (a string, or an object with a 'text' string)", where=where,
+                                fix='Give {"text": "..."}' + (', "text_pair": "..."' if kind == "sentence-pair" else ""))
+            pair = item.get("text_pair")
+            if kind == "sentence-pair" and not isinstance(pair, str):
+                raise DataError("this model classifies sentence pairs but got one text", where=where,
+                                fix='Give both texts: {"text": ..., "text_pair": ...} in JSONL, or two '
+                                    'tab-separated columns in TSV')
+            if kind == "single-sentence" and pair is not None:
+                raise DataError("this model classifies single texts but got a text_pair", where=where,
+                                fix="Drop text_pair, or use a model trained on sentence pairs")
+            return {"text": item["text"], "text_pair": pair if kind == "sentence-pair" else None, "label": None}
+        if kind == "words":
+            if isinstance(item, str):
+                item = {"text": item}
+            if isinstance(item, dict) and isinstance(item.get("tokens"), list):
+                tokens = [str(t) for t in item["tokens"]]
+                return {"tokens": tokens, "tags": None, "_text": None, "_spans": None}
+            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+                raise DataError("expected a text (a string, {\"text\": ...} or {\"tokens\": [...]})", where=where,
+                                fix='Give {"text": "..."}')
+            words, spans = split_words(item["text"])
+            return {"tokens": words, "tags": None, "_text": item["text"], "_spans": spans}
+        # question-answering
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+            raise DataError("question answering needs a question and a context", where=where,
+                            fix='Give {"question": "...", "context": "..."} in JSONL, or question<TAB>context in TSV')
+        if not isinstance(item.get("context"), str):
+            raise DataError("question answering needs a context, none was given", where=where,
+                            fix='Give {"question": "...", "context": "..."} in JSONL, or question<TAB>context in TSV')
+        question, cut = self._fit_question(item["question"])
+        return {"id": str(item.get("id", "")), "question": question, "context": item["context"],
+                "answers": {"text": [], "answer_start": []}, "_question_truncated": cut}
+
+    def _fit_question(self, question: str) -> tuple[str, bool]:
+        """Shorten a question that leaves no room for a context window (the tokenizer would refuse it)."""
+        s = self.settings
+        budget = s.max_length - self.encoder.special_tokens_count(True) - s.doc_stride - 1
+        enc = self.encoder.encode([question.lstrip()], max_length=10**9)[0]
+        pieces = [o for o, t in zip(enc.offsets, enc.special_tokens_mask) if not t]
+        if len(pieces) <= budget:
+            return question, False
+        end = pieces[max(budget, 1) - 1][1]
+        stripped = len(question) - len(question.lstrip())
+        return question[:stripped + end], True
+
+    def _predict_batch(self, examples: list[dict], batch_size: int) -> list[dict]:
+        task, settings = self.task, self.settings
+        features = task.eval_features(examples, self.encoder, settings)
+        outputs = run_forward(features, self.encoder, self._forward, batch_size, task.per_token_outputs)
+        predictions = task.postprocess(examples, features, outputs, settings, self.labels)
+        if task.name == "text-classification":
+            return [self._classification(p, o) for p, o in zip(predictions, outputs)]
+        if task.name == "token-classification":
+            return [self._entities(ex, f, p, o) for ex, f, p, o in zip(examples, features, predictions, outputs)]
+        return [{"answer": p["answer"], "start": p["start"], "end": p["end"], "score": _finite(p["score"]),
+                 "windows": p["windows"], "question_truncated": ex["_question_truncated"]}
+                for ex, p in zip(examples, predictions)]
+
+    def _classification(self, prediction: dict, output: dict) -> dict:
+        probs = softmax(output["logits"].astype(np.float64))
+        names = self.labels or [str(i) for i in range(len(probs))]
+        return {"label": prediction["label"], "score": prediction["score"],
+                "scores": {name: float(p) for name, p in zip(names, probs)},
+                "truncated": prediction["truncated"]}
+
+    def _entities(self, example: dict, feature: dict, prediction: dict, output: dict) -> dict:
+        """Entities as character spans of the raw text (word indices for pre-split tokens)."""
+        probs = softmax(output["logits"].astype(np.float64))
+        word_scores = [float(probs[pos].max()) if pos is not None else None for pos in feature["first_piece"]]
+        entities = []
+        for etype, first, last in get_entities(prediction["tags"]):
+            scores = [s for s in word_scores[first:last + 1] if s is not None]
+            entity = {"entity": etype, "score": float(np.mean(scores)) if scores else None,
+                      "first_word": first, "last_word": last}
+            if example["_spans"] is not None:
+                start, end = example["_spans"][first][0], example["_spans"][last][1]
+                entity.update({"text": example["_text"][start:end], "start": start, "end": end})
+            else:
+                entity["text"] = " ".join(example["tokens"][first:last + 1])
+            entities.append(entity)
+        return {"entities": entities, "truncated": prediction["truncated_words"] > 0,
+                "truncated_words": prediction["truncated_words"], "words": len(example["tokens"])}
+
+
+def load_bundle(path: str | Path, **kwargs) -> Bundle:
+    return Bundle(path, **kwargs)
+
+
+# ----------------------------------------------------------------------------- input files
+
+FIELDS = frozenset({"id", "text", "text_pair", "question", "context", "tokens"})
+POSITIONAL = {"single-sentence": ("text",), "sentence-pair": ("text", "text_pair"), "words": ("text",),
+              "question-context": ("question", "context")}
+
+
+def iter_input_file(path: str | Path, input_kind: str) -> Iterator[tuple[str, Any]]:
+    """(file:line, raw item) for every input in a .jsonl, .tsv or .txt file, streamed.
+
+    JSONL: one object per line (fields text/text_pair, question/context, tokens, optional id) or a
+    JSON string. TSV: columns named by a header row from those fields, or positional (text[, text_pair];
+    question, context). Anything else: one text per line. Blank lines are skipped in JSONL and TSV.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such input file", where=str(path), fix="Check the --input path")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".tsv") and input_kind == "question-context":
+        raise DataError("question answering needs structured input (question and context)", where=str(path),
+                        fix="Use a .jsonl file with question/context fields, or a .tsv file: question<TAB>context")
+    header: tuple[str, ...] | None = None
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                                where=where, fix="Re-encode the file as UTF-8") from None
+            line = line.rstrip("\n").rstrip("\r")
+            if number == 1:
+                line = line.lstrip("\ufeff")
+            if suffix == ".jsonl":
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"invalid JSON at column {exc.colno}: {exc.msg}", where=where,
+                                    fix="Write one JSON object (or string) per line") from None
+                if not isinstance(item, (dict, str)):
+                    raise DataError(f"expected a JSON object or string, found {type(item).__name__}", where=where,
+                                    fix='Write e.g. {"text": "..."} per line')
+                yield where, item
+            elif suffix == ".tsv":
+                if not line.strip():
+                    continue
+                cells = line.split("\t")
+                if header is None and number == 1 and all(c.strip() in FIELDS for c in cells):
+                    header = tuple(c.strip() for c in cells)
+                    continue
+                names = header or POSITIONAL[input_kind]
+                if len(cells) > len(names):
+                    raise DataError(f"expected at most {len(names)} tab-separated columns ({', '.join(names)}), "
+                                    f"found {len(cells)}", where=where, fix="Fix the tabs on that line")
+                yield where, dict(zip(names, cells))
+            else:
+                yield where, line

@@ -1,0 +1,415 @@
+"""export: a fine-tuned PyTorch artifact -> a validated ONNX bundle.
+
+The bundle is `model.onnx` (+ `model.ort` and `required_operators.config` with `ort_format`),
+the tokenizer files and a manifest that says everything a non-Python ONNX Runtime user needs
+(inputs, dtypes, dynamic axes, outputs, padding side, truncation, labels, postprocessing).
+
+Steps: export with optimum-onnx from a model loaded with eager attention (the SDPA graph does
+not match ONNX Runtime's attention fusion patterns), fuse with onnxruntime.transformers
+(Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization), then validate twice on
+real dev samples: max abs difference per output against PyTorch, and the task metric through
+ONNX Runtime against PyTorch. Any failure raises inside `atomic_artifact`, so no bundle is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from .. import log
+from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
+from ..config import StrictModel
+from ..errors import ArtifactError, ConfigError, ExportError
+from ..runtime import session_forward
+from ..tasks import get_task
+from ..tasks.base import run_forward
+
+DEFAULT_OPSET = 17
+# optimum's BERT export needs >= 14 (LayerNormalization is native from 17); the TorchScript
+# exporter in torch 2.x stops at 20. ONNX Runtime's transformer fusions are tested on 14-20.
+SUPPORTED_OPSETS = range(14, 21)
+MODEL_FILE = "model.onnx"
+ORT_FILE = "model.ort"
+ORT_CONFIG_FILE = "required_operators.config"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
+             "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")
+
+
+class ExportConfig(StrictModel):
+    opset: int = Field(DEFAULT_OPSET, description=f"ONNX opset ({SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})")
+    optimize: bool = Field(True, description="Fuse with ONNX Runtime's transformer optimizer (Attention, "
+                                             "SkipLayerNormalization, BiasGelu, EmbedLayerNormalization)")
+    embed_layer_norm: bool = Field(True, description="Also fuse the embeddings into EmbedLayerNormalization")
+    raw_attention_mask: bool = Field(False, description="Fused attention reads the raw 0/1 mask (any padding side) "
+                                                        "instead of a right-padding length index (faster)")
+    ort_format: bool = Field(False, description="Also write model.ort + required_operators.config for ONNX Runtime "
+                                                "mobile/minimal builds")
+    atol: float = Field(1e-4, gt=0, description="Largest allowed |ONNX - PyTorch| per output on dev samples")
+    metric_samples: int | None = Field(1000, ge=1, description="Dev examples for the metric check "
+                                                               "(seeded subset; None = all)")
+    min_agreement: float = Field(0.995, ge=0, le=1, description="Fraction of dev predictions ONNX and PyTorch "
+                                                                 "must agree on")
+    max_metric_delta: float = Field(0.001, ge=0, description="Largest |ONNX - PyTorch| primary metric "
+                                                             "(0-1 scale: 0.001 = 0.1 point)")
+    batch_size: int = Field(32, ge=1, description="Batch size of the validation passes")
+    data: str | None = Field(None, description="Dev data for validation (default: the data the artifact records)")
+
+    @field_validator("opset")
+    @classmethod
+    def _opset_supported(cls, value: int) -> int:
+        if value not in SUPPORTED_OPSETS:
+            raise ValueError(f"opset {value} is not supported (use {SUPPORTED_OPSETS.start} to "
+                             f"{SUPPORTED_OPSETS.stop - 1}; default {DEFAULT_OPSET})")
+        return value
+
+
+# ----------------------------------------------------------------------------- public stage
+
+
+def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *, overwrite: bool = False) -> Artifact:
+    """Export a fine-tuned artifact to a validated ONNX bundle at `out`."""
+    from ..evaluate import artifact_settings, load_eval_examples
+    from ..modeling import encoder_from_hf
+
+    parent = src if isinstance(src, Artifact) else load_artifact(src)
+    if parent.is_bundle:
+        raise ArtifactError("this is already an ONNX bundle", where=str(parent.path),
+                            fix="Export the PyTorch artifact it came from (its manifest's parent.path)")
+    if not (parent.path / "config.json").is_file():
+        raise ArtifactError("artifact has no config.json, so it is not a transformers model directory",
+                            where=str(parent.path), fix="Pass an artifact written by finetune, distill or prune")
+    out = check_output_path(out, overwrite=overwrite)
+    task = get_task(parent.task)
+    settings = artifact_settings(parent)
+    # Validation data first: a missing dataset must fail before minutes of export work.
+    examples = load_eval_examples(parent, config.data, "dev", config.metric_samples)
+    if not examples:
+        raise ConfigError("the dev split is empty, so the export cannot be validated", where=str(parent.path),
+                          fix="Pass --data with a non-empty dev split")
+
+    model, hf_tokenizer = _load_eager(parent)
+    encoder = encoder_from_hf(hf_tokenizer)
+    with atomic_artifact(out, stage="export", task=parent.task, overwrite=overwrite) as writer, \
+            tempfile.TemporaryDirectory(prefix="bertedge-export-") as scratch:
+        scratch = Path(scratch)
+        raw_path = _onnx_export(model, task.ort_task, config.opset, scratch / "raw")
+        model_path = writer.path / MODEL_FILE
+        fused: dict[str, int] = {}
+        if config.optimize:
+            fused = _optimize(raw_path, model_path, model.config, config)
+        else:
+            shutil.copyfile(raw_path, model_path)
+        hf_tokenizer.save_pretrained(writer.path)
+        model.config.save_pretrained(writer.path)  # lets optimum's ORTModelFor* load the bundle too
+
+        log.info(f"export: validating on {len(examples)} dev examples against PyTorch")
+        validation, ort_metrics, torch_metrics = _validate(model, model_path, encoder, task, examples, settings,
+                                                           parent, config)
+        onnx_io = describe_graph(model_path)
+        ort_record = None
+        if config.ort_format:
+            ort_record = _write_ort_format(model_path, writer.path, encoder, task, examples, settings,
+                                           config.batch_size, config.atol)
+            validation["ort_format"] = ort_record["validation"]
+        writer.manifest.update({
+            "labels": parent.labels or None,
+            "settings": settings.record(),
+            "primary_metric": validation["metric"]["name"],
+            "config": config.model_dump(mode="json"),
+            "model": {**(parent.manifest.get("model") or {}), **_architecture(model.config)},
+            "parent": parent_record(parent),
+            "data": parent.manifest.get("data"),
+            "tokenizer": parent.manifest.get("tokenizer") or {},
+            "onnx": {**onnx_io, "file": MODEL_FILE, "opset": config.opset, "optimized": config.optimize,
+                     "fused_node_counts": fused, "ort_format": ort_record and
+                     {k: v for k, v in ort_record.items() if k != "validation"},
+                     "attention_implementation_at_export": "eager"},
+            "interface": interface_record(parent, task.name, settings, onnx_io, config),
+            "validation": validation,
+            "metrics": {"dev": {**ort_metrics, "n": len(examples)}, "dev_torch": {**torch_metrics, "n": len(examples)}},
+        })
+    bundle = load_artifact(out)
+    log.info(f"export: wrote {bundle.path} (max abs diff "
+             + ", ".join(f"{k} {v['max_abs_diff']:.1e}" for k, v in validation["outputs"].items())
+             + f"; {validation['metric']['name']} onnx {validation['metric']['onnx']:.4f} vs torch "
+               f"{validation['metric']['torch']:.4f})")
+    return bundle
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _load_eager(parent: Artifact):
+    from ..modeling import load_hf_tokenizer, model_class
+
+    try:
+        # Eager attention exports as MatMul/Softmax, which ORT's fusion recognises; SDPA does not fuse.
+        model = model_class(parent.task).from_pretrained(str(parent.path), attn_implementation="eager")
+    except Exception as exc:
+        raise ArtifactError(f"cannot load the PyTorch model ({str(exc).splitlines()[0][:200]})",
+                            where=str(parent.path), fix="The artifact is damaged; rerun the stage that wrote it") from None
+    model.eval()
+    return model, load_hf_tokenizer(parent.path)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Libraries print progress on stdout; stdout belongs to --json output."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _onnx_export(model, ort_task: str, opset: int, directory: Path) -> Path:
+    import logging
+
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    # optimum recommends opset 18 for BERT but 17 exports the same graph (native LayerNormalization);
+    # its warning about that would only confuse.
+    optimum_logger = logging.getLogger("optimum.exporters.onnx.convert")
+    previous = optimum_logger.level
+    optimum_logger.setLevel(logging.ERROR)
+    try:
+        with _stdout_to_stderr():
+            onnx_export_from_model(model, directory, opset=opset, task=ort_task, do_validation=False)
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:240]
+        raise ExportError(f"ONNX export failed ({type(exc).__name__}: {detail})", where="export",
+                          fix="Try another --opset, or rerun with --debug for the traceback") from None
+    finally:
+        optimum_logger.setLevel(previous)
+    path = directory / MODEL_FILE
+    if not path.is_file():
+        raise ExportError("the exporter wrote no model.onnx", where=str(directory), fix="Rerun with --debug")
+    return path
+
+
+def fusion_options(config: ExportConfig):
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = config.embed_layer_norm
+    options.use_raw_attention_mask(config.raw_attention_mask)
+    return options
+
+
+def _optimize(raw_path: Path, out_path: Path, hf_config, config: ExportConfig) -> dict[str, int]:
+    """ONNX Runtime transformer fusions (offline, opt_level 0: portable, no hardware-specific nodes)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, hidden = hf_config.num_attention_heads, hf_config.hidden_size
+    if getattr(hf_config, "pruned_heads", None):
+        heads, hidden = 0, 0  # pruned layers have different head counts: let the optimizer read each graph
+    with _stdout_to_stderr():
+        optimized = optimize_model(str(raw_path), model_type="bert", num_heads=heads, hidden_size=hidden,
+                                   optimization_options=fusion_options(config), opt_level=0)
+        stats = optimized.get_fused_operator_statistics()
+        optimized.save_model_to_file(str(out_path))
+    counts = {op: int(stats.get(op, 0)) for op in FUSED_OPS if stats.get(op, 0)}
+    attention = counts.get("Attention", 0) + counts.get("MultiHeadAttention", 0)
+    if attention < hf_config.num_hidden_layers:
+        log.warning(f"attention was fused in {attention} of {hf_config.num_hidden_layers} layers; the unfused "
+                    "layers run as MatMul/Softmax (slower). Check that the model was exported with eager attention")
+    return counts
+
+
+def _architecture(hf_config) -> dict:
+    return {"num_layers": hf_config.num_hidden_layers, "num_heads": hf_config.num_attention_heads,
+            "hidden_size": hf_config.hidden_size, "pruned_heads": {str(k): sorted(v) for k, v in
+                                                                  (getattr(hf_config, "pruned_heads", None) or {}).items()}}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate(model, model_path: Path, encoder, task, examples, settings, parent: Artifact, config: ExportConfig):
+    from ..providers import make_session
+    from ..train import torch_forward
+
+    features = task.eval_features(examples, encoder, settings)
+    session = make_session(model_path, "cpu")
+    torch_outputs = run_forward(features, encoder, torch_forward(model), config.batch_size, task.per_token_outputs)
+    ort_outputs = run_forward(features, encoder, session_forward(session), config.batch_size, task.per_token_outputs)
+    outputs = compare_outputs(torch_outputs, ort_outputs, config.atol)
+
+    labels = parent.labels or None
+    torch_pred = task.postprocess(examples, features, torch_outputs, settings, labels)
+    ort_pred = task.postprocess(examples, features, ort_outputs, settings, labels)
+    torch_metrics = task.metrics(examples, torch_pred, labels)
+    ort_metrics = task.metrics(examples, ort_pred, labels)
+    metric_name = parent.manifest.get("primary_metric") or task.primary_metric
+    if metric_name not in torch_metrics:
+        metric_name = task.primary_metric
+    agreement = prediction_agreement(task.name, torch_pred, ort_pred)
+    metric = {"name": metric_name, "torch": torch_metrics.get(metric_name), "onnx": ort_metrics.get(metric_name)}
+    metric["delta"] = (abs(metric["onnx"] - metric["torch"]) if isinstance(metric["onnx"], float)
+                       and isinstance(metric["torch"], float) else None)
+    validation = {
+        "examples": len(examples), "features": len(features), "atol": config.atol, "outputs": outputs,
+        "agreement": agreement, "min_agreement": config.min_agreement, "metric": metric,
+        "max_metric_delta": config.max_metric_delta, "session_optimization": "all", "provider": "cpu",
+    }
+    failures = [f"{name} max abs diff {r['max_abs_diff']:.2e} > atol {config.atol:.0e}"
+                for name, r in outputs.items() if not r["ok"]]
+    if agreement < config.min_agreement:
+        failures.append(f"predictions agree on {agreement:.2%} of dev (need {config.min_agreement:.2%})")
+    if metric["delta"] is not None and metric["delta"] > config.max_metric_delta:
+        failures.append(f"{metric_name} onnx {metric['onnx']:.4f} vs torch {metric['torch']:.4f} "
+                        f"(delta {metric['delta']:.4f} > {config.max_metric_delta})")
+    validation["passed"] = not failures
+    if failures:
+        report = "; ".join(f"{n} {r['max_abs_diff']:.2e}" for n, r in outputs.items())
+        raise ExportError(f"validation failed: {'; '.join(failures)} (per output: {report})", where="export",
+                          fix="Raise --atol if the difference is acceptable, try --no-optimize, or another --opset")
+    return validation, ort_metrics, torch_metrics
+
+
+def compare_outputs(reference: list[dict], candidate: list[dict], atol: float) -> dict[str, dict]:
+    """Per output: max |a - b| over all features (per-token outputs over real tokens only)."""
+    report: dict[str, dict] = {}
+    for name in reference[0]:
+        diff = max(float(np.max(np.abs(r[name].astype(np.float64) - c[name].astype(np.float64))))
+                   for r, c in zip(reference, candidate))
+        scale = max(float(np.max(np.abs(r[name]))) for r in reference)
+        report[name] = {"max_abs_diff": diff, "max_abs_value": scale, "ok": diff <= atol}
+    return report
+
+
+def prediction_agreement(task_name: str, a: list, b: list) -> float:
+    """Fraction of examples whose predictions are identical (label / every word's tag / answer span)."""
+    if not a:
+        return 1.0
+    if task_name == "text-classification":
+        same = [x["label_id"] == y["label_id"] for x, y in zip(a, b)]
+    elif task_name == "token-classification":
+        same = [x["tags"] == y["tags"] for x, y in zip(a, b)]
+    else:
+        same = [(x["start"], x["end"]) == (y["start"], y["end"]) for x, y in zip(a, b)]
+    return sum(same) / len(same)
+
+
+# ----------------------------------------------------------------------------- ORT format
+
+
+def _write_ort_format(model_path: Path, bundle_dir: Path, encoder, task, examples, settings, batch_size: int,
+                      atol: float) -> dict:
+    """model.ort + required_operators.config via onnxruntime.tools.convert_onnx_models_to_ort.
+
+    Checked against model.onnx on the dev features: a model that does not load or predict the same fails.
+    """
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    from ..providers import make_session
+
+    with tempfile.TemporaryDirectory(prefix="bertedge-ort-") as scratch:
+        scratch = Path(scratch)
+        shutil.copyfile(model_path, scratch / MODEL_FILE)
+        try:
+            with _stdout_to_stderr():
+                convert_onnx_models_to_ort(scratch / MODEL_FILE, output_dir=scratch / "out",
+                                           optimization_styles=[OptimizationStyle.Fixed])
+        except Exception as exc:
+            detail = " ".join(str(exc).split())[:240]
+            raise ExportError(f"conversion to the ORT format failed ({detail})", where="--ort-format",
+                              fix="Export without --ort-format, or rerun with --debug") from None
+        shutil.copyfile(scratch / "out" / ORT_FILE, bundle_dir / ORT_FILE)
+        configs = sorted((scratch / "out").glob("*.config"))
+        shutil.copyfile(configs[0], bundle_dir / ORT_CONFIG_FILE)
+    features = task.eval_features(examples[:64], encoder, settings)
+    onnx_out = run_forward(features, encoder, session_forward(make_session(model_path)), batch_size,
+                           task.per_token_outputs)
+    ort_out = run_forward(features, encoder, session_forward(make_session(bundle_dir / ORT_FILE)), batch_size,
+                          task.per_token_outputs)
+    outputs = compare_outputs(onnx_out, ort_out, atol)
+    if not all(r["ok"] for r in outputs.values()):
+        raise ExportError("model.ort does not reproduce model.onnx (" + "; ".join(
+            f"{n} {r['max_abs_diff']:.2e}" for n, r in outputs.items()) + ")", where="--ort-format",
+            fix="Export without --ort-format")
+    operators = [line.strip() for line in (bundle_dir / ORT_CONFIG_FILE).read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+    return {"file": ORT_FILE, "required_operators": ORT_CONFIG_FILE, "optimization_style": "Fixed",
+            "optimization_level": "all (NCHWc layout excluded: portable across CPUs)",
+            "operator_sets": operators, "validation": {"features": len(features), "outputs": outputs}}
+
+
+# ----------------------------------------------------------------------------- manifest documentation
+
+
+def describe_graph(model_path: Path) -> dict:
+    """Inputs and outputs of the ONNX graph: names, dtypes, shapes with named dynamic axes."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+
+    def spec(value) -> dict:
+        t = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)))
+        return {"name": value.name, "dtype": dtype, "shape": dims,
+                "dynamic_axes": {str(i): d for i, d in enumerate(dims) if isinstance(d, str)}}
+
+    initializers = {i.name for i in graph.initializer}
+    return {"inputs": [spec(v) for v in graph.input if v.name not in initializers],
+            "outputs": [spec(v) for v in graph.output]}
+
+
+def interface_record(parent: Artifact, task_name: str, settings, onnx_io: dict, config: ExportConfig) -> dict:
+    """How to call the model without bertedge: preprocessing, inputs, outputs, postprocessing."""
+    tokenizer = parent.manifest.get("tokenizer") or {}
+    columns = (parent.manifest.get("data") or {}).get("columns") or {}
+    pair = task_name == "text-classification" and bool(columns.get("text_pair"))
+    kind = {"text-classification": "sentence-pair" if pair else "single-sentence",
+            "token-classification": "words", "question-answering": "question-context"}[task_name]
+    record = {
+        "input_kind": kind,
+        "tokenizer": "tokenizer.json (HuggingFace tokenizers format: normalisation, pre-tokenisation, "
+                     "WordPiece/BPE model, [CLS]/[SEP] template; load it with the tokenizers library or "
+                     "any port of it, e.g. Microsoft.ML.Tokenizers, tokenizers.js, DJL tokenizers)",
+        "padding": {"side": "right", "pad_token_id": tokenizer.get("pad_token_id", 0),
+                    "note": "attention_mask is 1 for real tokens then 0 for padding"
+                            + ("" if config.raw_attention_mask or not config.optimize else
+                               "; the fused graph requires right padding (it reads the mask as a length)")},
+        "input_dtype": "int64 for every input",
+        "max_length": settings.max_length,
+    }
+    if task_name == "text-classification":
+        record.update({
+            "truncation": f"longest_first to max_length {settings.max_length} tokens (special tokens included); "
+                          "bertedge flags truncated inputs",
+            "token_type_ids": "0 for the first text (with [CLS] and its [SEP]), 1 for the second" if pair else "all 0",
+            "postprocessing": "softmax over logits[batch, num_labels]; label = labels[argmax]",
+        })
+    elif task_name == "token-classification":
+        record.update({
+            "truncation": f"words are tokenized separately (is_pretokenized) and truncated to max_length "
+                          f"{settings.max_length}; words cut off are tagged O and flagged",
+            "token_type_ids": "all 0",
+            "postprocessing": "argmax over logits[batch, sequence, num_labels] at the FIRST word piece of each "
+                              "word gives the word's tag (IOB2: B-X starts an entity, I-X continues it); "
+                              "bertedge splits raw text into words on whitespace and punctuation",
+        })
+    else:
+        record.update({
+            "truncation": f"only the context is truncated: question + context windows of max_length "
+                          f"{settings.max_length} tokens overlapping by doc_stride {settings.doc_stride} tokens "
+                          "(the question is left-stripped)",
+            "doc_stride": settings.doc_stride,
+            "max_answer_length": settings.max_answer_length,
+            "n_best": settings.n_best,
+            "token_type_ids": "0 for [CLS] question [SEP], 1 for context [SEP]",
+            "postprocessing": f"over all windows, the context span (s <= e, e - s + 1 <= "
+                              f"{settings.max_answer_length}) among the top {settings.n_best} start and end "
+                              "logits with the largest start_logits[s] + end_logits[e]; map tokens back to "
+                              "characters with the tokenizer's offsets",
+        })
+    record["inputs"] = [i["name"] for i in onnx_io["inputs"]]
+    record["outputs"] = [o["name"] for o in onnx_io["outputs"]]
+    return record
