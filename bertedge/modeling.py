@@ -42,12 +42,17 @@ def tokenizer_record(tokenizer) -> dict:
     }
 
 
-def load_torch_artifact(artifact: Artifact):
-    """(model, hf_tokenizer) of a transformers-directory artifact, in eval mode."""
+def load_torch_artifact(artifact: Artifact, **kwargs):
+    """(model, hf_tokenizer) of a transformers-directory artifact, in eval mode.
+
+    `kwargs` go to from_pretrained (e.g. attn_implementation="eager" for ONNX export).
+    """
     if artifact.is_bundle:
         raise ArtifactError("this is an ONNX bundle, not a PyTorch artifact", where=str(artifact.path),
                             fix="Pass the PyTorch artifact it was exported from")
-    model = model_class(artifact.task).from_pretrained(str(artifact.path))
+    from .pruning import load_pretrained  # also rebuilds per-layer FFN widths written by `prune`
+
+    model = load_pretrained(model_class(artifact.task), artifact.path, **kwargs)
     model.eval()
     return model, load_hf_tokenizer(artifact.path)
 

@@ -148,16 +148,15 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
 
 
 def _load_eager(parent: Artifact):
-    from ..modeling import load_hf_tokenizer, model_class
+    from ..modeling import load_torch_artifact
 
     try:
-        # Eager attention exports as MatMul/Softmax, which ORT's fusion recognises; SDPA does not fuse.
-        model = model_class(parent.task).from_pretrained(str(parent.path), attn_implementation="eager")
+        # Eager attention exports as plain MatMul/Softmax, the pattern ORT's fusion matches. The bertedge
+        # loader also rebuilds per-layer FFN widths of pruned models.
+        return load_torch_artifact(parent, attn_implementation="eager")
     except Exception as exc:
         raise ArtifactError(f"cannot load the PyTorch model ({str(exc).splitlines()[0][:200]})",
                             where=str(parent.path), fix="The artifact is damaged; rerun the stage that wrote it") from None
-    model.eval()
-    return model, load_hf_tokenizer(parent.path)
 
 
 @contextlib.contextmanager
