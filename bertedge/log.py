@@ -8,7 +8,15 @@ import sys
 logger = logging.getLogger("bertedge")
 
 
+# Third-party loggers that print noise on import in the pinned set (torchao's C extensions built for
+# another Python, torch's pytree deprecation notes). The CLI quiets them unless --verbose.
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def setup(verbose: bool = False) -> None:
+    if not verbose:
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     if logger.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)

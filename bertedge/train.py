@@ -8,10 +8,12 @@ runtime path uses), layer-wise LR decay, freezing, length-grouped dynamic-paddin
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -205,7 +207,9 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
     trainer = BertEdgeTrainer(model=model, args=args, train_dataset=train_features, eval_dataset=train_features[:1],
                               data_collator=_Collator(encoder), callbacks=callbacks)
     try:
-        result = trainer.train()
+        # The Trainer prints its log dicts on stdout; stdout belongs to --json output.
+        with contextlib.redirect_stdout(sys.stderr):
+            result = trainer.train()
     finally:
         _close_progress_bars(trainer)
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,253 @@
+"""The side-by-side report of a run: every artifact against the PyTorch fp32 teacher and the peer path.
+
+All timings come from ONE interleaved bench run (bertedge.bench.run_bench), so ratios are measured
+under the same conditions. Metrics come from the artifacts' manifests (dev split); an artifact whose
+manifest was evaluated on a different number of dev examples than the teacher is re-evaluated on the
+teacher's dev set, so every row compares the same examples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from . import log
+from .artifacts import Artifact, load_artifact, write_json_atomic
+from .errors import ArtifactError
+from .recipe import Recipe, load_recipe
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PARETO_PNG = "pareto.png"
+LATENCY_PNG = "latency.png"
+KEY_BATCH, KEY_SEQ, THROUGHPUT_BATCH = 1, 128, 32
+
+
+def _dev_metrics(artifact: Artifact) -> dict:
+    metrics = artifact.metrics
+    dev = metrics.get("dev") if isinstance(metrics.get("dev"), dict) else metrics
+    return {k: v for k, v in (dev or {}).items() if isinstance(v, (int, float))}
+
+
+def _primary(recipe: Recipe, teacher: Artifact) -> str:
+    from .tasks import get_task
+
+    return recipe.budget.metric or teacher.manifest.get("primary_metric") or get_task(recipe.task).primary_metric
+
+
+def _peer_metrics(peer_file: Path, tokenizer_dir: Path, teacher: Artifact) -> dict:
+    """The peer's dev metric through the same evaluation loop bertedge uses for bundles."""
+    from .evaluate import artifact_settings, load_eval_examples
+    from .providers import make_session
+    from .tasks import get_task
+    from .tasks.base import evaluate_examples
+    from .tokenization import TextEncoder
+
+    session = make_session(peer_file)
+    names = {i.name for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+
+    def forward(batch):
+        return dict(zip(outputs, session.run(None, {k: v for k, v in batch.items() if k in names})))
+
+    examples = load_eval_examples(teacher, None, "dev")
+    metrics, _ = evaluate_examples(get_task(teacher.task), examples, TextEncoder.from_dir(tokenizer_dir), forward,
+                                   artifact_settings(teacher), teacher.labels or None)
+    return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "n": len(examples)}
+
+
+def _row(results: list[dict], name: str, mode: str, batch: int, seq: int | None) -> dict | None:
+    for r in results:
+        if r["artifact"] == name and r.get("mode", "fixed") == mode and r["batch_size"] == batch \
+                and r["seq_len"] == seq:
+            return r
+    return None
+
+
+def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: bool | None = None) -> str:
+    """Bench every artifact of a run side by side and write report.json, report.md, pareto.png."""
+    from .bench import BenchConfig, onnx_target, run_bench
+    from .bench.report import plot_latency, plot_pareto
+
+    run_dir = Path(run_dir).absolute()
+    recipe = recipe or load_recipe(run_dir / "recipe.yaml")
+    names = recipe.step_names()
+    artifacts: list[tuple[str, Artifact]] = []
+    for name, step in zip(names, recipe.stages):
+        path = run_dir / "artifacts" / name
+        try:
+            artifacts.append((name, load_artifact(path)))
+        except ArtifactError:
+            log.warning(f"report: {name} has no finished artifact ({path}); left out")
+    teachers = [(n, a) for n, a in artifacts if a.stage == "finetune"]
+    if not teachers:
+        raise ArtifactError("the run has no finished finetune artifact to compare against", where=str(run_dir),
+                            fix="Run the recipe (bertedge run) until its teacher step has finished")
+    teacher_name, teacher = teachers[0]
+    metric = _primary(recipe, teacher)
+    teacher_dev = _dev_metrics(teacher)
+
+    targets: list = [str(a.path) for _, a in artifacts]
+    peer_name = None
+    use_peer = recipe.bench.peer if peer is None else peer
+    peer_metrics: dict = {}
+    if use_peer:
+        from .peer import build_peer
+
+        log.info("report: building the peer path (optimum export + ORTQuantizer dynamic int8 of the teacher)")
+        peer_files = build_peer(teacher, run_dir / "peer")
+        peer_metrics = _peer_metrics(peer_files["int8"], run_dir / "peer", teacher)
+        peer_name = "peer: optimum+ORT int8"
+        targets.append(onnx_target(peer_name, peer_files["int8"], task=teacher.task, tokenizer_dir=run_dir / "peer",
+                                   metrics={"dev": peer_metrics}, stage="peer", data_artifact=teacher.path,
+                                   settings=dict(teacher.manifest.get("settings") or {})))
+
+    grid = recipe.bench
+    batch_sizes = sorted({KEY_BATCH, THROUGHPUT_BATCH, *grid.batch_sizes})
+    seq_lens = sorted({KEY_SEQ, *grid.seq_lens})
+    config = BenchConfig(provider=recipe.target.provider, threads=recipe.target.threads, batch_sizes=batch_sizes,
+                         seq_lens=seq_lens, warmup=grid.warmup, runs=grid.runs,
+                         real_lengths=recipe.data if grid.real_lengths else None)
+    bench = run_bench(targets, config)
+    results = bench["results"]
+    target_names = [a["artifact"] for a in bench["artifacts"]]
+    by_path = {}
+    for record in bench["artifacts"]:
+        by_path.setdefault(str(Path(record["path"]).absolute()), record["artifact"])
+
+    def timing(name: str, mode: str, batch: int, seq: int | None, key: str = "p50_ms"):
+        row = _row(results, name, mode, batch, seq)
+        return row.get(key) if row else None
+
+    teacher_target = by_path.get(str(teacher.path.absolute()), teacher_name)
+    teacher_p50 = timing(teacher_target, "fixed", KEY_BATCH, KEY_SEQ)
+    peer_p50 = timing(peer_name, "fixed", KEY_BATCH, KEY_SEQ) if peer_name else None
+
+    rows = []
+    for name, artifact in artifacts:
+        dev = _dev_metrics(artifact)
+        if dev.get("n") is not None and teacher_dev.get("n") is not None and dev.get("n") != teacher_dev.get("n"):
+            from .evaluate import evaluate_artifact
+
+            log.info(f"report: re-evaluating {name} on the teacher's {teacher_dev['n']} dev examples")
+            evaluated = evaluate_artifact(artifact.path)
+            dev = {**{k: v for k, v in evaluated["metrics"].items() if isinstance(v, (int, float))},
+                   "n": evaluated["n"]}
+        rows.append(_artifact_row(name, artifact.stage, str(artifact.path), dev, by_path.get(
+            str(artifact.path.absolute()), name), timing, teacher_p50, peer_p50, artifact.manifest.get("size_bytes")))
+    if peer_name:
+        peer_size = next(a["size_bytes"] for a in bench["artifacts"] if a["artifact"] == peer_name)
+        rows.append(_artifact_row(peer_name, "peer", str(run_dir / "peer"), peer_metrics, peer_name, timing,
+                                  teacher_p50, peer_p50, peer_size))
+    for row in rows:
+        value = row["metrics"].get(metric)
+        base = teacher_dev.get(metric)
+        row["metric_drop_pts"] = round((base - value) * 100, 3) if value is not None and base is not None else None
+
+    final = rows[len(artifacts) - 1] if artifacts else None
+    budget = recipe.budget.model_dump(mode="json")
+    budget["metric"] = metric
+    if final is not None:
+        drop = final["metric_drop_pts"]
+        size_mb = final["size_bytes"] / 1e6 if final["size_bytes"] else None
+        budget["final_drop_pts"] = drop
+        budget["final_size_mb"] = round(size_mb, 3) if size_mb else None
+        budget["met"] = bool(drop is not None and drop <= recipe.budget.max_accuracy_drop
+                             and (recipe.budget.max_size_mb is None or (size_mb or 0) <= recipe.budget.max_size_mb))
+    report = {
+        "recipe": recipe.name,
+        "task": recipe.task,
+        "metric": metric,
+        "teacher": next(r for r in rows if r["name"] == teacher_name),
+        "final": final,
+        "peer": next((r for r in rows if r["name"] == peer_name), None),
+        "artifacts": rows,
+        "budget": budget,
+        "machine": bench["machine"],
+        "bench": {"config": bench["config"], "results": results, "artifacts": bench["artifacts"]},
+        "speedup_grid": _speedup_grid(results, teacher_target, final["bench_name"] if final else None),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "run_dir": str(run_dir),
+    }
+    for name in (PARETO_PNG, LATENCY_PNG):
+        (run_dir / name).unlink(missing_ok=True)
+    pareto = plot_pareto(bench, run_dir / PARETO_PNG)
+    latency = plot_latency(bench, run_dir / LATENCY_PNG)
+    report["plots"] = {"pareto": str(pareto) if pareto else None, "latency": str(latency) if latency else None}
+    write_json_atomic(run_dir / REPORT_JSON, report)
+    (run_dir / REPORT_MD).write_text(markdown(report), encoding="utf-8")
+    log.info(f"report: {run_dir / REPORT_MD}")
+    return str(run_dir / REPORT_JSON)
+
+
+def _artifact_row(name, stage, path, dev, bench_name, timing, teacher_p50, peer_p50, size_bytes) -> dict:
+    p50 = timing(bench_name, "fixed", KEY_BATCH, KEY_SEQ)
+    return {
+        "name": name, "stage": stage, "path": path, "bench_name": bench_name, "metrics": dev,
+        "size_bytes": size_bytes,
+        "p50_ms_b1_s128": p50,
+        "p90_ms_b1_s128": timing(bench_name, "fixed", KEY_BATCH, KEY_SEQ, "p90_ms"),
+        "p50_ms_real": timing(bench_name, "real-length", KEY_BATCH, None),
+        "throughput_b32": timing(bench_name, "fixed", THROUGHPUT_BATCH, KEY_SEQ, "throughput"),
+        "speedup_vs_teacher": round(teacher_p50 / p50, 3) if p50 and teacher_p50 else None,
+        "speedup_vs_peer": round(peer_p50 / p50, 3) if p50 and peer_p50 else None,
+    }
+
+
+def _speedup_grid(results: list[dict], teacher: str, final: str | None) -> list[dict]:
+    """Final artifact vs teacher at every fixed (batch, seq) point of the bench grid."""
+    if final is None:
+        return []
+    grid = []
+    for r in results:
+        if r["artifact"] != final or r.get("mode", "fixed") != "fixed":
+            continue
+        base = _row(results, teacher, "fixed", r["batch_size"], r["seq_len"])
+        if base and r["p50_ms"]:
+            grid.append({"batch_size": r["batch_size"], "seq_len": r["seq_len"], "final_p50_ms": r["p50_ms"],
+                         "teacher_p50_ms": base["p50_ms"], "speedup": round(base["p50_ms"] / r["p50_ms"], 3)})
+    return grid
+
+
+def _fmt(value, spec=".2f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+    metric = report["metric"]
+    m = report["machine"]
+    cpu = m.get("cpu", {})
+    lines = [f"# bertedge report: {report['recipe']} ({report['task']})", "",
+             f"CPU: {cpu.get('model')} ({cpu.get('usable_cores')} cores, flags {' '.join(cpu.get('flags', []))}), "
+             f"provider {m.get('provider')}, threads {m.get('threads')}  ",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), "",
+             f"| artifact | stage | dev {metric} | drop (pts) | size (MB) | p50 b1 s128 (ms) | p90 b1 s128 (ms) | "
+             f"p50 real b1 (ms) | b32 s128 (seq/s) | vs teacher | vs peer |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["artifacts"]:
+        value = r["metrics"].get(metric)
+        size = r["size_bytes"] / 1e6 if r["size_bytes"] else None
+        lines.append(f"| {r['name']} | {r['stage']} | {_fmt(value, '.4f')} | {_fmt(r['metric_drop_pts'])} | "
+                     f"{_fmt(size)} | {_fmt(r['p50_ms_b1_s128'])} | {_fmt(r['p90_ms_b1_s128'])} | "
+                     f"{_fmt(r['p50_ms_real'])} | {_fmt(r['throughput_b32'], '.1f')} | "
+                     f"{_fmt(r['speedup_vs_teacher'])}x | {_fmt(r['speedup_vs_peer'])}x |")
+    b = report["budget"]
+    lines += ["", f"Budget: drop ≤ {b['max_accuracy_drop']} pts on dev {metric}"
+              + (f", size ≤ {b['max_size_mb']} MB" if b.get("max_size_mb") else "")
+              + f". Final: drop {_fmt(b.get('final_drop_pts'))} pts, {_fmt(b.get('final_size_mb'))} MB — "
+              + ("**met**" if b.get("met") else "**not met**") + "."]
+    if report.get("speedup_grid"):
+        lines += ["", "Final artifact vs PyTorch fp32 teacher across the grid (p50):", "",
+                  "| batch | seq | final (ms) | teacher (ms) | speed-up |", "|---|---|---|---|---|"]
+        for g in report["speedup_grid"]:
+            lines.append(f"| {g['batch_size']} | {g['seq_len']} | {_fmt(g['final_p50_ms'])} | "
+                         f"{_fmt(g['teacher_p50_ms'])} | {_fmt(g['speedup'])}x |")
+    lines += ["", "Teacher = the first finetune artifact, PyTorch eager fp32. Peer = optimum's ONNX export of the "
+              "teacher quantized by optimum's ORTQuantizer (dynamic int8, avx2 preset). All timings come from one "
+              "interleaved bench run on this machine; speed-ups are ratios of p50 latency at batch 1, seq 128."]
+    return "\n".join(lines) + "\n"
+
+
+def load_report(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / REPORT_JSON).read_text(encoding="utf-8"))
