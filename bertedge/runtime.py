@@ -58,6 +58,17 @@ def _settings(artifact: Artifact) -> TaskSettings:
     return TaskSettings(**{k: v for k, v in recorded.items() if k in TaskSettings.__dataclass_fields__})
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def tokenizable(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (which no UTF-8 tokenizer accepts) replaced by U+FFFD.
+
+    One code point for one, so character offsets into the result are offsets into the original.
+    """
+    return _SURROGATES.sub("\ufffd", text)
+
+
 def _finite(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
@@ -147,17 +158,18 @@ class Bundle:
             if kind == "single-sentence" and pair is not None:
                 raise DataError("this model classifies single texts but got a text_pair", where=where,
                                 fix="Drop text_pair, or use a model trained on sentence pairs")
-            return {"text": item["text"], "text_pair": pair if kind == "sentence-pair" else None, "label": None}
+            return {"text": tokenizable(item["text"]),
+                    "text_pair": tokenizable(pair) if kind == "sentence-pair" else None, "label": None}
         if kind == "words":
             if isinstance(item, str):
                 item = {"text": item}
             if isinstance(item, dict) and isinstance(item.get("tokens"), list):
-                tokens = [str(t) for t in item["tokens"]]
+                tokens = [tokenizable(str(t)) for t in item["tokens"]]
                 return {"tokens": tokens, "tags": None, "_text": None, "_spans": None}
             if not isinstance(item, dict) or not isinstance(item.get("text"), str):
                 raise DataError("expected a text (a string, {\"text\": ...} or {\"tokens\": [...]})", where=where,
                                 fix='Give {"text": "..."}')
-            words, spans = split_words(item["text"])
+            words, spans = split_words(tokenizable(item["text"]))
             return {"tokens": words, "tags": None, "_text": item["text"], "_spans": spans}
         # question-answering
         if not isinstance(item, dict) or not isinstance(item.get("question"), str):
@@ -166,9 +178,9 @@ class Bundle:
         if not isinstance(item.get("context"), str):
             raise DataError("question answering needs a context, none was given", where=where,
                             fix='Give {"question": "...", "context": "..."} in JSONL, or question<TAB>context in TSV')
-        question, cut = self._fit_question(item["question"])
-        return {"id": str(item.get("id", "")), "question": question, "context": item["context"],
-                "answers": {"text": [], "answer_start": []}, "_question_truncated": cut}
+        question, cut = self._fit_question(tokenizable(item["question"]))
+        return {"id": str(item.get("id", "")), "question": question, "context": tokenizable(item["context"]),
+                "answers": {"text": [], "answer_start": []}, "_question_truncated": cut, "_context": item["context"]}
 
     def _fit_question(self, question: str) -> tuple[str, bool]:
         """Shorten a question that leaves no room for a context window (the tokenizer would refuse it)."""
@@ -191,7 +203,8 @@ class Bundle:
             return [self._classification(p, o) for p, o in zip(predictions, outputs)]
         if task.name == "token-classification":
             return [self._entities(ex, f, p, o) for ex, f, p, o in zip(examples, features, predictions, outputs)]
-        return [{"answer": p["answer"], "start": p["start"], "end": p["end"], "score": _finite(p["score"]),
+        return [{"answer": ex["_context"][p["start"]:p["end"]], "start": p["start"], "end": p["end"],
+                 "score": _finite(p["score"]),
                  "windows": p["windows"], "question_truncated": ex["_question_truncated"]}
                 for ex, p in zip(examples, predictions)]
 
