@@ -123,6 +123,10 @@ class TorchRunner:
         if target.backend == TORCH_INT8:
             from torch.ao.quantization import quantize_dynamic
 
+            from .flops import torch_flop_model
+
+            # FlopCounterMode does not see quantized::linear_dynamic: count on the fp32 model (same math).
+            self.flop_model = torch_flop_model(model, self.model_input_names)
             model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
             buffer = io.BytesIO()
             torch.save(model.state_dict(), buffer)
