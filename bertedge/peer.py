@@ -22,17 +22,6 @@ ORT_MODEL_CLASSES = {
 }
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """optimum prints progress on stdout; keep stdout for --json."""
-    saved = sys.stdout
-    sys.stdout = sys.stderr
-    try:
-        yield
-    finally:
-        sys.stdout = saved
-
-
 def build_peer(teacher: Artifact, out_dir: str | Path) -> dict[str, Path]:
     """Export `teacher` with optimum and quantize it with ORTQuantizer (dynamic int8, avx2 preset).
 
@@ -51,7 +40,7 @@ def build_peer(teacher: Artifact, out_dir: str | Path) -> dict[str, Path]:
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     model_class = getattr(ort_optimum, ORT_MODEL_CLASSES[teacher.task])
-    with _stdout_to_stderr():
+    with contextlib.redirect_stdout(sys.stderr):  # optimum prints progress; stdout belongs to --json
         model = model_class.from_pretrained(str(teacher.path), export=True)
         model.save_pretrained(out_dir)
         AutoTokenizer.from_pretrained(str(teacher.path)).save_pretrained(out_dir)
