@@ -41,6 +41,8 @@ def quantize(
     timing_rounds: Annotated[int, typer.Option(help="auto: interleaved timing rounds per candidate.")] = 30,
     timing_threads: Annotated[int | None, typer.Option(help="auto: intra-op threads for timing.")] = None,
     provider: Annotated[str, typer.Option(help="ONNX Runtime provider for evaluation: cpu, cuda.")] = "cpu",
+    fp16_tolerance: Annotated[float, typer.Option(help="fp16: largest allowed |fp16 - fp32| per output, relative to max(1, |fp32|).")] = 0.05,
+    fp16_samples: Annotated[int, typer.Option(help="fp16: dev samples checked for overflow and divergence.")] = 256,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
@@ -60,7 +62,8 @@ def quantize(
         "exclude_nodes": _split_names(exclude_nodes), "max_accuracy_drop": max_accuracy_drop,
         "fp32_nodes": fp32_nodes, "sensitivity_samples": sensitivity_samples, "data": data,
         "eval_samples": eval_samples, "evaluate": not no_eval, "timing_rounds": timing_rounds,
-        "timing_threads": timing_threads, "provider": provider,
+        "timing_threads": timing_threads, "provider": provider, "fp16_tolerance": fp16_tolerance,
+        "fp16_samples": fp16_samples,
     })
     artifact = run_quantize(bundle, config, out, overwrite=overwrite)
     q = artifact.manifest["quantization"]

@@ -60,6 +60,9 @@ class QuantizeConfig(StrictModel):
     timing_rounds: int = Field(30, ge=3, description="auto: interleaved timing rounds per candidate (b1)")
     timing_threads: int | None = Field(None, ge=1, description="auto: intra-op threads for timing (default: ORT's)")
     provider: str = Field("cpu", description="ONNX Runtime provider for evaluation (cuda for fp16)")
+    fp16_tolerance: float = Field(0.05, gt=0, description="fp16: largest allowed |fp16 - fp32| per output, "
+                                                          "relative to max(1, largest |fp32| value)")
+    fp16_samples: int = Field(256, ge=1, description="fp16: dev samples checked for overflow and divergence")
 
     @model_validator(mode="after")
     def _check(self):
@@ -287,6 +290,8 @@ class _Session:
     def single(self, scheme: oq.Scheme) -> dict:
         log.info(f"quantize: {scheme.name} ({self.source.name})")
         row = self.build(scheme)
+        if scheme.mode == "fp16":
+            row["validation"] = self.validate_fp16(row)
         if self.config.evaluate:
             self.score(row)
             base = self.fp32()
@@ -296,6 +301,63 @@ class _Session:
                 log.warning(f"{scheme.name} loses {row['drop_pts']:.2f} pts of dev {self.metric}, more than "
                             f"--max-accuracy-drop {self.config.max_accuracy_drop}; try --mode auto")
         return row
+
+    def validate_fp16(self, row: dict) -> dict:
+        """fp16 against fp32 on dev samples; raise if fp16 overflows, turns outputs non-finite or
+        diverges beyond `fp16_tolerance`.
+
+        Overflow is judged on the fp32 activations of every tensor the fp16 graph holds in float16
+        (beyond +-65504 is inf in fp16 on any device), not only on the fp16 outputs: ONNX Runtime's
+        CPU provider computes some fp16 ops in fp32 and can hide an overflow that a GPU would hit.
+        """
+        from ..providers import make_session
+        from ..runtime import session_forward
+        from ..tasks.base import run_forward
+
+        config, scheme = self.config, row["scheme"]
+        examples, inputs = self.dev[:config.fp16_samples], "dev"
+        if not examples:
+            examples, inputs = [_long_example(self.parent.task)], "synthetic"
+            log.warning("fp16: checking overflow on one synthetic input only (--no-eval skips the dev data)")
+        features = self.task.eval_features(examples, self.encoder, self.settings)
+        held = oq.fp16_tensors(self.source, row["path"], scheme)
+        probe = oq.Fp16RangeProbe(self.source, list(held), self.work, config.provider)
+        per_token, batch = self.task.per_token_outputs, 8  # the probe exposes every activation: small batches
+        reference = run_forward(features, self.encoder, probe.forward, batch, per_token)
+        candidate = run_forward(features, self.encoder, session_forward(make_session(row["path"], config.provider)),
+                                batch, per_token)
+        outputs = oq.compare_fp16_outputs(reference, candidate, config.fp16_tolerance)
+        overflow = probe.overflows(held)
+        clipped = oq.fp16_clipped_weights(self.source, row["path"])
+        floats = [v for n, v in probe.maxima.items() if n in held]
+        validation = {"inputs": inputs, "samples": len(examples), "features": len(features),
+                      "provider": config.provider, "tolerance": config.fp16_tolerance, "outputs": outputs,
+                      "fp16_tensors": len(floats), "max_abs_activation": max(floats, default=0.0),
+                      "overflowing_tensors": overflow, "clipped_weights": clipped}
+        problems = []
+        if overflow:
+            problems.append(f"{len(overflow)} activation(s) beyond the fp16 range +-65504 (inf in fp16): "
+                            + _listing(overflow, "max |x|"))
+        if clipped:
+            problems.append(f"{len(clipped)} weight(s) beyond +-65504 clipped: " + _listing(clipped, "max |w|"))
+        for name, r in outputs.items():
+            if r["non_finite"]:
+                problems.append(f"output {name} has {r['non_finite']} non-finite values (inf/NaN) where fp32 is finite")
+            elif not r["ok"]:
+                problems.append(f"output {name} diverges: max |fp16 - fp32| {r['max_abs_diff']:.2e} > "
+                                f"{r['limit']:.2e} (--fp16-tolerance {config.fp16_tolerance} x max(1, |fp32| "
+                                f"{r['max_abs_value']:.3g}))")
+        validation["passed"] = not problems
+        if problems:
+            per_output = ", ".join(f"{n} max abs diff {r['max_abs_diff']:.2e} with {r['non_finite']} non-finite"
+                                   for n, r in outputs.items())
+            raise QuantizationError(
+                f"fp16 validation failed on {len(examples)} {inputs} samples: {'; '.join(problems)} "
+                f"(per output: {per_output})", where=str(self.source), fix=_fp16_fix(held, overflow, clipped))
+        log.info("fp16: no overflow (largest |activation| held in fp16 "
+                 f"{validation['max_abs_activation']:.3g}); max |fp16 - fp32| "
+                 + ", ".join(f"{n} {r['max_abs_diff']:.2e}" for n, r in outputs.items()))
+        return validation
 
     def gate(self, schemes: list[oq.Scheme]) -> tuple[dict, dict]:
         budget = self.config.max_accuracy_drop
@@ -392,6 +454,27 @@ class _Session:
         return [forward(b) for b in batches]
 
 
+def _listing(values: dict[str, float], label: str, limit: int = 3) -> str:
+    shown = ", ".join(f"{name} ({label} {value:.3g})" for name, value in list(values.items())[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def _fp16_fix(held: dict[str, oq.Fp16Tensor], overflow: dict[str, float], clipped: dict[str, float]) -> str:
+    """What to keep in fp32: the nodes around the overflowing tensors when they are few, else op types."""
+    nodes = oq.fp16_nodes_to_keep(held, list(overflow))
+    op_types = list(dict.fromkeys(t.op_type for t in held.values() if t.node in nodes))
+    if nodes and len(nodes) <= 8:
+        keep = f"--exclude-nodes {','.join(nodes)} (or --exclude-op-types {','.join(op_types)})"
+    elif op_types:
+        keep = f"--exclude-op-types {','.join(op_types)}"
+    else:
+        keep = "--exclude-op-types (e.g. MatMul,Attention) or --exclude-nodes"
+    text = f"Keep more ops in fp32 with {keep}"
+    if not overflow and not clipped:
+        text += ", raise --fp16-tolerance if the difference is acceptable"
+    return text + ", or stay with the fp32 bundle"
+
+
 def choose_candidate(rows: list[dict], max_drop: float) -> tuple[dict, bool]:
     """The fastest candidate within `max_drop` points; else the most accurate one (met=False)."""
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -462,6 +545,7 @@ def _manifest(parent: Artifact, config: QuantizeConfig, preset: oq.Preset, chose
         },
         "calibration": _calibration_record(config, session),
         "gate": gate,
+        "validation": chosen.get("validation"),
     }
     metrics = {}
     if config.evaluate:
