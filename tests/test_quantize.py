@@ -103,7 +103,11 @@ def test_static_qdq_calibration_is_bounded(fp32, tmp_path):
     # LayerNorm, Reshape/Transpose or attention (activation x activation) MatMuls.
     assert out["QuantizeLinear"] == n_matmul
     assert out["DequantizeLinear"] == 2 * n_matmul
-    assert out["Attention"] == 2 and out["SkipLayerNormalization"] == 4
+    # The fused ops QDQ cannot express get the dynamic integer form: no fp32 QKV or embedding tables.
+    assert out["QAttention"] == 2 and "Attention" not in out and out["SkipLayerNormalization"] == 4
+    assert out["QEmbedLayerNormalization"] == 1 and "EmbedLayerNormalization" not in out
+    assert art.manifest["quantization"]["scheme"]["tail_op_types"] == ["Attention", "EmbedLayerNormalization"]
+    assert art.file("model.onnx").stat().st_size < 0.5 * fp32.file("model.onnx").stat().st_size
     cal = art.manifest["quantization"]["calibration"]
     assert (cal["samples"], cal["samples_read"], cal["batches_read"]) == (5, 5, 3)
 

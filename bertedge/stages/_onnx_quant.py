@@ -78,6 +78,11 @@ DYNAMIC_OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather")
 # LayerNorm, Reshape/Transpose, Gather and activation x activation MatMuls, which leaves
 # Q/DQ pairs running at inference time: slower and less accurate than dynamic here.
 STATIC_OP_TYPES = ("MatMul", "Gather")
+# The fused ops that QDQ cannot express (no QDQ form for com.microsoft Attention or
+# EmbedLayerNormalization): after the static pass they get ONNX Runtime's dynamic integer form
+# (QAttention, QEmbedLayerNormalization). Without this the QKV weights and the embedding tables
+# (about 2/3 of MiniLM-L6's bytes) stayed fp32 and a "static int8" bundle was 67 MB, not 23.
+STATIC_TAIL_OP_TYPES = ("Attention", "EmbedLayerNormalization")
 
 QUANT_OP_TYPES = frozenset({
     "MatMulInteger", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLinear", "QuantizeLinear",
@@ -99,6 +104,9 @@ class Scheme:
     op_types: tuple[str, ...] = ()
     exclude_nodes: tuple[str, ...] = ()
     keep_fp32_ops: tuple[str, ...] = ()
+    # static only: op types quantized dynamically after the QDQ pass, and their weight type
+    tail_op_types: tuple[str, ...] = ()
+    tail_weight_type: str = "QUInt8"
 
     @property
     def name(self) -> str:
@@ -118,7 +126,7 @@ class Scheme:
     def record(self) -> dict:
         data = asdict(self)
         data["name"] = self.name
-        for key in ("op_types", "exclude_nodes", "keep_fp32_ops"):
+        for key in ("op_types", "exclude_nodes", "keep_fp32_ops", "tail_op_types"):
             data[key] = list(data[key])
         return data
 
@@ -319,6 +327,22 @@ def quantize_model(model_in: Path, model_out: Path, scheme: Scheme, work_dir: Pa
                             weight_type=_qtype(scheme.weight_type), nodes_to_exclude=list(scheme.exclude_nodes),
                             calibrate_method=_method(scheme.method), extra_options=extra,
                             calibration_cache_path=calibration_cache)
+            _dynamic_tail(model_out, scheme, extra)
+
+
+def _dynamic_tail(model_path: Path, scheme: Scheme, extra: dict) -> None:
+    """Quantize the fused ops QDQ cannot express (`scheme.tail_op_types`) dynamically, in place."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    tail = replace(scheme, mode="dynamic", op_types=scheme.tail_op_types)
+    if not scheme.tail_op_types or not weighted_nodes(model_path, tail):
+        return
+    staged = model_path.with_name(model_path.stem + ".tail.onnx")
+    quantize_dynamic(model_path, staged, op_types_to_quantize=list(scheme.tail_op_types),
+                     per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                     weight_type=_qtype(scheme.tail_weight_type), nodes_to_exclude=list(scheme.exclude_nodes),
+                     extra_options={k: v for k, v in extra.items() if k == "DefaultTensorType"})
+    staged.replace(model_path)
 
 
 FP16_KEEP_FP32 = ("LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax")

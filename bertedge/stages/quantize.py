@@ -148,7 +148,7 @@ def _base_schemes(config: QuantizeConfig, preset: oq.Preset, model: Path) -> lis
     if config.mode == "fp16":
         keep = tuple(dict.fromkeys([*oq.FP16_KEEP_FP32, *config.exclude_op_types]))
         return [oq.Scheme("fp16", keep_fp32_ops=keep, exclude_nodes=excluded)]
-    known = set(oq.DYNAMIC_OP_TYPES) | set(oq.STATIC_OP_TYPES)
+    known = set(oq.DYNAMIC_OP_TYPES) | set(oq.STATIC_OP_TYPES) | set(oq.STATIC_TAIL_OP_TYPES)
     bad = [t for t in config.exclude_op_types if t not in known]
     if bad:
         raise ConfigError(f"unknown or unquantized op type {', '.join(repr(b) for b in bad)}",
@@ -163,7 +163,8 @@ def _base_schemes(config: QuantizeConfig, preset: oq.Preset, model: Path) -> lis
                         weight_type=preset.weight_type, op_types=ops(oq.DYNAMIC_OP_TYPES), exclude_nodes=excluded)
     static = oq.Scheme("static", per_channel=config.per_channel, reduce_range=reduce,
                        weight_type=preset.static_weight_type, activation_type=preset.static_activation_type,
-                       method=config.method, op_types=ops(oq.STATIC_OP_TYPES), exclude_nodes=excluded)
+                       method=config.method, op_types=ops(oq.STATIC_OP_TYPES), exclude_nodes=excluded,
+                       tail_op_types=ops(oq.STATIC_TAIL_OP_TYPES), tail_weight_type=preset.weight_type)
     if config.mode == "dynamic":
         return [dynamic]
     if config.mode == "static":
