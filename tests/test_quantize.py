@@ -170,6 +170,13 @@ def test_gate_keeps_sensitive_node_in_fp32_when_that_is_fastest(fp32, tmp_path, 
     assert [r["name"] for r in gate["candidates"]] == list(scores)
     assert gate["met"] is True and gate["chosen"] == "dynamic per-tensor +1 fp32 node"
     assert [r["drop_pts"] for r in gate["candidates"]] == [10.0, 4.0, 1.0, 2.0]
+    # Every candidate says why it was taken or left; the report shows it.
+    assert [r["verdict"] for r in gate["candidates"]] == [
+        "rejected: loses 10.00 pts of accuracy, over the 5.0 pt budget",
+        "within budget, slower than dynamic per-tensor +1 fp32 node (2.00 vs 1.50 ms)",
+        "within budget, slower than dynamic per-tensor +1 fp32 node (3.00 vs 1.50 ms)",
+        "chosen: fastest within the budget"]
+    assert "rejected: loses 10.00 pts of accuracy" in art.file("quantize_report.md").read_text()
     kept = art.manifest["quantization"]["fp32_nodes_kept"]
     top = gate["sensitivity"]["most_sensitive"][0]["node"]
     out = nodes(art.file("model.onnx"))

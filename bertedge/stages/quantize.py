@@ -386,6 +386,10 @@ class _Session:
         else:
             log.info(f"quantize auto: chose {chosen['name']} ({chosen['drop_pts']:+.2f} pts, "
                      f"p50 {chosen['p50_ms']:.2f} ms vs fp32 {base['p50_ms']:.2f} ms)")
+        for row in rows:
+            row["verdict"] = candidate_verdict(row, chosen, budget, self.metric)
+            if row["verdict"].startswith("rejected"):
+                log.info(f"  {row['name']}: {row['verdict']}")
         gate = {"max_accuracy_drop": budget, "met": met, "metric": self.metric, "chosen": chosen["name"],
                 "baseline": _row_record(base), "candidates": [_row_record(r) for r in rows],
                 "sensitivity": self.sensitivity.record() if self.sensitivity else None,
@@ -489,6 +493,19 @@ def choose_candidate(rows: list[dict], max_drop: float) -> tuple[dict, bool]:
     return min(ok, key=lambda r: (r["drop_pts"], r["p50_ms"])), False
 
 
+def candidate_verdict(row: dict, chosen: dict, max_drop: float, metric: str) -> str:
+    """Why the gate took or left a candidate, in words the report shows."""
+    if row.get("status") != "ok":
+        return f"rejected: {row.get('status')}"
+    within = row["drop_pts"] <= max_drop + 1e-9
+    if row is chosen:
+        return ("chosen: fastest within the budget" if within else
+                f"chosen: most accurate, but {row['drop_pts']:.2f} pts over the {max_drop} pt budget")
+    if not within:
+        return f"rejected: loses {row['drop_pts']:.2f} pts of {metric}, over the {max_drop} pt budget"
+    return f"within budget, slower than {chosen['name']} ({row['p50_ms']:.2f} vs {chosen['p50_ms']:.2f} ms)"
+
+
 def _long_example(task: str) -> dict:
     text = " ".join(["the movie was very good and the story was great"] * 40)
     if task == "question-answering":
@@ -503,7 +520,7 @@ def _long_example(task: str) -> dict:
 
 
 def _row_record(row: dict) -> dict:
-    keep = ("name", "status", "score", "drop_pts", "p50_ms", "p90_ms", "speedup", "size_bytes",
+    keep = ("name", "status", "verdict", "score", "drop_pts", "p50_ms", "p90_ms", "speedup", "size_bytes",
             "quantized_nodes", "quantize_s")
     data = {k: row[k] for k in keep if k in row}
     if "scheme" in row:
@@ -590,11 +607,12 @@ def _report(record: dict) -> str:
     if gate:
         verdict = "met" if gate["met"] else "NOT met (most accurate candidate saved)"
         lines += [f"## Accuracy gate: budget {gate['max_accuracy_drop']} pts of {gate['metric']}, {verdict}", "",
-                  f"| candidate | status | {gate['metric']} | drop (pts) | p50 ms (b1) | speed-up | MiB |",
+                  f"| candidate | verdict | {gate['metric']} | drop (pts) | p50 ms (b1) | speed-up | MiB |",
                   "|---|---|---|---|---|---|---|"]
         for row in [gate["baseline"], *gate["candidates"]]:
             mark = " **(chosen)**" if row["name"] == gate["chosen"] else ""
-            lines.append(f"| {row['name']}{mark} | {row.get('status', 'ok')} | {_fmt(row.get('score'))} | "
+            verdict = row.get("verdict") or ("reference" if row["name"] == "fp32" else row.get("status", "ok"))
+            lines.append(f"| {row['name']}{mark} | {verdict} | {_fmt(row.get('score'))} | "
                          f"{_fmt(row.get('drop_pts'))} | {_fmt(row.get('p50_ms'))} | {_fmt(row.get('speedup'))} | "
                          f"{_fmt(row.get('size_bytes', 0) / 2**20)} |")
         if gate.get("sensitivity"):
