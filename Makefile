@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BERTEDGE := $(VENV)/bin/bertedge
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup test test-fast demo demo-quick clean
 
 setup: $(VENV)/.installed
 
@@ -23,10 +23,14 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 demo: setup
+	HF_HUB_OFFLINE=1 $(BERTEDGE) run recipes/sst2.yaml --out $(DEMO_OUT) --resume
+
+# The old main job, for a first look in minutes rather than hours: fine-tune 1 epoch + evaluate.
+demo-quick: setup
 	HF_HUB_OFFLINE=1 $(BERTEDGE) finetune --model minilm-l6 --task text-classification --data sst2 \
-		--epochs 1 --max-length 64 --out $(DEMO_OUT)/sst2-teacher --overwrite
-	$(BERTEDGE) eval $(DEMO_OUT)/sst2-teacher
-	@echo "artifact: $(DEMO_OUT)/sst2-teacher"
+		--epochs 1 --max-length 64 --out $(DEMO_OUT)-quick/sst2-teacher --overwrite
+	$(BERTEDGE) eval $(DEMO_OUT)-quick/sst2-teacher
+	@echo "artifact: $(DEMO_OUT)-quick/sst2-teacher"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
