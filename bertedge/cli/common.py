@@ -29,3 +29,29 @@ def parse_int_list(value: str | None, option: str) -> list[int] | None:
 
 def fmt_metric(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def data_options(data: str | None, *, max_train_samples: int | None = None, max_eval_samples: int | None = None,
+                 text_column: str | None = None, text_pair_column: str | None = None,
+                 label_column: str | None = None) -> dict:
+    """The `data` section of a stage config, from the flags every training command shares."""
+    return {"data": data, "text_column": text_column, "text_pair_column": text_pair_column,
+            "label_column": label_column, "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples}
+
+
+def train_options(*, lr: float, batch_size: int, eval_batch_size: int, grad_accum: int, warmup_ratio: float,
+                  scheduler: str, weight_decay: float, eval_steps: int | None, metric: str | None, seed: int,
+                  precision: str, epochs: float | None = None, early_stopping: int | None = None,
+                  **extra: Any) -> dict:
+    """The `train` section (TrainConfig) from the training flags `finetune`, `distill` and `prune` share.
+
+    Flags a command does not have are left out, so TrainConfig's defaults (or the stage's) apply.
+    """
+    train = {"lr": lr, "batch_size": batch_size, "eval_batch_size": eval_batch_size, "grad_accum": grad_accum,
+             "warmup_ratio": warmup_ratio, "scheduler": scheduler, "weight_decay": weight_decay,
+             "eval_steps": eval_steps, "metric": metric, "seed": seed, "precision": precision, **extra}
+    if epochs is not None:
+        train["epochs"] = epochs
+    if early_stopping is not None:
+        train["early_stopping_patience"] = early_stopping
+    return train

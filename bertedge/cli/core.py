@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import emit_json, fmt_metric
+from .common import data_options, emit_json, fmt_metric, train_options
 
 
 @app.command()
@@ -95,15 +95,14 @@ def finetune(
 
     config = build(FinetuneConfig, {
         "task": task,
-        "data": {"data": data, "text_column": text_column, "text_pair_column": text_pair_column,
-                 "label_column": label_column, "max_train_samples": max_train_samples,
-                 "max_eval_samples": max_eval_samples},
-        "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-                  "grad_accum": grad_accum, "warmup_ratio": warmup_ratio, "scheduler": scheduler,
-                  "weight_decay": weight_decay, "early_stopping_patience": early_stopping,
-                  "eval_steps": eval_steps, "metric": metric, "seed": seed,
-                  "layerwise_lr_decay": layerwise_lr_decay, "freeze_embeddings": freeze_embeddings,
-                  "freeze_layers": freeze_layers, "precision": precision},
+        "data": data_options(data, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+                             text_column=text_column, text_pair_column=text_pair_column, label_column=label_column),
+        "train": train_options(epochs=epochs, lr=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                               grad_accum=grad_accum, warmup_ratio=warmup_ratio, scheduler=scheduler,
+                               weight_decay=weight_decay, early_stopping=early_stopping, eval_steps=eval_steps,
+                               metric=metric, seed=seed, precision=precision,
+                               layerwise_lr_decay=layerwise_lr_decay, freeze_embeddings=freeze_embeddings,
+                               freeze_layers=freeze_layers),
         "max_length": max_length, "doc_stride": doc_stride, "max_answer_length": max_answer_length,
         "hidden_dropout": hidden_dropout, "attention_dropout": attention_dropout,
         "classifier_dropout": classifier_dropout, "init_from": init_from, "reinit_head": reinit_head,

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import ConfigError
 from . import app
-from .common import emit_json, parse_int_list
+from .common import data_options, emit_json, parse_int_list, train_options
 
 
 def parse_student_config(value: str | None) -> dict | None:
@@ -90,13 +90,12 @@ def distill(
     from ..stages.distill import distill as run_distill
 
     config = build(DistillConfig, {
-        "data": {"data": data, "text_column": text_column, "text_pair_column": text_pair_column,
-                 "label_column": label_column, "max_train_samples": max_train_samples,
-                 "max_eval_samples": max_eval_samples},
-        "train": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
-                  "grad_accum": grad_accum, "warmup_ratio": warmup_ratio, "scheduler": scheduler,
-                  "weight_decay": weight_decay, "early_stopping_patience": early_stopping,
-                  "eval_steps": eval_steps, "metric": metric, "seed": seed, "precision": precision},
+        "data": data_options(data, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+                             text_column=text_column, text_pair_column=text_pair_column, label_column=label_column),
+        "train": train_options(epochs=epochs, lr=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                               grad_accum=grad_accum, warmup_ratio=warmup_ratio, scheduler=scheduler,
+                               weight_decay=weight_decay, early_stopping=early_stopping, eval_steps=eval_steps,
+                               metric=metric, seed=seed, precision=precision),
         "max_length": max_length, "doc_stride": doc_stride, "max_answer_length": max_answer_length,
         "layers": layers, "layer_map": parse_int_list(layer_map, "--layer-map"),
         "student_config": parse_student_config(student_config), "student": student,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import emit_json, parse_int_list
+from .common import data_options, emit_json, parse_int_list, train_options
 
 
 @app.command()
@@ -66,10 +66,10 @@ def prune(
         "alpha": alpha, "temperature": temperature, "sparsity": sparsity,
         "sparsity_start_step": sparsity_start_step, "sparsity_end_step": sparsity_end_step,
         "sparsity_every": sparsity_every,
-        "data": {"data": data, "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples},
-        "train": {"lr": lr, "batch_size": batch_size, "eval_batch_size": eval_batch_size, "grad_accum": grad_accum,
-                  "warmup_ratio": warmup_ratio, "scheduler": scheduler, "weight_decay": weight_decay,
-                  "eval_steps": eval_steps, "metric": metric, "seed": seed, "precision": precision},
+        "data": data_options(data, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples),
+        "train": train_options(lr=lr, batch_size=batch_size, eval_batch_size=eval_batch_size, grad_accum=grad_accum,
+                               warmup_ratio=warmup_ratio, scheduler=scheduler, weight_decay=weight_decay,
+                               eval_steps=eval_steps, metric=metric, seed=seed, precision=precision),
     })
     # The training loop's progress lines go to stdout; stdout belongs to --json.
     with contextlib.redirect_stdout(sys.stderr):
