@@ -2,16 +2,20 @@
 
 A stage writes into a hidden sibling temp directory and renames it into place only when
 everything (weights, tokenizer, manifest) is written. A crash or an error leaves no
-directory at the output path, and a leftover temp directory is never read as an artifact
-because `load_artifact` requires the manifest's ``complete`` flag.
+directory at the output path, and a leftover temp directory is never read as an artifact:
+`load_artifact` requires the manifest's ``complete`` flag and refuses the temp directories
+themselves (``.NAME.partial-PID``, and ``.NAME.old-PID`` where ``--overwrite`` parks the
+artifact it replaces). The next stage writing NAME removes the ones of dead processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,6 +27,8 @@ from .errors import ArtifactError
 MANIFEST = "bertedge.json"
 FORMAT_VERSION = 1
 PARTIAL_MARK = ".partial-"
+OLD_MARK = ".old-"  # --overwrite: the replaced artifact, between the two renames of the swap
+_LEFTOVER = re.compile(r"^\..+(\.partial|\.old)-(\d+)$")
 
 
 @dataclass
@@ -86,6 +92,11 @@ def load_artifact(path: str | Path) -> Artifact:
     if not path.is_dir():
         raise ArtifactError("is a file, not an artifact directory", where=str(path),
                             fix="Pass the artifact directory that holds bertedge.json")
+    leftover = _LEFTOVER.match(path.name)
+    if leftover:
+        raise ArtifactError(f"is the temporary directory of a bertedge stage (process {leftover.group(2)}) "
+                            "that did not finish, not an artifact", where=str(path),
+                            fix="Use the stage's --out path; running the stage again removes this directory")
     manifest = read_manifest(path)
     if manifest.get("complete") is not True:
         raise ArtifactError("artifact is incomplete (its stage did not finish)", where=str(path),
@@ -198,12 +209,24 @@ class ArtifactWriter:
 
 
 def _clean_stale_partials(out: Path) -> None:
-    """Remove temp directories left by dead processes for this output path."""
-    prefix = f".{out.name}{PARTIAL_MARK}"
-    for candidate in out.parent.glob(prefix + "*"):
-        pid = candidate.name[len(prefix):]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(candidate, ignore_errors=True)
+    """Remove temp directories left by dead processes for this output path.
+
+    A process killed between the two renames of an `--overwrite` swap left the output path empty
+    and the artifact it was replacing parked as `.NAME.old-PID`: that one is put back, so the kill
+    leaves the state from before the overwrite, as a kill at any other point does.
+    """
+    if not out.parent.is_dir():
+        return
+    for mark in (OLD_MARK, PARTIAL_MARK):
+        prefix = f".{out.name}{mark}"
+        for candidate in out.parent.glob(glob.escape(prefix) + "*"):
+            pid = candidate.name[len(prefix):]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if mark == OLD_MARK and not out.exists() and (candidate / MANIFEST).is_file():
+                os.replace(candidate, out)
+            else:
+                shutil.rmtree(candidate, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -219,9 +242,9 @@ def _pid_alive(pid: int) -> bool:
 @contextlib.contextmanager
 def atomic_artifact(out: str | Path, *, stage: str, task: str, overwrite: bool = False) -> Iterator[ArtifactWriter]:
     """Yield a writer over a temp dir; on success rename it to `out`, on failure delete it."""
+    _clean_stale_partials(Path(out).absolute())  # first: it may put back an artifact at `out`
     out = check_output_path(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_partials(out)
     tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -75,3 +75,42 @@ def test_overwrite_replaces_atomically(tmp_path):
             (w.path / "w.bin").write_bytes(payload)
     assert (tmp_path / "a" / "w.bin").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftover_temp_directories_are_never_read_as_artifacts(tmp_path):
+    """Even a finished one (killed just before its rename) or an --overwrite's parked old artifact."""
+    for name in (".a.partial-123", ".a.old-123"):
+        with atomic_artifact(tmp_path / "done", stage="finetune", task="t") as w:
+            (w.path / "w.bin").write_bytes(b"x")
+        os.replace(tmp_path / "done", tmp_path / name)
+        assert json.loads((tmp_path / name / MANIFEST).read_text())["complete"] is True
+        with pytest.raises(ArtifactError, match=r"temporary directory of a bertedge stage \(process 123\)"):
+            load_artifact(tmp_path / name)
+
+
+def test_next_stage_cleans_dead_leftovers_and_puts_a_parked_artifact_back(tmp_path):
+    with atomic_artifact(tmp_path / "a", stage="finetune", task="t") as w:
+        (w.path / "w.bin").write_bytes(b"old")
+    dead = _dead_pid()
+    # A process killed between the two renames of --overwrite: old artifact parked, new one complete.
+    os.replace(tmp_path / "a", tmp_path / f".a.old-{dead}")
+    (tmp_path / f".a.partial-{dead}").mkdir()
+    live = tmp_path / f".a.partial-{os.getppid()}"  # a live process's: left alone
+    with pytest.raises(ArtifactError, match="already exists"):  # without --overwrite: the old one is back
+        with atomic_artifact(tmp_path / "a", stage="finetune", task="t"):
+            pass
+    assert (tmp_path / "a" / "w.bin").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    live.mkdir()
+    with atomic_artifact(tmp_path / "a", stage="finetune", task="t", overwrite=True) as w:
+        (w.path / "w.bin").write_bytes(b"new")
+    assert (tmp_path / "a" / "w.bin").read_bytes() == b"new" and live.is_dir()
