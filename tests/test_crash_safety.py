@@ -1,8 +1,11 @@
 """Crash safety: a stage killed with SIGKILL at any point leaves nothing that reads as an artifact,
 and the same command run again completes and cleans up after the dead process.
 
-Kill points: during training (timed from outside), at the final rename into place and while the
-manifest is being written (injected inside the child process by wrapping `os.replace`).
+Kill points: during training (timed from outside); injected inside the child process by wrapping
+library functions (nothing in bertedge itself): at the final rename into place, while the manifest
+is being written, between the two renames of an --overwrite swap, half-way through writing
+model.onnx into the temp directory, during export validation, during quantize's dev evaluation and
+during static calibration.
 """
 
 from __future__ import annotations
@@ -21,20 +24,67 @@ import pytest
 from bertedge.artifacts import MANIFEST, PARTIAL_MARK, is_artifact, load_artifact
 from bertedge.errors import ArtifactError
 
-# Runs the CLI in a child process; KILL_AT=rename|manifest makes it SIGKILL itself at that moment.
+# Runs the CLI in a child process; KILL_AT=<point> makes it SIGKILL itself at that moment.
 CHILD = r"""
 import os, signal, sys
-kill_at = os.environ.get("KILL_AT")
+kill_at = os.environ.get("KILL_AT", "")
+MARK = "{mark}"
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def half_write(path, data):
+    # The bundle's model.onnx directly inside the stage's temp directory (not a scratch copy under
+    # it): write half of it, then die.
+    path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+    if kill_at == "model-write" and os.path.basename(path) == "model.onnx" and \
+            MARK in os.path.basename(os.path.dirname(path)):
+        with open(path, "wb") as fh:
+            fh.write(data[:len(data) // 2])
+        die()
+
+
 if kill_at:
     real_replace = os.replace
     def replace(src, dst, *a, **k):
         src, dst = str(src), str(dst)
-        if kill_at == "rename" and "{mark}" in src and "{mark}" not in dst:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if kill_at == "rename" and MARK in src and MARK not in dst:
+            die()
         if kill_at == "manifest" and dst.endswith("bertedge.json"):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real_replace(src, dst, *a, **k)
+            die()
+        result = real_replace(src, dst, *a, **k)
+        if kill_at == "swap" and ".old-" in dst:
+            die()  # --overwrite: the old artifact is parked, the new one is not in place yet
+        return result
     os.replace = replace
+if kill_at == "model-write":
+    import shutil
+    import onnx
+    real_save_bytes, real_copy = onnx._save_bytes, shutil.copyfile
+    def save_bytes(content, f):  # every onnx.save_model ends here: export writes model.onnx this way
+        half_write(f, content)
+        return real_save_bytes(content, f)
+    def copyfile(src, dst, *a, **k):  # quantize copies the chosen candidate to model.onnx
+        with open(src, "rb") as fh:
+            half_write(dst, fh.read())
+        return real_copy(src, dst, *a, **k)
+    onnx._save_bytes, shutil.copyfile = save_bytes, copyfile
+if kill_at == "validate":
+    import bertedge.stages.export as export
+    export._validate = lambda *a, **k: die()
+if kill_at == "evaluate":
+    import bertedge.stages.quantize as quantize
+    quantize._Session.evaluate = lambda self, path: die()
+if kill_at == "calibration":
+    from bertedge.stages import _onnx_quant as oq
+    real_next = oq.CalibrationReader.get_next
+    def get_next(self):
+        if self.batches_seen == 1:  # one batch of ranges collected, the second one asked for
+            die()
+        return real_next(self)
+    oq.CalibrationReader.get_next = get_next
 from bertedge.cli import main
 sys.exit(main(sys.argv[1:]))
 """.replace("{mark}", PARTIAL_MARK)
@@ -46,7 +96,7 @@ def _command(model_dir: Path, data_dir: Path, out: Path, epochs: str) -> list[st
             "--seed", "0"]
 
 
-def _run(args: list[str], kill_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def _run(args: list[str], kill_at: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if kill_at:
         env["KILL_AT"] = kill_at
@@ -120,3 +170,109 @@ def test_kill_during_overwrite_keeps_the_old_artifact(tmp_path, tiny_model_dir, 
     killed = _run([*_command(tiny_model_dir, tiny_data["sst"], out, epochs="1"), "--overwrite"], kill_at="manifest")
     assert killed.returncode == -signal.SIGKILL
     assert load_artifact(out).manifest["payload_sha256"] == before
+
+
+# ----------------------------------------------------------------------------- export and quantize
+
+
+@pytest.fixture(scope="module")
+def sst_artifact(tmp_path_factory, tiny_model_dir, tiny_data):
+    from conftest import finetune_tiny
+
+    return finetune_tiny(tiny_model_dir, tiny_data["sst"], "text-classification",
+                         tmp_path_factory.mktemp("crash") / "sst", epochs=1)
+
+
+@pytest.fixture(scope="module")
+def sst_bundle(tmp_path_factory, sst_artifact):
+    from bertedge.stages.export import ExportConfig, export
+
+    return export(sst_artifact, ExportConfig(), tmp_path_factory.mktemp("crash") / "bundle")
+
+
+def _assert_refused_after_kill(out: Path) -> Path:
+    """Nothing at `out` for any reader; the one temp directory left is not an artifact either.
+    Returns that temp directory."""
+    from bertedge.runtime import Bundle
+
+    _assert_no_artifact(out)
+    with pytest.raises(ArtifactError, match="no such artifact directory"):
+        Bundle(out)
+    partial = _partials(out)
+    assert len(partial) == 1, partial
+    with pytest.raises(ArtifactError, match="temporary directory of a bertedge stage .* did not finish"):
+        Bundle(partial[0])
+    assert not is_artifact(partial[0])
+    return partial[0]
+
+
+def _assert_rerun_gives_a_bundle(args: list[str], out: Path) -> None:
+    from bertedge.runtime import Bundle
+
+    rerun = _run(args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert not _partials(out), "the dead process's temp directory was not cleaned"
+    assert not list(out.parent.glob(f".{out.name}.old-*"))
+    bundle = Bundle(out)
+    assert bundle.artifact.is_bundle and len(bundle.predict(["a good film"])) == 1
+
+
+@pytest.mark.parametrize("kill_at", ["model-write", "validate", "rename"])
+def test_export_killed_leaves_no_bundle_and_rerun_completes(tmp_path, sst_artifact, kill_at):
+    out = tmp_path / "bundle"
+    args = ["export", str(sst_artifact.path), "--out", str(out)]
+    killed = _run(args, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    partial = _assert_refused_after_kill(out)
+    written = (partial / "model.onnx").stat().st_size
+    manifest = partial / MANIFEST
+    if kill_at == "rename":  # finished and complete, only the rename missing: still never read as a bundle
+        assert json.loads(manifest.read_text())["complete"] is True
+    else:
+        assert not manifest.exists()
+    _assert_rerun_gives_a_bundle(args, out)
+    if kill_at == "model-write":
+        assert 0 < written < (out / "model.onnx").stat().st_size  # it really died half-way through the file
+
+
+@pytest.mark.parametrize("mode,kill_at", [("dynamic", "model-write"), ("dynamic", "evaluate"),
+                                          ("dynamic", "rename"), ("static", "calibration")])
+def test_quantize_killed_leaves_no_bundle_and_rerun_completes(tmp_path, sst_bundle, tiny_data, mode, kill_at):
+    out = tmp_path / "q"
+    args = ["quantize", str(sst_bundle.path), "--out", str(out), "--mode", mode, "--preset", "avx2"]
+    if mode == "static":
+        args += ["--calibration", str(tiny_data["sst"]), "--calibration-samples", "16",
+                 "--calibration-batch-size", "4"]
+    killed = _run(args, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    partial = _assert_refused_after_kill(out)
+    assert (partial / ".work").is_dir() == (kill_at != "rename")  # candidates are removed before finishing
+    written = (partial / "model.onnx").stat().st_size if kill_at == "model-write" else None
+    _assert_rerun_gives_a_bundle(args, out)
+    if written is not None:
+        assert 0 < written < (out / "model.onnx").stat().st_size  # it really died half-way through the file
+
+
+def test_quantize_overwrite_killed_mid_swap_puts_the_old_bundle_back(tmp_path, sst_bundle, cli):
+    """Killed between the two renames of --overwrite: nothing at --out for a reader, the next stage
+    writing there puts the old bundle back (as if the overwrite never started), and the same
+    command run again replaces it."""
+    out = tmp_path / "q"
+    args = ["quantize", str(sst_bundle.path), "--out", str(out), "--preset", "avx2"]
+    first = _run(args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = load_artifact(out).manifest["payload_sha256"]
+    killed = _run([*args, "--overwrite"], kill_at="swap")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    _assert_refused_after_kill(out)
+    parked = list(tmp_path.glob(".q.old-*"))
+    assert len(parked) == 1
+    with pytest.raises(ArtifactError, match="temporary directory"):
+        load_artifact(parked[0])
+
+    again = cli(*args, "--no-eval")  # same --out without --overwrite: refused ...
+    assert again.code == 1 and "already exists" in again.err, again
+    assert load_artifact(out).manifest["payload_sha256"] == before  # ... because the old bundle is back
+    assert not list(tmp_path.glob(".q.old-*")) and not _partials(out)
+
+    _assert_rerun_gives_a_bundle([*args, "--overwrite"], out)
