@@ -29,7 +29,7 @@ RUNS = {
             "--batch-size", "16", "--max-length", "192"],
     "conll2003": ["--task", "token-classification", "--data", "conll2003", "--epochs", "3", "--lr", "1e-4",
                   "--max-length", "160"],
-    "squad": ["--task", "question-answering", "--data", "squad", "--epochs", "2", "--lr", "1e-4",
+    "squad": ["--task", "question-answering", "--data", "squad", "--epochs", "1", "--lr", "1e-4",
               "--max-length", "256", "--doc-stride", "96", "--batch-size", "16"],
 }
 FLOORS = {"sst2": ("dev", "accuracy", 0.900), "mrpc": ("dev", "f1_positive", 0.86),
@@ -73,7 +73,7 @@ def main() -> None:
             md.append(f"| {r['name']} | {f['split']} | {f['metric']} | {r['metrics'][f['split']][f['metric']]:.4f} | "
                       f"{f['value']} | {'yes' if f['met'] else 'NO'} | {r['wall_time_s'] / 60:.1f} min |")
         md += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
-        write_results("finetune-" + "-".join(r["name"] for r in rows) if len(rows) == 1 else "finetune-teachers",
+        write_results(f"finetune-{args.names[0]}" if len(args.names) == 1 else "finetune-teachers",
                       {"runs": rows}, "\n".join(md) + "\n")
 
 
