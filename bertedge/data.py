@@ -442,7 +442,7 @@ def load_data(spec: str, task: str, *, columns: Columns | None = None, need: tup
             values = set()
             for ex in splits["train"]:
                 if ex[key] is None:
-                    raise DataError(f"train split has an example without a label", where=str(files["train"]),
+                    raise DataError("train split has an example without a label", where=str(files["train"]),
                                     fix="Label every training example")
                 values.update(ex[key] if isinstance(ex[key], list) else [ex[key]])
             labels = ner_label_order(values) if task == "token-classification" else class_label_order(values)

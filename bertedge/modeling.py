@@ -50,6 +50,10 @@ def load_torch_artifact(artifact: Artifact, **kwargs):
     if artifact.is_bundle:
         raise ArtifactError("this is an ONNX bundle, not a PyTorch artifact", where=str(artifact.path),
                             fix="Pass the PyTorch artifact it was exported from")
+    if artifact.manifest.get("torch_program"):  # Neural Compressor int8 (quantize --engine inc)
+        from .stages.inc_quantize import ProgramModel
+
+        return ProgramModel(artifact), load_hf_tokenizer(artifact.path)
     from .pruning import load_pretrained  # also rebuilds per-layer FFN widths written by `prune`
 
     model = load_pretrained(model_class(artifact.task), artifact.path, **kwargs)

@@ -111,7 +111,6 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
                          real_lengths=recipe.data if grid.real_lengths else None)
     bench = run_bench(targets, config)
     results = bench["results"]
-    target_names = [a["artifact"] for a in bench["artifacts"]]
     by_path = {}
     for record in bench["artifacts"]:
         by_path.setdefault(str(Path(record["path"]).absolute()), record["artifact"])

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import BenchError
 from ..providers import PROVIDER_PACKAGE, make_session, provider_name
-from .targets import ONNX, TORCH_INT8, Target
+from .targets import ONNX, TORCH_INC, TORCH_INT8, Target
 
 GPU_PROVIDERS = ("cuda", "tensorrt")
 ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
@@ -111,6 +111,9 @@ class TorchRunner:
                              "sees no CUDA device", where="--provider",
                              fix="Install a CUDA build of torch (pip install torch --index-url "
                                  "https://download.pytorch.org/whl/cu124) on a GPU machine, or use --provider cpu")
+        if target.backend == TORCH_INC and self.provider != "cpu":
+            raise BenchError("a Neural Compressor int8 program runs on CPU only", where=str(target.path),
+                             fix="Use --provider cpu")
         if target.backend == TORCH_INT8 and self.provider != "cpu":
             raise BenchError("torch dynamic int8 runs on CPU only", where="--torch-int8",
                              fix="Drop --torch-int8 or use --provider cpu")
@@ -131,6 +134,10 @@ class TorchRunner:
             buffer = io.BytesIO()
             torch.save(model.state_dict(), buffer)
             target.size_bytes = buffer.getbuffer().nbytes
+        if target.backend == TORCH_INC:
+            # PT2E int8 is Q/DQ around fp32 ops: inductor (with freezing) turns it into int8 kernels.
+            # Compilation happens on the first calls, i.e. in the warmup rounds.
+            model.compile()
         self.device = torch.device("cuda" if self.provider == "cuda" else "cpu")
         self.model = model.to(self.device).eval()
         self.active_providers = ["torch:" + self.device.type]

@@ -23,7 +23,7 @@ from .latency import (
     synthetic_batch,
 )
 from .stats import summarize
-from .targets import ONNX, TORCH, TORCH_INT8, Target, resolve_targets
+from .targets import ONNX, TORCH, TORCH_INC, TORCH_INT8, Target, resolve_targets
 
 SCHEMA = "bertedge.bench/1"
 
@@ -46,7 +46,7 @@ def check_providers(targets: list[Target], provider: str) -> None:
     if any(t.backend == ONNX for t in targets):
         check_available(provider)
     key = provider.lower().strip()
-    torch_targets = [t for t in targets if t.backend in (TORCH, TORCH_INT8)]
+    torch_targets = [t for t in targets if t.backend in (TORCH, TORCH_INT8, TORCH_INC)]
     if key == "tensorrt" and torch_targets:
         raise BenchError(f"TensorRT runs ONNX bundles only, and {torch_targets[0].name} is a PyTorch artifact",
                          where="--provider", fix="Export it first (bertedge export) or use --provider cpu or cuda")
@@ -79,6 +79,8 @@ def flop_model_of(target: Target, runner):
     try:
         if target.backend == ONNX:
             return onnx_flop_model(target.model_file)
+        if target.backend == TORCH_INC:
+            return None  # a compiled int8 program: FlopCounterMode does not see its kernels
         return getattr(runner, "flop_model", None) or torch_flop_model(runner.model)
     except Exception as exc:  # noqa: BLE001 - FLOPs are a nice-to-have; never fail a benchmark over them
         log.warning(f"bench: cannot count FLOPs of {target.name} ({type(exc).__name__}: {exc}); reported as null")

@@ -17,6 +17,7 @@ from ..errors import BenchError
 ONNX = "onnxruntime"
 TORCH = "torch"
 TORCH_INT8 = "torch-int8"
+TORCH_INC = "torch-inc"  # a Neural Compressor int8 program (quantize --engine inc), run under torch.compile
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INT8_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeMatMul", "QLinearMatMul", "QGemm",
             "MatMulIntegerToFloat", "QEmbedLayerNormalization", "DequantizeLinear"}
@@ -126,6 +127,13 @@ def artifact_targets(artifact: Artifact, name: str, *, torch_int8: bool = False)
               "settings": dict(artifact.manifest.get("settings") or {}), "data_artifact": artifact.path}
     if artifact.is_bundle:
         return [onnx_target(name, artifact.file("model.onnx"), tokenizer_dir=artifact.path, **common)]
+    program = artifact.manifest.get("torch_program")
+    if program:
+        model_file = artifact.file(program["file"])
+        return [Target(name=name, backend=TORCH_INC, path=artifact.path, tokenizer_dir=artifact.path,
+                       max_positions=hf_max_positions(artifact.path), precision="int8",
+                       size_bytes=model_file.stat().st_size if model_file.exists() else 0,
+                       artifact_bytes=dir_size(artifact.path), **common)]
     weights = [artifact.file(f) for f in WEIGHT_FILES if artifact.file(f).exists()]
     if not weights:
         raise BenchError("the artifact has neither model.onnx nor transformers weights "

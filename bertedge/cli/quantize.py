@@ -18,8 +18,11 @@ def _split_names(values: list[str] | None) -> list[str]:
 
 @app.command()
 def quantize(
-    bundle: Annotated[Path, typer.Argument(help="An fp32 ONNX bundle written by `bertedge export`.")],
+    bundle: Annotated[Path, typer.Argument(help="An fp32 ONNX bundle written by `bertedge export` "
+                                                "(with --engine inc: a PyTorch artifact).")],
     out: Annotated[Path, typer.Option("--out", help="Output bundle directory.")],
+    engine: Annotated[str, typer.Option(help="onnxruntime (ONNX bundles) or inc (Intel Neural Compressor, "
+                                             "PyTorch int8 for torch deployments).")] = "onnxruntime",
     mode: Annotated[str, typer.Option(help="dynamic, static (needs --calibration), auto (accuracy gate) or fp16.")] = "dynamic",
     fp16: Annotated[bool, typer.Option("--fp16", help="Same as --mode fp16 (GPU targets).")] = False,
     preset: Annotated[str | None, typer.Option(help="Target CPU: avx2, avx512, avx512_vnni or arm64 (default: this CPU).")] = None,
@@ -54,6 +57,14 @@ def quantize(
 
     if fp16 and mode not in ("dynamic", "fp16"):
         raise ConfigError(f"--fp16 conflicts with --mode {mode}", where="--fp16", fix="Pass one of them")
+    if engine not in ("onnxruntime", "inc"):
+        raise ConfigError(f"unknown engine '{engine}'", where="--engine", fix="Choose onnxruntime or inc")
+    if engine == "inc":
+        _quantize_inc(bundle, out, mode="fp16" if fp16 else mode, calibration=calibration,
+                      calibration_split=calibration_split, calibration_samples=calibration_samples,
+                      calibration_batch_size=calibration_batch_size, max_accuracy_drop=max_accuracy_drop,
+                      data=data, eval_samples=eval_samples, overwrite=overwrite, json_out=json_out)
+        return
     config = build(QuantizeConfig, {
         "mode": "fp16" if fp16 else mode, "preset": preset, "per_channel": per_channel, "reduce_range": reduce_range,
         "calibration": calibration, "calibration_split": calibration_split,
@@ -79,3 +90,24 @@ def quantize(
         metric = artifact.manifest.get("primary_metric")
         line += f", dev {metric} {metrics['dev'].get(metric):.4f} vs fp32 {metrics['fp32_dev'].get(metric):.4f}"
     typer.echo(line + ")")
+
+
+def _quantize_inc(src: Path, out: Path, *, mode: str, overwrite: bool, json_out: bool, **options) -> None:
+    from ..config import build
+    from ..errors import ConfigError
+    from ..stages.inc_quantize import IncQuantizeConfig, quantize_torch
+
+    if mode == "fp16":
+        raise ConfigError("--engine inc quantizes to int8 only", where="--mode",
+                          fix="Use --mode dynamic, static or auto with --engine inc (fp16 is an ONNX Runtime mode)")
+    config = build(IncQuantizeConfig, {"mode": mode, **options})
+    artifact = quantize_torch(src, config, out, overwrite=overwrite)
+    q, metrics = artifact.manifest["quantization"], artifact.metrics
+    metric = artifact.manifest.get("primary_metric")
+    if json_out:
+        emit_json({"artifact": str(artifact.path), "task": artifact.task, "engine": "inc", "mode": q["mode"],
+                   "metrics": metrics, "trials": q["trials"]})
+        return
+    typer.echo(f"wrote {artifact.path} (Neural Compressor {q['mode']} int8, dev {metric} "
+               f"{metrics['dev'].get(metric):.4f} vs fp32 {metrics['fp32_dev'].get(metric):.4f}); "
+               "run it under torch.compile")

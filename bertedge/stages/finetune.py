@@ -9,7 +9,7 @@ from .. import log
 from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
 from ..config import FinetuneConfig
 from ..data import Columns, TaskData, load_data, subsample
-from ..errors import ConfigError, DataError, ModelError
+from ..errors import ConfigError, ModelError
 from ..modeling import (count_parameters, encoder_from_hf, load_hf_tokenizer, model_class, reinit_head,
                         tokenizer_record)
 from ..models import resolve_model
