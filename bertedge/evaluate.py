@@ -34,6 +34,18 @@ def load_eval_examples(artifact: Artifact, data: str | None, split: str, max_sam
     return subsample(task_data.split(split), max_samples, seed)
 
 
+def calibration_features(artifact: Artifact, data: str | None, split: str, samples: int, encoder,
+                         settings: TaskSettings) -> list[dict]:
+    """At most `samples` model features of `split` (default data: the artifact's own) for calibration.
+
+    A seeded subset is drawn before tokenizing, so that a large train split stays cheap.
+    """
+    spec, columns = artifact_data_spec(artifact, data)
+    task_data = load_data(spec, artifact.task, columns=columns, need=(split,), labels=artifact.labels or None)
+    examples = subsample(task_data.split(split), samples, seed=0)
+    return get_task(artifact.task).eval_features(examples, encoder, settings)[:samples]
+
+
 def forward_for(artifact: Artifact, provider: str = "cpu"):
     """(encoder, forward) for an artifact: ONNX Runtime for bundles, torch otherwise."""
     if artifact.is_bundle:

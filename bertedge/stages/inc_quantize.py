@@ -252,16 +252,12 @@ def _dynamic_shapes(inputs: list[str], max_positions: int) -> tuple:
 
 
 def _calibration_batches(parent: Artifact, config: IncQuantizeConfig, encoder, settings) -> list[dict]:
-    from ..data import load_data, subsample
-    from ..evaluate import artifact_data_spec
-    from ..tasks import get_task
+    from ..evaluate import artifact_data_spec, calibration_features
 
-    spec, columns = artifact_data_spec(parent, config.calibration)
-    data = load_data(spec, parent.task, columns=columns, need=(config.calibration_split,),
-                     labels=parent.labels or None)
-    examples = subsample(data.split(config.calibration_split), config.calibration_samples, seed=0)
-    features = get_task(parent.task).eval_features(examples, encoder, settings)[:config.calibration_samples]
+    features = calibration_features(parent, config.calibration, config.calibration_split, config.calibration_samples,
+                                    encoder, settings)
     if len(features) < 2:
+        spec, _ = artifact_data_spec(parent, config.calibration)
         raise QuantizationError("calibration needs at least 2 examples", where=f"--calibration {spec}",
                                 fix="Use a split with more examples")
     size = max(2, config.calibration_batch_size)  # batch 1 would make torch.export specialise the batch axis

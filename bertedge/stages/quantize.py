@@ -85,12 +85,14 @@ def quantize(src: str | Path | Artifact, config: QuantizeConfig, out: str | Path
     if Path(out).resolve() == parent.path.resolve():
         raise ArtifactError("output path is the input bundle", where=str(out), fix="Choose another --out")
 
-    from ..evaluate import artifact_settings, load_eval_examples
+    from ..evaluate import artifact_settings, calibration_features, load_eval_examples
 
     encoder = _encoder(parent)
     settings = artifact_settings(parent)
     dev = load_eval_examples(parent, config.data, "dev", config.eval_samples) if config.evaluate else []
-    calibration = _calibration_features(parent, config, encoder, settings) if config.calibration else None
+    calibration = (calibration_features(parent, config.calibration, config.calibration_split,
+                                        config.calibration_samples, encoder, settings)
+                   if config.calibration else None)
 
     with atomic_artifact(out, stage="quantize", task=parent.task, overwrite=overwrite) as writer:
         work = writer.path / ".work"
@@ -181,20 +183,6 @@ def _encoder(artifact: Artifact):
     from ..runtime import Bundle
 
     return Bundle(artifact.path).encoder
-
-
-def _calibration_features(parent: Artifact, config: QuantizeConfig, encoder, settings) -> list[dict]:
-    from ..data import load_data, subsample
-    from ..evaluate import artifact_data_spec
-    from ..tasks import get_task
-
-    _, columns = artifact_data_spec(parent, config.calibration)
-    data = load_data(config.calibration, parent.task, columns=columns, need=(config.calibration_split,),
-                     labels=parent.labels or None)
-    # Draw a seeded subset first so that tokenizing a large train split stays cheap.
-    examples = subsample(data.split(config.calibration_split), config.calibration_samples, seed=0)
-    features = get_task(parent.task).eval_features(examples, encoder, settings)
-    return features[:config.calibration_samples]
 
 
 # ----------------------------------------------------------------------------- the work
