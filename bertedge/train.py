@@ -103,6 +103,16 @@ def torch_forward(model, device=None) -> Callable[[dict[str, np.ndarray]], dict[
     return forward
 
 
+def require_metric(dev_metrics: dict, metric: str, task: str) -> None:
+    """Refuse a `--metric` the task's evaluation does not report (it would pick no checkpoint)."""
+    if metric not in dev_metrics:
+        from .errors import ConfigError
+
+        reported = ", ".join(k for k, v in dev_metrics.items() if isinstance(v, float))
+        raise ConfigError(f"metric '{metric}' is not reported for {task} (have: {reported})",
+                          where="--metric", fix="Choose one of the reported metrics")
+
+
 def train_model(model, train_features: list[dict], encoder: TextEncoder, config: TrainConfig,
                 evaluate: Callable[[object], dict], metric: str,
                 compute_loss: Callable | None = None, log: Callable[[str], None] = print,

@@ -84,3 +84,15 @@ def test_finetune_records_training_and_history(tiny_artifacts):
     assert m["training"]["global_step"] > 0 and math.isfinite(m["training"]["train_loss"])
     assert any("eval_accuracy" in h for h in m["history"])
     assert m["settings"]["max_length"] == 64 and m["tokenizer"]["pad_token_id"] == 0
+
+
+def test_require_metric_names_the_reported_metrics():
+    from bertedge.errors import ConfigError
+    from bertedge.train import require_metric
+
+    require_metric({"accuracy": 0.9, "f1": 0.8}, "f1", "text-classification")
+    with pytest.raises(ConfigError) as info:
+        require_metric({"accuracy": 0.9, "f1": 0.8, "per_class": {}}, "f2", "text-classification")
+    assert str(info.value).startswith("--metric: metric 'f2' is not reported for text-classification "
+                                      "(have: accuracy, f1)")
+    assert "Choose one of the reported metrics" in str(info.value)

@@ -359,7 +359,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
 
     from ..distill_losses import classification_loss, intermediate_loss, qa_loss, token_loss
     from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, tokenizer_record
-    from ..train import train_model
+    from ..train import require_metric, train_model
 
     attn = "eager" if config.attention_weight > 0 else None  # attention maps need the eager kernel
     try:  # load_torch_artifact also rebuilds the per-layer widths of a pruned teacher
@@ -449,10 +449,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
                              extra_modules=[projection] if projection is not None else None)
         student.eval()
         metrics = {"dev": evaluate(student)}
-        if metric not in metrics["dev"]:
-            raise ConfigError(f"metric '{metric}' is not reported for {config.task} "
-                              f"(have: {', '.join(k for k, v in metrics['dev'].items() if isinstance(v, float))})",
-                              where="--metric", fix="Choose one of the reported metrics")
+        require_metric(metrics["dev"], metric, config.task)
         student.save_pretrained(writer.path, safe_serialization=True)
         student_tokenizer.save_pretrained(writer.path)
         student_params, teacher_params = count_parameters(student), count_parameters(teacher_model)

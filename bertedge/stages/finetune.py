@@ -15,7 +15,7 @@ from ..modeling import (count_parameters, encoder_from_hf, load_hf_tokenizer, mo
 from ..models import resolve_model
 from ..tasks import TaskSettings, get_task
 from ..tasks.base import evaluate_examples
-from ..train import freeze, torch_forward, train_model
+from ..train import freeze, require_metric, torch_forward, train_model
 
 
 def task_settings(config: FinetuneConfig) -> TaskSettings:
@@ -167,10 +167,7 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
         result = train_model(net, train_features, encoder, config.train, evaluate_during_training, metric)
         net.eval()
         metrics = {"dev": evaluate(net)}
-        if metric not in metrics["dev"]:
-            raise ConfigError(f"metric '{metric}' is not reported for {config.task} "
-                              f"(have: {', '.join(k for k, v in metrics['dev'].items() if isinstance(v, float))})",
-                              where="--metric", fix="Choose one of the reported metrics")
+        require_metric(metrics["dev"], metric, config.task)
         test = data.splits.get("test")
         if test and all(_has_gold(config.task, ex) for ex in test):
             metrics["test"] = evaluate_split(net, encoder, config.task, test, settings, data.labels,
