@@ -7,4 +7,4 @@ from . import quantize  # noqa: F401  quantize
 from . import distill  # noqa: F401  distill
 from . import prune  # noqa: F401  prune
 from . import transfer  # noqa: F401  adapt, tune
-from . import pipeline  # noqa: F401  run, report
+from . import pipeline  # noqa: F401  run, report, optimize

@@ -63,3 +63,87 @@ def report_cmd(
         emit_json(load_report(run_dir))
     else:
         typer.echo(f"report: {Path(path).with_suffix('.md')}")
+
+
+def _parse_prune(value: str | None) -> list[dict] | None:
+    """'0:0,0.5:0.33' -> [{ffn: 0, heads: 0}, {ffn: 0.5, heads: 0.33}] (FFN:HEADS fractions)."""
+    from ..errors import ConfigError
+
+    if value is None:
+        return None
+    choices = []
+    for item in value.split(","):
+        ffn, _, heads = item.strip().partition(":")
+        try:
+            choices.append({"ffn": float(ffn), "heads": float(heads or 0)})
+        except ValueError:
+            raise ConfigError(f"expected FFN:HEADS fractions, got '{item.strip()}'", where="--prune",
+                              fix="Example: --prune 0:0,0.5:0.33 (0:0 = unpruned)") from None
+    return choices
+
+
+@app.command()
+def optimize(
+    teacher: Annotated[Path, typer.Option("--teacher", help="Fine-tuned PyTorch artifact to compress.")],
+    out: Annotated[Path, typer.Option("--out", help="Search directory (candidates/, search.json/md, pareto.png, best).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="Search config YAML (flags override it).")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Student depths, e.g. 3,2 (0 = the teacher's own depth).")] = None,
+    prune: Annotated[Optional[str], typer.Option(help="Prune ratios FFN:HEADS, e.g. 0:0,0.5:0.33 (0:0 = unpruned).")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="Quantization modes: none, dynamic, static, auto (comma-separated).")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Budget: dev-metric drop vs the teacher, in points.")] = None,
+    max_size_mb: Annotated[Optional[float], typer.Option(help="Budget: largest bundle size in MB.")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Dev metric of the budget (default: the task's primary).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Transfer data (default: the teacher's).")] = None,
+    max_train_samples: Annotated[Optional[int], typer.Option(help="Train students on a seeded subset.")] = None,
+    max_eval_samples: Annotated[Optional[int], typer.Option(help="Evaluate every candidate on a seeded dev subset.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Distillation epochs per student.")] = None,
+    recover_epochs: Annotated[Optional[float], typer.Option(help="Recovery epochs after pruning.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a search: keep finished candidates whose config and parent match.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print search.json on stdout.")] = False,
+) -> None:
+    """Search student depth x prune ratio x quantization for the fastest model within the accuracy budget."""
+    import yaml
+
+    from ..errors import ConfigError
+    from ..search import optimize as run_optimize
+    from ..search import parse_search
+    from .common import parse_int_list
+
+    raw: dict = {}
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError("no such search config file", where=str(config), fix="Pass a YAML file")
+        try:
+            raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise ConfigError(f"invalid YAML ({getattr(exc, 'problem', None) or exc})",
+                              where=f"{config}:{mark.line + 1}:{mark.column + 1}" if mark else str(config),
+                              fix="Fix the YAML syntax") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("a search config must be a mapping", where=str(config), fix="See docs/optimize.md")
+    flags = {"layers": parse_int_list(layers, "--layers"), "prune": _parse_prune(prune),
+             "quantize": [q.strip() for q in quantize.split(",")] if quantize else None,
+             "max_accuracy_drop": max_accuracy_drop, "max_size_mb": max_size_mb, "metric": metric}
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    data_flags = {"data": data, "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples}
+    if any(v is not None for v in data_flags.values()):
+        raw["data"] = {**(raw.get("data") or {}), **{k: v for k, v in data_flags.items() if v is not None}}
+    if epochs is not None:
+        raw["distill"] = {**(raw.get("distill") or {}), "train": {**((raw.get("distill") or {}).get("train") or {}),
+                                                                  "epochs": epochs}}
+    if recover_epochs is not None:
+        raw["prune_options"] = {**(raw.get("prune_options") or {}), "recover_epochs": recover_epochs}
+    search = parse_search(raw, where=str(config) if config else "search")
+    result = run_optimize(teacher, search, out, resume=resume)
+    if json_out:
+        emit_json(result)
+        return
+    for r in result["candidates"]:
+        if r.get("final"):
+            typer.echo(f"{r['name']:<22} drop {r['drop_pts'] if r['drop_pts'] is not None else '-':>7} pts  "
+                       f"p50 {r.get('p50_ms') or 0:7.2f} ms  {r.get('verdict', '')}")
+        elif r["status"] != "built":
+            typer.echo(f"{r['name']:<22} {r['reason']}")
+    typer.echo(f"best: {result['best_path'] or 'none within the budget'}")
+    typer.echo(f"report: {out / 'search.md'}")

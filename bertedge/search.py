@@ -1,0 +1,442 @@
+"""`bertedge optimize`: search student depth x prune ratios x quantization modes under an accuracy budget.
+
+From one fine-tuned teacher the search builds a tree of candidates with the ordinary stages::
+
+    teacher ──distill(L layers)──▶ student ──prune(ffn, heads)──▶ pruned ──export──▶ fp32 bundle ──quantize(mode)──▶ int8
+
+and returns the fastest artifact within the budget (dev-metric drop vs the teacher, optional size) plus the
+Pareto front of dev metric against latency. What it adds over running the stages by hand:
+
+- **Early dropping.** A candidate whose dev metric already loses more than the budget (plus `slack`) is not
+  compressed further: later stages only remove capacity (quantization rarely gives accuracy back). With
+  `monotone` (the default), a depth that fails also rules out every shallower depth, and a prune ratio that
+  fails rules out every larger ratio of the same student — they are recorded as skipped, never trained.
+- **Budget hand-down.** Quantization runs with what is left of the budget after distillation and pruning,
+  so the quantizer's own accuracy gate (mode auto) can only choose schemes that keep the whole chain in budget.
+- **One interleaved bench** of the teacher (PyTorch fp32) and every bundle at the chosen batch and sequence
+  length, so the ranking compares latencies taken under the same conditions.
+- **Resume.** Every candidate is an ordinary artifact under OUT/candidates/NAME with a state file holding
+  its config hash and its parent's payload hash; a rerun keeps the ones that match.
+
+Outputs: OUT/search.json (every candidate with status, reason, metric, drop, size, p50, speed-up, Pareto
+flag), OUT/search.md, OUT/pareto.png, and OUT/best (a symlink to the chosen candidate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from . import log
+from .artifacts import Artifact, is_artifact, load_artifact, write_json_atomic
+from .config import DataConfig, StrictModel, format_validation_error
+from .errors import ArtifactError, ConfigError
+
+SEARCH_JSON = "search.json"
+SEARCH_MD = "search.md"
+PARETO_PNG = "pareto.png"
+QUANT_MODES = ("none", "dynamic", "static", "auto")
+
+
+class PruneChoice(StrictModel):
+    ffn: float = Field(0.0, ge=0, lt=1, description="Fraction of FFN neurons removed per layer")
+    heads: float = Field(0.0, ge=0, lt=1, description="Fraction of attention heads removed per layer")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.ffn == 0 and self.heads == 0
+
+    @property
+    def tag(self) -> str:
+        return f"p{round(self.ffn * 100)}-{round(self.heads * 100)}"
+
+
+class SearchConfig(StrictModel):
+    layers: list[int] = Field([3, 2], min_length=1,
+                              description="Student depths to distill (0 or the teacher's depth: the teacher itself)")
+    prune: list[PruneChoice] = Field(default_factory=lambda: [PruneChoice(), PruneChoice(ffn=0.5, heads=0.33)],
+                                     min_length=1, description="Structured prune ratios tried on every student "
+                                                               "({ffn: 0, heads: 0} = unpruned)")
+    quantize: list[Literal["none", "dynamic", "static", "auto"]] = Field(
+        ["dynamic", "auto"], min_length=1, description="Quantization modes tried on every bundle (none = fp32 ONNX)")
+    max_accuracy_drop: float = Field(1.0, ge=0, description="Budget: largest dev-metric drop vs the teacher, in points")
+    max_size_mb: float | None = Field(None, gt=0, description="Budget: largest bundle size in MB")
+    metric: str | None = Field(None, description="Dev metric of the budget (default: the task's primary metric)")
+    slack: float = Field(0.0, ge=0, description="Points over the budget an intermediate candidate may lose and "
+                                                "still be compressed further")
+    monotone: bool = Field(True, description="A failing depth skips shallower ones; a failing prune ratio skips "
+                                             "larger ones")
+    data: DataConfig = Field(default_factory=DataConfig, description="Transfer data (default: the teacher's)")
+    distill: dict[str, Any] = Field(default_factory=dict, description="Extra distill settings (DistillConfig fields)")
+    prune_options: dict[str, Any] = Field(default_factory=dict, description="Extra prune settings (PruneConfig fields)")
+    export_options: dict[str, Any] = Field(default_factory=dict, description="Extra export settings (ExportConfig)")
+    quantize_options: dict[str, Any] = Field(default_factory=dict, description="Extra quantize settings "
+                                                                               "(QuantizeConfig fields)")
+    batch_size: int = Field(1, ge=1, description="Batch size of the latency ranking")
+    seq_len: int = Field(128, ge=2, description="Sequence length of the latency ranking")
+    runs: int = Field(30, ge=3, description="Interleaved timing rounds")
+    warmup: int = Field(5, ge=0, description="Untimed calls per candidate before timing")
+    threads: int | None = Field(None, ge=1, description="Intra-op threads (default: the runtime's)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if any(n < 0 for n in self.layers):
+            raise ValueError("layers: depths must be 0 (the teacher) or positive")
+        if len({(c.ffn, c.heads) for c in self.prune}) != len(self.prune):
+            raise ValueError("prune: the same ratio is listed twice")
+        return self
+
+
+# What the search sets in each block; a sample value lets the block validate on its own.
+SAMPLE = {"distill": {"layers": 1}, "prune_options": {"ffn": 0.5}, "quantize_options": {"mode": "dynamic"},
+          "export_options": {}}
+FIXED = {"distill": {"layers", "layer_map", "student_config", "student", "task"},
+         "prune_options": {"ffn", "heads", "sparsity", "target_ffn", "target_heads"},
+         "quantize_options": {"mode", "max_accuracy_drop"}, "export_options": set()}
+
+
+def _stage_configs():
+    from .stages.distill import DistillConfig
+    from .stages.export import ExportConfig
+    from .stages.prune import PruneConfig
+    from .stages.quantize import QuantizeConfig
+
+    return {"distill": DistillConfig, "prune_options": PruneConfig, "export_options": ExportConfig,
+            "quantize_options": QuantizeConfig}
+
+
+def parse_search(data: Any, where: str = "search") -> SearchConfig:
+    """Validate a search config (and its per-stage option blocks) before any model loads."""
+    if not isinstance(data, dict):
+        raise ConfigError("a search config must be a mapping", where=where, fix="See docs/optimize.md for the shape")
+    try:
+        config = SearchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where), fix="Fix the value (see `bertedge optimize --help`)") \
+            from None
+    for block, model in _stage_configs().items():
+        options = getattr(config, block)
+        fixed = sorted(FIXED[block] & set(options))
+        if fixed:
+            raise ConfigError(f"{where}.{block}.{fixed[0]}: set by the search itself",
+                              fix=f"Remove it from {block}; the search varies it (layers / prune / quantize)")
+        try:
+            model.model_validate({**options, **SAMPLE[block]})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, f"{where}.{block}"),
+                              fix="Fix the value (same fields as the stage's config)") from None
+    return config
+
+
+def load_search(path: str | Path) -> SearchConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("no such search config file", where=str(path), fix="Pass a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"invalid YAML ({getattr(exc, 'problem', None) or exc})", where=loc,
+                          fix="Fix the YAML syntax") from None
+    return parse_search(data, where=str(path))
+
+
+# ----------------------------------------------------------------------------- the search tree
+
+
+def plan_and_build(config: SearchConfig, teacher_depth: int, build: Callable[[str, str, str | None, dict], dict],
+                   budget_left: Callable[[dict], float]) -> list[dict]:
+    """Walk the candidate tree, calling `build(name, stage, parent_name, settings)` for each candidate.
+
+    `build` returns a record with at least `drop_pts` (vs the teacher; None when unknown). Candidates over
+    the budget (+ slack) are not compressed further; with `monotone`, shallower depths after a failing depth
+    and larger prune ratios after a failing ratio are recorded as skipped without being built. Separated from
+    the stages so the dropping logic is testable with a fake `build`.
+    """
+    limit = config.max_accuracy_drop + config.slack
+    records: list[dict] = []
+
+    def over(record: dict) -> bool:
+        return record.get("drop_pts") is not None and record["drop_pts"] > limit
+
+    def skip(name: str, stage: str, parent: str | None, reason: str) -> None:
+        records.append({"name": name, "stage": stage, "parent": parent, "status": "skipped", "reason": reason})
+
+    depths = sorted({teacher_depth if d in (0, teacher_depth) else d for d in config.layers}, reverse=True)
+    if any(d > teacher_depth for d in depths):
+        raise ConfigError(f"layers: {max(depths)} is deeper than the teacher ({teacher_depth} layers)",
+                          where="--layers", fix=f"Use depths from 1 to {teacher_depth}")
+    failed_depth: tuple[int, float] | None = None
+    for depth in depths:
+        student = "teacher" if depth == teacher_depth else f"L{depth}"
+        if student != "teacher":
+            if config.monotone and failed_depth is not None:
+                skip(student, "distill", "teacher", f"skipped: the {failed_depth[0]}-layer student already loses "
+                                                    f"{failed_depth[1]:.2f} pts (over the budget)")
+                continue
+            record = build(student, "distill", "teacher", {"layers": depth})
+            records.append(record)
+            if over(record):
+                record.update(status="dropped", reason=f"dropped: loses {record['drop_pts']:.2f} pts, over the "
+                                                       f"{limit:g} pt limit; not pruned or quantized")
+                failed_depth = (depth, record["drop_pts"])
+                continue
+        failed_ratio: tuple[PruneChoice, float] | None = None
+        for choice in sorted(config.prune, key=lambda c: (c.ffn + c.heads, c.ffn)):
+            source = student
+            if not choice.is_identity:
+                name = f"{student}-{choice.tag}"
+                if config.monotone and failed_ratio is not None and choice.ffn >= failed_ratio[0].ffn \
+                        and choice.heads >= failed_ratio[0].heads:
+                    skip(name, "prune", student, f"skipped: pruning {failed_ratio[0].tag} of {student} already "
+                                                 f"loses {failed_ratio[1]:.2f} pts (over the budget)")
+                    continue
+                record = build(name, "prune", student, {"ffn": choice.ffn, "heads": choice.heads})
+                records.append(record)
+                if over(record):
+                    record.update(status="dropped", reason=f"dropped: loses {record['drop_pts']:.2f} pts, over "
+                                                           f"the {limit:g} pt limit; not exported")
+                    failed_ratio = (choice, record["drop_pts"])
+                    continue
+                source = name
+            bundle = f"{source}-onnx"
+            record = build(bundle, "export", source, {})
+            records.append(record)
+            for mode in config.quantize:
+                if mode == "none":
+                    record["final"] = True
+                    continue
+                left = budget_left(record)
+                records.append(build(f"{source}-{mode}", "quantize", bundle,
+                                     {"mode": mode, "max_accuracy_drop": round(max(left, 0.0), 4)}))
+                records[-1]["final"] = True
+    return records
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """Non-dominated points: no other point is at least as fast and at least as accurate, and better in one."""
+    front = []
+    for p in points:
+        dominated = any(q is not p and q["p50_ms"] <= p["p50_ms"] and q["value"] >= p["value"]
+                        and (q["p50_ms"] < p["p50_ms"] or q["value"] > p["value"]) for q in points)
+        if not dominated:
+            front.append(p)
+    return sorted(front, key=lambda p: p["p50_ms"])
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dev(artifact: Artifact) -> dict:
+    metrics = artifact.metrics
+    dev = metrics.get("dev") if isinstance(metrics.get("dev"), dict) else metrics
+    return {k: v for k, v in (dev or {}).items() if isinstance(v, (int, float))}
+
+
+def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *, resume: bool = False) -> dict:
+    """Run the search from the teacher artifact into `out`; returns the search.json content."""
+    from .tasks import get_task
+
+    out = Path(out).absolute()
+    if out.exists() and not out.is_dir():
+        raise ArtifactError("search output path exists and is a file", where=str(out), fix="Choose a directory")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise ArtifactError("search directory already exists", where=str(out),
+                            fix="Pass --resume to continue it (finished candidates are kept), or choose another --out")
+    teacher = load_artifact(teacher_path)
+    if teacher.is_bundle or teacher.stage not in ("finetune", "distill", "prune"):
+        raise ArtifactError(f"the teacher must be a fine-tuned PyTorch artifact, not a {teacher.stage} artifact",
+                            where=str(teacher.path), fix="Pass the output of `bertedge finetune`")
+    metric = config.metric or teacher.manifest.get("primary_metric") or get_task(teacher.task).primary_metric
+    teacher_value = _dev(teacher).get(metric)
+    if teacher_value is None:
+        raise ConfigError(f"the teacher's manifest has no dev '{metric}'", where=str(teacher.path),
+                          fix=f"Choose --metric among: {', '.join(sorted(_dev(teacher))) or 'none recorded'}")
+    teacher_depth = _depth(teacher)
+    (out / "candidates").mkdir(parents=True, exist_ok=True)
+    (out / "state").mkdir(exist_ok=True)
+    paths: dict[str, Path] = {"teacher": teacher.path}
+    records_by_name: dict[str, dict] = {}
+    started = time.time()
+
+    def build(name: str, stage: str, parent: str | None, settings: dict) -> dict:
+        stage_config = _make_config(stage, settings, config, teacher)
+        source = paths[parent]
+        parent_sha = load_artifact(source).manifest.get("payload_sha256")
+        dest = out / "candidates" / name
+        state_file = out / "state" / f"{name}.json"
+        config_hash = _hash({"stage": stage, "config": stage_config.model_dump(mode="json")})
+        state = _read(state_file)
+        t0 = time.time()
+        if (resume and state and is_artifact(dest) and state.get("config_hash") == config_hash
+                and state.get("parent_sha") == parent_sha):
+            artifact = load_artifact(dest)
+            log.info(f"optimize: {name}: kept ({dest})")
+            kept = True
+        else:
+            log.info(f"optimize: {name}: {stage} from {parent} {settings or ''} "
+                     f"(search {time.time() - started:.0f} s so far)")
+            artifact = _run_stage(stage, source, stage_config, dest)
+            write_json_atomic(state_file, {"config_hash": config_hash, "parent_sha": parent_sha,
+                                           "payload_sha": artifact.manifest.get("payload_sha256")})
+            kept = False
+        paths[name] = dest
+        value = _dev(artifact).get(metric)
+        record = {"name": name, "stage": stage, "parent": parent, "settings": settings, "path": str(dest),
+                  "status": "built", "metric_value": value,
+                  "drop_pts": round((teacher_value - value) * 100, 3) if value is not None else None,
+                  "size_bytes": artifact.manifest.get("size_bytes"), "kept_from_earlier_run": kept,
+                  "wall_time_s": None if kept else round(time.time() - t0, 1)}
+        if stage == "quantize":
+            record["quantize_choice"] = (artifact.manifest.get("quantization") or {}).get("candidate")
+        log.info(f"optimize: {name}: dev {metric} {value if value is None else round(value, 4)} "
+                 f"(drop {record['drop_pts']} pts)")
+        records_by_name[name] = record
+        return record
+
+    def budget_left(record: dict) -> float:
+        return config.max_accuracy_drop - max(record.get("drop_pts") or 0.0, 0.0)
+
+    records = plan_and_build(config, teacher_depth, build, budget_left)
+    finals = [r for r in records if r.get("final") and r["status"] == "built"]
+    result = _rank(finals, records, teacher, metric, teacher_value, config, out)
+    result.update(search=config.model_dump(mode="json"), teacher={"path": str(teacher.path), "metric": metric,
+                                                                  "value": teacher_value, "layers": teacher_depth},
+                  wall_time_s=round(time.time() - started, 1), created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json_atomic(out / SEARCH_JSON, result)
+    (out / SEARCH_MD).write_text(markdown(result), encoding="utf-8")
+    log.info(f"optimize: {out / SEARCH_MD}")
+    return result
+
+
+def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: str, teacher_value: float,
+          config: SearchConfig, out: Path) -> dict:
+    """Time the teacher and every final candidate in one interleaved run; choose; mark the Pareto front."""
+    from .bench import BenchConfig, run_bench
+    from .bench.report import plot_pareto
+
+    bench = run_bench([str(teacher.path), *[r["path"] for r in finals]],
+                      BenchConfig(batch_sizes=[config.batch_size], seq_lens=[config.seq_len], runs=config.runs,
+                                  warmup=config.warmup, threads=config.threads, flops=False))
+    by_path = {str(Path(a["path"]).absolute()): a["artifact"] for a in bench["artifacts"]}
+    p50 = {r["artifact"]: r["p50_ms"] for r in bench["results"]}
+    teacher_p50 = p50.get(by_path.get(str(teacher.path.absolute())))
+    for r in finals:
+        r["p50_ms"] = p50.get(by_path.get(str(Path(r["path"]).absolute())))
+        r["speedup_vs_teacher"] = round(teacher_p50 / r["p50_ms"], 3) if r["p50_ms"] and teacher_p50 else None
+        size_ok = config.max_size_mb is None or (r["size_bytes"] or 0) <= config.max_size_mb * 1e6
+        drop_ok = r["drop_pts"] is not None and r["drop_pts"] <= config.max_accuracy_drop
+        r["within_budget"] = bool(size_ok and drop_ok)
+        if not drop_ok:
+            r["verdict"] = f"over budget: loses {r['drop_pts']} pts"
+        elif not size_ok:
+            r["verdict"] = f"over budget: {r['size_bytes'] / 1e6:.1f} MB > {config.max_size_mb:g} MB"
+    points = [{"name": r["name"], "p50_ms": r["p50_ms"], "value": r["metric_value"]} for r in finals
+              if r["p50_ms"] is not None and r["metric_value"] is not None]
+    front = {p["name"] for p in pareto_front(points)}
+    for r in finals:
+        r["pareto"] = r["name"] in front
+    within = sorted((r for r in finals if r["within_budget"] and r["p50_ms"] is not None), key=lambda r: r["p50_ms"])
+    best = within[0] if within else None
+    for r in finals:
+        if r is best:
+            r["verdict"] = "chosen: fastest within the budget"
+        elif r["within_budget"]:
+            r["verdict"] = f"within budget, slower than {best['name']}"
+    (out / PARETO_PNG).unlink(missing_ok=True)
+    pareto = plot_pareto(bench, out / PARETO_PNG)
+    best_link = out / "best"
+    if best_link.is_symlink() or best_link.exists():
+        best_link.unlink()
+    if best:
+        best_link.symlink_to(Path("candidates") / best["name"])
+    return {"metric": metric, "teacher_p50_ms": teacher_p50, "best": best["name"] if best else None,
+            "best_path": best["path"] if best else None,
+            "pareto_front": [r["name"] for r in sorted(finals, key=lambda r: r["p50_ms"] or 0) if r["pareto"]],
+            "candidates": records, "budget": {"max_accuracy_drop": config.max_accuracy_drop,
+                                              "max_size_mb": config.max_size_mb, "met": best is not None},
+            "machine": bench["machine"], "plot": str(pareto) if pareto else None}
+
+
+def _depth(artifact: Artifact) -> int:
+    config = json.loads((artifact.path / "config.json").read_text(encoding="utf-8"))
+    return int(config["num_hidden_layers"])
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _make_config(stage: str, settings: dict, config: SearchConfig, teacher: Artifact):
+    models = _stage_configs()
+    if stage == "distill":
+        return models["distill"].model_validate({**config.distill, "data": config.data.model_dump(), **settings})
+    if stage == "prune":
+        options = {"distill_from": str(teacher.path), **config.prune_options, **settings}
+        return models["prune_options"].model_validate({**options, "data": config.data.model_dump()})
+    if stage == "export":
+        return models["export_options"].model_validate(config.export_options)
+    options = dict(config.quantize_options)
+    if settings["mode"] in ("static", "auto") and not options.get("calibration"):
+        recorded = teacher.manifest.get("data") or {}
+        options["calibration"] = config.data.data or (recorded.get("hub") and f"hub:{recorded['hub']}") \
+            or recorded.get("path")
+    if config.data.max_eval_samples and "eval_samples" not in options:
+        options["eval_samples"] = config.data.max_eval_samples
+    return models["quantize_options"].model_validate({**options, **settings})
+
+
+def _run_stage(stage: str, source: Path, stage_config, dest: Path) -> Artifact:
+    import importlib
+
+    from .recipe import STAGE_MODULES
+
+    module, function, _ = STAGE_MODULES[stage]
+    return getattr(importlib.import_module(module), function)(str(source), stage_config, dest, overwrite=True)
+
+
+def _fmt(value, spec=".2f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown(result: dict) -> str:
+    t = result["teacher"]
+    m = result["machine"]
+    cpu = m.get("cpu", {})
+    s = result["search"]
+    lines = [f"# bertedge optimize: {t['path']}", "",
+             f"Teacher: {t['layers']} layers, dev {t['metric']} {t['value']:.4f}, p50 "
+             f"{_fmt(result['teacher_p50_ms'])} ms (PyTorch fp32, batch {s['batch_size']}, seq {s['seq_len']}).  ",
+             f"Budget: drop ≤ {s['max_accuracy_drop']} pts" + (f", size ≤ {s['max_size_mb']} MB" if s['max_size_mb']
+                                                               else "")
+             + f". Search: layers {s['layers']}, prune {[(p['ffn'], p['heads']) for p in s['prune']]}, "
+               f"quantize {s['quantize']}.  ",
+             f"CPU: {cpu.get('model')} ({cpu.get('usable_cores')} cores), threads {m.get('threads')}; "
+             f"wall time {result['wall_time_s'] / 60:.1f} min.", "",
+             "| candidate | stage | from | dev metric | drop (pts) | size (MB) | p50 (ms) | vs teacher | Pareto | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["candidates"]:
+        size = r.get("size_bytes")
+        verdict = r.get("verdict") or r.get("reason") or ("intermediate" if r["status"] == "built" else r["status"])
+        lines.append(f"| {r['name']} | {r['stage']} | {r.get('parent') or ''} | {_fmt(r.get('metric_value'), '.4f')} "
+                     f"| {_fmt(r.get('drop_pts'))} | {_fmt(size / 1e6 if size else None)} | {_fmt(r.get('p50_ms'))} "
+                     f"| {_fmt(r.get('speedup_vs_teacher'))}{'x' if r.get('speedup_vs_teacher') else ''} "
+                     f"| {'yes' if r.get('pareto') else ''} | {verdict} |")
+    lines += ["", (f"**Best: {result['best']}** ({result['best_path']})." if result["best"]
+                   else "**No candidate meets the budget.**"),
+              f"Pareto front (dev metric vs p50): {', '.join(result['pareto_front']) or 'none'}.", "",
+              "Intermediate candidates (students, pruned models; fp32 bundles unless `none` is a quantize mode) carry "
+              "their dev metric; only final candidates are timed, all in one interleaved run with the teacher."]
+    return "\n".join(lines) + "\n"

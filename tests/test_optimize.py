@@ -1,0 +1,146 @@
+"""`bertedge optimize`: the early-dropping search tree (with a fake build), the Pareto front, config errors
+before any model loads, and one tiny end-to-end search with resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import assert_one_line_error
+
+from bertedge.errors import ConfigError
+from bertedge.search import PruneChoice, SearchConfig, pareto_front, parse_search, plan_and_build
+
+
+def fake_builder(drops: dict[str, float]):
+    calls = []
+
+    def build(name, stage, parent, settings):
+        calls.append((name, stage, parent, settings))
+        return {"name": name, "stage": stage, "parent": parent, "status": "built", "drop_pts": drops.get(name, 0.0)}
+
+    return calls, build
+
+
+def budget_left_of(config):
+    return lambda record: config.max_accuracy_drop - max(record.get("drop_pts") or 0.0, 0.0)
+
+
+def search_config(**overrides) -> SearchConfig:
+    base = {"layers": [3, 2, 1], "prune": [{"ffn": 0.7, "heads": 0.5}, {}, {"ffn": 0.5, "heads": 0.33}],
+            "quantize": ["dynamic"], "max_accuracy_drop": 1.0}
+    return SearchConfig.model_validate({**base, **overrides})
+
+
+def test_failing_depth_and_ratio_cut_the_tree_without_building():
+    config = search_config()
+    # L3 fits; pruning it 50/33 fits (0.9), 70/50 does not (1.2); L2 loses 1.5 so L1 is never trained.
+    calls, build = fake_builder({"L3": 0.5, "L3-p50-33": 0.9, "L3-p50-33-onnx": 0.9, "L3-p70-50": 1.2, "L2": 1.5,
+                                 "L3-onnx": 0.5})
+    records = plan_and_build(config, 6, build, budget_left_of(config))
+    built = [c[0] for c in calls]
+    assert built == ["L3", "L3-onnx", "L3-dynamic", "L3-p50-33", "L3-p50-33-onnx", "L3-p50-33-dynamic",
+                     "L3-p70-50", "L2"]
+    by_name = {r["name"]: r for r in records}
+    assert by_name["L3-p70-50"]["status"] == "dropped"
+    assert by_name["L3-p70-50"]["reason"] == "dropped: loses 1.20 pts, over the 1 pt limit; not exported"
+    assert by_name["L2"]["reason"] == "dropped: loses 1.50 pts, over the 1 pt limit; not pruned or quantized"
+    assert by_name["L1"] == {"name": "L1", "stage": "distill", "parent": "teacher", "status": "skipped",
+                             "reason": "skipped: the 2-layer student already loses 1.50 pts (over the budget)"}
+    # Quantization gets what is left of the budget after distillation and pruning.
+    quant = {c[0]: c[3] for c in calls if c[1] == "quantize"}
+    assert quant == {"L3-dynamic": {"mode": "dynamic", "max_accuracy_drop": 0.5},
+                     "L3-p50-33-dynamic": {"mode": "dynamic", "max_accuracy_drop": 0.1}}
+    assert [r["name"] for r in records if r.get("final")] == ["L3-dynamic", "L3-p50-33-dynamic"]
+
+
+def test_without_monotone_every_depth_is_tried_and_slack_keeps_a_near_miss():
+    config = search_config(monotone=False, prune=[{}], quantize=["none"])
+    calls, build = fake_builder({"L3": 0.5, "L2": 1.5, "L1": 3.0})
+    plan_and_build(config, 6, build, budget_left_of(config))
+    assert [c[0] for c in calls] == ["L3", "L3-onnx", "L2", "L1"]
+    slack = search_config(prune=[{}], quantize=["none"], slack=0.6)
+    calls, build = fake_builder({"L3": 0.5, "L2": 1.5, "L1": 3.0})
+    records = plan_and_build(slack, 6, build, budget_left_of(slack))
+    assert [c[0] for c in calls] == ["L3", "L3-onnx", "L2", "L2-onnx", "L1"]
+    assert [r["name"] for r in records if r.get("final")] == ["L3-onnx", "L2-onnx"]
+
+
+def test_teacher_depth_means_no_distillation_and_deeper_is_refused():
+    config = search_config(layers=[0], prune=[{}], quantize=["none", "auto"])
+    calls, build = fake_builder({})
+    plan_and_build(config, 6, build, budget_left_of(config))
+    assert [(c[0], c[2]) for c in calls] == [("teacher-onnx", "teacher"), ("teacher-auto", "teacher-onnx")]
+    with pytest.raises(ConfigError, match="7 is deeper than the teacher"):
+        plan_and_build(search_config(layers=[7]), 6, build, budget_left_of(config))
+
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    points = [{"name": "a", "p50_ms": 10.0, "value": 0.90}, {"name": "b", "p50_ms": 5.0, "value": 0.88},
+              {"name": "c", "p50_ms": 6.0, "value": 0.87}, {"name": "d", "p50_ms": 3.0, "value": 0.80},
+              {"name": "e", "p50_ms": 10.0, "value": 0.89}]
+    assert [p["name"] for p in pareto_front(points)] == ["d", "b", "a"]
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"layers": [3], "colour": 1}, "search.colour"),
+    ({"quantize": ["int4"]}, "search.quantize.0"),
+    ({"prune": [{"ffn": 1.5}]}, "search.prune.0.ffn"),
+    ({"distill": {"layers": 2}}, "search.distill.layers: set by the search itself"),
+    ({"distill": {"temperature": "hot"}}, "search.distill.temperature"),
+    ({"quantize_options": {"method": "magic"}}, "search.quantize_options.method"),
+    ({"prune": [{}, {}]}, "the same ratio is listed twice"),
+])
+def test_search_config_errors_name_the_path(data, fragment):
+    with pytest.raises(ConfigError) as exc:
+        parse_search(data)
+    assert fragment in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_cli_errors_are_one_line(cli, tmp_path, tiny_artifacts, tiny_bundles):
+    teacher = tiny_artifacts["sst"].path
+    assert_one_line_error(cli("optimize", "--teacher", teacher, "--out", tmp_path / "a", "--prune", "half"),
+                          "--prune", "expected FFN:HEADS fractions, got 'half'")
+    assert_one_line_error(cli("optimize", "--teacher", teacher, "--out", tmp_path / "b", "--layers", "5"),
+                          "5 is deeper than the teacher (2 layers)")
+    assert_one_line_error(cli("optimize", "--teacher", tiny_bundles["sst"].path, "--out", tmp_path / "c"),
+                          "the teacher must be a fine-tuned PyTorch artifact, not a export artifact")
+    bad = tmp_path / "space.yaml"
+    bad.write_text("layers: [1]\nquantize_options: {mode: static}\n")
+    assert_one_line_error(cli("optimize", "--teacher", teacher, "--out", tmp_path / "d", "--config", bad),
+                          f"{bad}.quantize_options.mode: set by the search itself")
+    assert not (tmp_path / "b" / "candidates").exists() or not any((tmp_path / "b" / "candidates").iterdir())
+
+
+def test_tiny_search_end_to_end_and_resume(cli, tmp_path, tiny_artifacts):
+    teacher = tiny_artifacts["sst"]
+    out = tmp_path / "search"
+    args = ["optimize", "--teacher", teacher.path, "--out", out, "--layers", "1", "--prune", "0:0,0.5:0.5",
+            "--quantize", "none,dynamic", "--max-accuracy-drop", "100", "--epochs", "1", "--recover-epochs", "1",
+            "--json"]
+    result = cli(*args)
+    assert result.code == 0, result
+    summary = json.loads(result.out)
+    names = [r["name"] for r in summary["candidates"]]
+    assert names == ["L1", "L1-onnx", "L1-dynamic", "L1-p50-50", "L1-p50-50-onnx", "L1-p50-50-dynamic"]
+    finals = [r for r in summary["candidates"] if r.get("final")]
+    assert [r["name"] for r in finals] == ["L1-onnx", "L1-dynamic", "L1-p50-50-onnx", "L1-p50-50-dynamic"]
+    assert all(r["p50_ms"] > 0 and r["within_budget"] for r in finals)
+    fastest = min(finals, key=lambda r: r["p50_ms"])
+    assert summary["best"] == fastest["name"] and fastest["verdict"] == "chosen: fastest within the budget"
+    assert fastest["pareto"] and fastest["name"] in summary["pareto_front"]
+    assert (out / "best").resolve() == (out / "candidates" / fastest["name"]).resolve()
+    # the pruned student really is smaller, and its quantized bundle smaller still
+    sizes = {r["name"]: r["size_bytes"] for r in summary["candidates"]}
+    assert sizes["L1-p50-50-onnx"] < sizes["L1-onnx"] and sizes["L1-p50-50-dynamic"] < sizes["L1-p50-50-onnx"]
+    md = (out / "search.md").read_text()
+    assert f"**Best: {fastest['name']}**" in md
+    # an existing search needs --resume; with it, every candidate is kept
+    assert_one_line_error(cli(*args), "search directory already exists", "--resume")
+    again = json.loads(cli(*args, "--resume").out)
+    assert all(r["kept_from_earlier_run"] for r in again["candidates"])
+
+
+def test_prune_choice_tag():
+    assert PruneChoice(ffn=0.5, heads=0.33).tag == "p50-33"
