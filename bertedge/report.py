@@ -108,7 +108,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     seq_lens = sorted({KEY_SEQ, *grid.seq_lens})
     config = BenchConfig(provider=recipe.target.provider, threads=recipe.target.threads, batch_sizes=batch_sizes,
                          seq_lens=seq_lens, warmup=grid.warmup, runs=grid.runs,
-                         real_lengths=recipe.data if grid.real_lengths else None)
+                         real_lengths=recipe.data if grid.real_lengths else None, real_batch_sizes=[KEY_BATCH])
     bench = run_bench(targets, config)
     results = bench["results"]
     by_path = {}

@@ -14,6 +14,7 @@ from bertedge.bench.flops import FlopModel, onnx_flops, peak_gflops, torch_flops
 from bertedge.bench.latency import interleaved_timings
 from bertedge.bench.stats import percentile, relative_difference, summarize
 from bertedge.errors import BenchError
+from bertedge.errors import BenchError
 
 TINY = {"hidden": 32, "intermediate": 64, "layers": 2}  # conftest.build_tiny_bert
 
@@ -379,3 +380,14 @@ def test_pytorch_artifacts_refuse_tensorrt(monkeypatch, cli, tiny_artifacts):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
     result = cli("bench", tiny_artifacts["sst"].path, "--provider", "tensorrt")
     assert_one_line_error(result, "TensorRT runs ONNX bundles only", "is a PyTorch artifact", "bertedge export")
+
+
+def test_real_batch_sizes_limit_the_real_length_mode(tiny_bundles, tiny_data):
+    # 3 dev sequences are too few for batch 4 in real-length mode, but fixed shapes still run at batch 4.
+    config = BenchConfig(batch_sizes=[1, 4], seq_lens=[8], warmup=0, runs=3, real_lengths=str(tiny_data["sst"]),
+                         real_samples=3, real_batch_sizes=[1], threads=1, flops=False)
+    rows = run_bench([tiny_bundles["sst"].path], config, progress=lambda _: None)["results"]
+    assert sorted((r["mode"], r["batch_size"]) for r in rows) == [("fixed", 1), ("fixed", 4), ("real-length", 1)]
+    with pytest.raises(BenchError, match="fewer than batch size 4"):
+        run_bench([tiny_bundles["sst"].path], config.model_copy(update={"real_batch_sizes": None}),
+                  progress=lambda _: None)

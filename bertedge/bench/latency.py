@@ -40,6 +40,7 @@ class BenchConfig(StrictModel):
     seq_lens: list[int] = Field([32, 128, 512], description="Fixed sequence lengths of the grid (empty: real lengths only)")
     real_lengths: str | None = Field(None, description="Data (dir, name under the data root, hub:ID) whose dev texts give real lengths")
     real_samples: int = Field(512, ge=1, description="Dev examples sampled (seeded) for real-length mode")
+    real_batch_sizes: list[int] | None = Field(None, description="Batch sizes of real-length mode (default: batch_sizes)")
     warmup: int = Field(5, ge=0, description="Untimed calls per target before each grid point")
     runs: int | None = Field(None, ge=1, description=f"Timed rounds per grid point (default {DEFAULT_RUNS})")
     duration: float | None = Field(None, gt=0, description="Instead of --runs: seconds of timing per target per grid point")
@@ -103,7 +104,7 @@ def real_length_features(target: Target, data: str, max_samples: int, seed: int)
 def check_real_batch(n_features: int, batch_size: int) -> None:
     if n_features < batch_size:
         raise BenchError(f"real-length mode has {n_features} dev sequences, fewer than batch size {batch_size}",
-                         where="--batch-sizes", fix="Use smaller batch sizes or raise --real-samples")
+                         where="--batch-sizes", fix="Use smaller batch sizes (--real-batch-sizes for the real-length mode) or raise --real-samples")
 
 
 def real_length_batches(encoder, features: list[dict], batch_size: int) -> list[dict[str, np.ndarray]]:

@@ -128,17 +128,18 @@ def run_bench(artifacts: list, config: BenchConfig | None = None, *,
     check_shapes(targets, config.seq_lens)
 
     features: dict[int, list[dict]] = {}
+    real_batches = config.real_batch_sizes if config.real_batch_sizes is not None else config.batch_sizes
     if config.real_lengths:
         for i, target in enumerate(targets):
             features[i] = real_length_features(target, config.real_lengths, config.real_samples, config.seed)
-        for batch_size in config.batch_sizes:
+        for batch_size in real_batches:
             for feats in features.values():
                 check_real_batch(len(feats), batch_size)
 
     from ..tokenization import DEFAULT_INPUT_NAMES, TextEncoder
     from .backends import make_runner
 
-    max_batch = max(config.batch_sizes)
+    max_batch = max([*config.batch_sizes, *(real_batches if features else [])])
     max_seq = max(config.seq_lens or [0])
     if features:
         max_seq = max(max_seq, *(len(f["input_ids"]) for feats in features.values() for f in feats))
@@ -182,11 +183,11 @@ def run_bench(artifacts: list, config: BenchConfig | None = None, *,
             results.append(_row(target, runners[i], config, mode, batch_size, seq_len, timings[i], flops[i],
                                 lengths[i], tokens[i], machine["peak"], model_rss[i]))
 
-    for batch_size in config.batch_sizes:
-        for seq_len in config.seq_lens:
+    for batch_size in sorted({*config.batch_sizes, *(real_batches if features else [])}):
+        for seq_len in config.seq_lens if batch_size in config.batch_sizes else []:
             measure("fixed", batch_size, seq_len,
                     [[synthetic_batch(enc, batch_size, seq_len, config.seed)] for enc in encoders])
-        if features:
+        if features and batch_size in real_batches:
             measure("real-length", batch_size, None,
                     [real_length_batches(encoders[i], features[i], batch_size) for i in range(len(targets))])
 

@@ -20,6 +20,7 @@ def bench(
     seq_lens: Annotated[str, typer.Option("--seq-lens", help="Comma-separated fixed sequence lengths ('none': real lengths only).")] = "32,128,512",
     real_lengths: Annotated[str | None, typer.Option("--real-lengths", help="Data whose dev texts give real lengths (dir, name under the data root, hub:ID).")] = None,
     real_samples: Annotated[int, typer.Option("--real-samples", help="Dev examples sampled for --real-lengths.")] = 512,
+    real_batch_sizes: Annotated[str | None, typer.Option("--real-batch-sizes", help="Batch sizes of the real-length mode (default: --batch-sizes).")] = None,
     warmup: Annotated[int, typer.Option(help="Untimed calls per artifact before each grid point.")] = 5,
     runs: Annotated[int | None, typer.Option(help="Timed rounds per grid point (default 30).")] = None,
     duration: Annotated[float | None, typer.Option(help="Instead of --runs: seconds of timing per artifact per grid point.")] = None,
@@ -42,6 +43,7 @@ def bench(
     config = build(BenchConfig, {
         "provider": provider, "threads": threads, "batch_sizes": parse_int_list(batch_sizes, "--batch-sizes"),
         "seq_lens": seqs, "real_lengths": real_lengths, "real_samples": real_samples, "warmup": warmup,
+        "real_batch_sizes": parse_int_list(real_batch_sizes, "--real-batch-sizes"),
         "runs": runs, "duration": duration, "torch_int8": torch_int8, "instances": instances,
         "trt_cache_dir": str(trt_cache_dir) if trt_cache_dir else None, "seed": seed, "spinning": spinning,
     })
