@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bertedge.train import freeze, layer_index, parameter_groups
-from conftest import finetune_tiny
+from conftest import assert_one_line_error, finetune_tiny
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,23 @@ def test_require_metric_names_the_reported_metrics():
     assert str(info.value).startswith("--metric: metric 'f2' is not reported for text-classification "
                                       "(have: accuracy, f1)")
     assert "Choose one of the reported metrics" in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["finetune", "distill"])
+def test_unknown_metric_fails_before_any_training(cli, monkeypatch, tmp_path, tiny_model_dir, tiny_data,
+                                                  tiny_artifacts, command):
+    import bertedge.stages.finetune
+    import bertedge.train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the metric was checked")
+
+    monkeypatch.setattr(bertedge.train, "train_model", no_training)
+    monkeypatch.setattr(bertedge.stages.finetune, "train_model", no_training)
+    out = tmp_path / "out"
+    if command == "finetune":
+        args = ["finetune", "--model", tiny_model_dir, "--task", "text-classification", "--data", tiny_data["sst"]]
+    else:
+        args = ["distill", "--teacher", tiny_artifacts["sst"].path, "--layers", "1"]
+    line = assert_one_line_error(cli(*args, "--out", out, "--metric", "f2"), "--metric: metric 'f2' is not reported")
+    assert "accuracy" in line and not out.exists()

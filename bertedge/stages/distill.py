@@ -444,12 +444,12 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
 
     teacher_dev = evaluate_split(teacher_model, encoder, config.task, dev_examples, settings, data.labels,
                                  config.train.eval_batch_size)
+    require_metric(teacher_dev, metric, config.task)  # before training: the metric names do not depend on the model
     with atomic_artifact(out, stage="distill", task=config.task, overwrite=overwrite) as writer:
         result = train_model(student, features, encoder, config.train, evaluate, metric, compute_loss=compute_loss,
                              extra_modules=[projection] if projection is not None else None)
         student.eval()
         metrics = {"dev": evaluate(student)}
-        require_metric(metrics["dev"], metric, config.task)
         student.save_pretrained(writer.path, safe_serialization=True)
         student_tokenizer.save_pretrained(writer.path)
         student_params, teacher_params = count_parameters(student), count_parameters(teacher_model)

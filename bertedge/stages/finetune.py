@@ -163,11 +163,14 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
             on_evaluate(metrics)
         return metrics
 
+    # A misspelled --metric fails now, not after training: the metric names depend on the task and label
+    # set only, so a few dev examples with the untrained model tell them.
+    require_metric(evaluate_split(net, encoder, config.task, dev_examples[:8], settings, data.labels,
+                                  config.train.eval_batch_size), metric, config.task)
     with atomic_artifact(out, stage="finetune", task=config.task, overwrite=overwrite) as writer:
         result = train_model(net, train_features, encoder, config.train, evaluate_during_training, metric)
         net.eval()
         metrics = {"dev": evaluate(net)}
-        require_metric(metrics["dev"], metric, config.task)
         test = data.splits.get("test")
         if test and all(_has_gold(config.task, ex) for ex in test):
             metrics["test"] = evaluate_split(net, encoder, config.task, test, settings, data.labels,
