@@ -89,3 +89,23 @@ def build(model_cls, data: dict, where: str = ""):
         return model_cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where), fix="Fix the value (see --help)") from None
+
+
+def read_yaml(path, what: str, example: str):
+    """Parse the YAML file `path` (a recipe, a search config, ...); one-line errors with file:line:column."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such {what} file", where=str(path), fix=f"Pass a YAML file such as {example}")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not valid UTF-8", where=str(path), fix="Re-encode it as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"invalid YAML ({getattr(exc, 'problem', None) or exc})", where=loc,
+                          fix="Fix the YAML syntax") from None

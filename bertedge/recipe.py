@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-from .config import StrictModel, Task, format_validation_error
+from .config import StrictModel, Task, format_validation_error, read_yaml
 from .errors import ConfigError
 
 # stage -> (module, stage function, config class)
@@ -212,17 +212,7 @@ def _check_flow(recipe: Recipe) -> None:
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("no such recipe file", where=str(path), fix="Pass a YAML file such as recipes/sst2.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError("recipe is not valid UTF-8", where=str(path), fix="Re-encode it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"invalid YAML ({getattr(exc, 'problem', None) or exc})", where=loc,
-                          fix="Fix the YAML syntax") from None
+    data = read_yaml(path, "recipe", "recipes/sst2.yaml")
     try:
         return parse_recipe(data, where=str(path))
     except ConfigError as exc:

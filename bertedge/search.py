@@ -34,7 +34,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from . import log
 from .artifacts import Artifact, is_artifact, load_artifact, write_json_atomic
-from .config import DataConfig, StrictModel, format_validation_error
+from .config import DataConfig, StrictModel, format_validation_error, read_yaml
 from .errors import ArtifactError, ConfigError
 
 SEARCH_JSON = "search.json"
@@ -133,22 +133,6 @@ def parse_search(data: Any, where: str = "search") -> SearchConfig:
     return config
 
 
-def load_search(path: str | Path) -> SearchConfig:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError("no such search config file", where=str(path), fix="Pass a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        loc = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"invalid YAML ({getattr(exc, 'problem', None) or exc})", where=loc,
-                          fix="Fix the YAML syntax") from None
-    return parse_search(data, where=str(path))
-
-
 # ----------------------------------------------------------------------------- the search tree
 
 
@@ -164,8 +148,15 @@ def plan_and_build(config: SearchConfig, teacher_depth: int, build: Callable[[st
     limit = config.max_accuracy_drop + config.slack
     records: list[dict] = []
 
-    def over(record: dict) -> bool:
-        return record.get("drop_pts") is not None and record["drop_pts"] > limit
+    def build_or_drop(name: str, stage: str, parent: str, settings: dict, consequence: str) -> dict | None:
+        """Build one candidate; None when it loses more than the limit (recorded as dropped)."""
+        record = build(name, stage, parent, settings)
+        records.append(record)
+        if record.get("drop_pts") is None or record["drop_pts"] <= limit:
+            return record
+        record.update(status="dropped", reason=f"dropped: loses {record['drop_pts']:.2f} pts, over the "
+                                               f"{limit:g} pt limit; {consequence}")
+        return None
 
     def skip(name: str, stage: str, parent: str | None, reason: str) -> None:
         records.append({"name": name, "stage": stage, "parent": parent, "status": "skipped", "reason": reason})
@@ -182,12 +173,9 @@ def plan_and_build(config: SearchConfig, teacher_depth: int, build: Callable[[st
                 skip(student, "distill", "teacher", f"skipped: the {failed_depth[0]}-layer student already loses "
                                                     f"{failed_depth[1]:.2f} pts (over the budget)")
                 continue
-            record = build(student, "distill", "teacher", {"layers": depth})
-            records.append(record)
-            if over(record):
-                record.update(status="dropped", reason=f"dropped: loses {record['drop_pts']:.2f} pts, over the "
-                                                       f"{limit:g} pt limit; not pruned or quantized")
-                failed_depth = (depth, record["drop_pts"])
+            record = build_or_drop(student, "distill", "teacher", {"layers": depth}, "not pruned or quantized")
+            if record is None:
+                failed_depth = (depth, records[-1]["drop_pts"])
                 continue
         failed_ratio: tuple[PruneChoice, float] | None = None
         for choice in sorted(config.prune, key=lambda c: (c.ffn + c.heads, c.ffn)):
@@ -199,12 +187,10 @@ def plan_and_build(config: SearchConfig, teacher_depth: int, build: Callable[[st
                     skip(name, "prune", student, f"skipped: pruning {failed_ratio[0].tag} of {student} already "
                                                  f"loses {failed_ratio[1]:.2f} pts (over the budget)")
                     continue
-                record = build(name, "prune", student, {"ffn": choice.ffn, "heads": choice.heads})
-                records.append(record)
-                if over(record):
-                    record.update(status="dropped", reason=f"dropped: loses {record['drop_pts']:.2f} pts, over "
-                                                           f"the {limit:g} pt limit; not exported")
-                    failed_ratio = (choice, record["drop_pts"])
+                record = build_or_drop(name, "prune", student, {"ffn": choice.ffn, "heads": choice.heads},
+                                       "not exported")
+                if record is None:
+                    failed_ratio = (choice, records[-1]["drop_pts"])
                     continue
                 source = name
             bundle = f"{source}-onnx"
@@ -407,11 +393,9 @@ def _run_stage(stage: str, source: Path, stage_config, dest: Path) -> Artifact:
     return getattr(importlib.import_module(module), function)(str(source), stage_config, dest, overwrite=True)
 
 
-def _fmt(value, spec=".2f") -> str:
-    return "–" if value is None else format(value, spec)
-
-
 def markdown(result: dict) -> str:
+    from .report import _fmt
+
     t = result["teacher"]
     m = result["machine"]
     cpu = m.get("cpu", {})

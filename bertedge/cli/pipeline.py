@@ -102,8 +102,7 @@ def optimize(
     json_out: Annotated[bool, typer.Option("--json", help="Print search.json on stdout.")] = False,
 ) -> None:
     """Search student depth x prune ratio x quantization for the fastest model within the accuracy budget."""
-    import yaml
-
+    from ..config import read_yaml
     from ..errors import ConfigError
     from ..search import optimize as run_optimize
     from ..search import parse_search
@@ -111,15 +110,7 @@ def optimize(
 
     raw: dict = {}
     if config is not None:
-        if not config.is_file():
-            raise ConfigError("no such search config file", where=str(config), fix="Pass a YAML file")
-        try:
-            raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            raise ConfigError(f"invalid YAML ({getattr(exc, 'problem', None) or exc})",
-                              where=f"{config}:{mark.line + 1}:{mark.column + 1}" if mark else str(config),
-                              fix="Fix the YAML syntax") from None
+        raw = read_yaml(config, "search config", "docs/optimize.md's example") or {}
         if not isinstance(raw, dict):
             raise ConfigError("a search config must be a mapping", where=str(config), fix="See docs/optimize.md")
     flags = {"layers": parse_int_list(layers, "--layers"), "prune": _parse_prune(prune),
