@@ -74,6 +74,15 @@ def test_inc_refuses_bundles_and_already_quantized(cli, tiny_artifacts, tiny_bun
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.parametrize("flags, named", [(["--per-channel"], "--per-channel"), (["--preset", "avx512"], "--preset"),
+                                          (["--exclude-nodes", "n1"], "--exclude-nodes"),
+                                          (["--provider", "cuda"], "--provider")])
+def test_inc_refuses_onnx_only_flags(cli, tiny_artifacts, tmp_path, flags, named):
+    result = cli("quantize", str(tiny_artifacts["sst"].path), "--out", str(tmp_path / "q"), "--engine", "inc", *flags)
+    assert_one_line_error(result, "--engine inc", f"{named} applies to the onnxruntime engine only")
+    assert not (tmp_path / "q").exists()
+
+
 def test_inc_auto_picks_within_budget_or_most_accurate(tiny_artifacts, tmp_path):
     art = quantize_torch(tiny_artifacts["sst"], IncQuantizeConfig(mode="auto", calibration_samples=8,
                                                                   max_accuracy_drop=100.0), tmp_path / "q")

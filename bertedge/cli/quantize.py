@@ -60,6 +60,18 @@ def quantize(
     if engine not in ("onnxruntime", "inc"):
         raise ConfigError(f"unknown engine '{engine}'", where="--engine", fix="Choose onnxruntime or inc")
     if engine == "inc":
+        onnx_only = {"--preset": preset is not None, "--per-channel": per_channel,
+                     "--reduce-range/--no-reduce-range": reduce_range is not None, "--method": method != "minmax",
+                     "--exclude-op-types": bool(exclude_op_types), "--exclude-nodes": bool(exclude_nodes),
+                     "--fp32-nodes": fp32_nodes != 2, "--sensitivity-samples": sensitivity_samples != 64,
+                     "--no-eval": no_eval, "--timing-rounds": timing_rounds != 30,
+                     "--timing-threads": timing_threads is not None, "--provider": provider != "cpu",
+                     "--fp16-tolerance": fp16_tolerance != 0.05, "--fp16-samples": fp16_samples != 256}
+        given = [flag for flag, set_ in onnx_only.items() if set_]
+        if given:
+            raise ConfigError(f"{given[0]} applies to the onnxruntime engine only", where="--engine inc",
+                              fix="Drop it: Neural Compressor picks its own scheme (X86 Inductor quantizer); "
+                                  "or quantize the exported bundle with --engine onnxruntime")
         _quantize_inc(bundle, out, mode="fp16" if fp16 else mode, calibration=calibration,
                       calibration_split=calibration_split, calibration_samples=calibration_samples,
                       calibration_batch_size=calibration_batch_size, max_accuracy_drop=max_accuracy_drop,
