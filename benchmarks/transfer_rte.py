@@ -53,13 +53,33 @@ def seeds_run(name: str, flags: list[str], seeds: str, force: bool) -> dict:
     if force or not cached:
         wall = run(command)
     summary = json.loads(summary_file.read_text())
+    training_s = sum(r.get("wall_time_s") or 0 for r in summary.get("runs", []))
     return {"name": name, "command": " ".join(shlex.quote(c) for c in command), "wall_time_s": wall,
-            "reused_cache": wall is None, **{k: summary[k] for k in ("metric", "seeds", "mean", "std", "dev")}}
+            "training_wall_time_s": round(training_s, 1), "reused_cache": wall is None, **{k: summary[k] for k in ("metric", "seeds", "mean", "std", "dev")}}
+
+
+def welch(a: dict, b: dict) -> dict:
+    """Welch's t statistic of b - a over the per-seed values (n-1 std), and its degrees of freedom."""
+    import math
+
+    va, vb = a["dev"][a["metric"]]["values"], b["dev"][b["metric"]]["values"]
+    sa, sb = a["std"] ** 2 / len(va), b["std"] ** 2 / len(vb)
+    se = math.sqrt(sa + sb)
+    dof = (sa + sb) ** 2 / (sa ** 2 / (len(va) - 1) + sb ** 2 / (len(vb) - 1)) if se else float("nan")
+    return {"difference": b["mean"] - a["mean"], "standard_error": se,
+            "t": (b["mean"] - a["mean"]) / se if se else float("nan"), "dof": dof}
+
+
+def _significance(test: dict) -> str:
+    return (f"Welch's t = {test['t']:.2f} (standard error {test['standard_error']:.4f}, {test['dof']:.1f} degrees of "
+            "freedom): " + ("beyond the seed-to-seed noise (|t| > 2)." if abs(test["t"]) > 2 else
+                            "within the seed-to-seed noise (|t| < 2); more seeds would be needed to call it."))
 
 
 def _row(r: dict, label: str) -> str:
     values = ", ".join(f"{v:.4f}" for v in r["dev"][r["metric"]]["values"])
-    return f"| {label} | {r['metric']} | {r['mean']:.4f} +- {r['std']:.4f} | {values} |"
+    return (f"| {label} | {r['metric']} | {r['mean']:.4f} +- {r['std']:.4f} | {values} | "
+            f"{r['training_wall_time_s'] / 60:.1f} min |")
 
 
 def transfer(args) -> None:
@@ -71,14 +91,17 @@ def transfer(args) -> None:
     via = seeds_run("rte-from-mrpc", ["--model", "minilm-l6", "--init-from", str(mrpc), *rte], args.seeds, args.force)
     delta = via["mean"] - direct["mean"]
     md = ["# RTE: intermediate-task transfer from MRPC vs direct fine-tuning (minilm-l6)", "",
-          "| start | dev metric | mean +- std (n-1) | per seed |", "|---|---|---|---|",
+          "| start | dev metric | mean +- std (n-1) | per seed | wall time, all seeds |", "|---|---|---|---|---|",
           _row(direct, "minilm-l6 (direct)"), _row(via, "MRPC fine-tuned minilm-l6"), "",
           (f"Difference of means: {delta:+.4f} ({args.seeds.count(',') + 1} seeds each; the RTE dev set has 277 "
            "examples, so one example is 0.0036)."), "",
-          "The MRPC model's classifier is re-initialised (label sets differ); its encoder and pooler are kept.", "",
+          _significance(welch(direct, via)), "",
+          "The MRPC model's classifier is re-initialised (label sets differ); its encoder and pooler are kept. "
+          "Where a flag appears twice in a command, the later one applies (the `--extra` flags of this run).", "",
           "Commands:", "", f"- `{direct['command']}`", f"- `{via['command']}`",
           f"- MRPC teacher ({mrpc}): `python benchmarks/finetune_teachers.py mrpc`"]
     write_results("transfer-rte", {"direct": direct, "from_mrpc": via, "difference_of_means": delta,
+                                   "welch": welch(direct, via),
                                    "mrpc_teacher": str(mrpc)}, "\n".join(md) + "\n")
 
 
@@ -103,9 +126,9 @@ def adapt(args) -> None:
            f"{mlm['dev_before']['perplexity']:.1f} -> {mlm['dev']['perplexity']:.1f} "
            f"(MLM head initialised: {bool(manifest['mlm_head']['initialised'])})."), "",
           f"Fine-tuning on {args.train_samples} labeled examples, full dev set:", "",
-          "| base model | dev metric | mean +- std (n-1) | per seed |", "|---|---|---|---|",
+          "| base model | dev metric | mean +- std (n-1) | per seed | wall time, all seeds |", "|---|---|---|---|---|",
           _row(base, "minilm-l6"), _row(dapt, "minilm-l6 + adapt"), "",
-          f"Difference of means: {dapt['mean'] - base['mean']:+.4f}.", "",
+          f"Difference of means: {dapt['mean'] - base['mean']:+.4f}. " + _significance(welch(base, dapt)), "",
           ("Caveat: the adaptation text is the SST-2 train split (sentences only), i.e. the same distribution as "
            "the task; it shows the mechanism, not a new-domain gain."), "",
           "Commands:", "", f"- `{' '.join(shlex.quote(c) for c in adapt_cmd)}`", f"- `{base['command']}`",
@@ -113,7 +136,7 @@ def adapt(args) -> None:
     write_results("transfer-adapt-sst2", {"adapt": {"command": " ".join(adapt_cmd), "wall_time_s": adapt_wall,
                                                     "metrics": mlm, "mlm_head": manifest["mlm_head"],
                                                     "data": manifest["data"]},
-                                          "without_adapt": base, "with_adapt": dapt,
+                                          "without_adapt": base, "with_adapt": dapt, "welch": welch(base, dapt),
                                           "difference_of_means": dapt["mean"] - base["mean"]}, "\n".join(md) + "\n")
 
 
