@@ -336,6 +336,7 @@ def test_tune_two_trials_writes_table_fragment_and_best(cli, tmp_path, tiny_mode
     fragment = yaml.safe_load((out / "best-config.yaml").read_text())
     step = fragment[0]
     assert step.pop("stage") == "finetune"
+    assert "doc_stride" not in step and "max_answer_length" not in step  # QA-only, not in a classification step
     config = FinetuneConfig.model_validate(step)
     assert config.train.lr == best["params"]["lr"] and config.train.epochs == best["params"]["epochs"]
     assert config.hidden_dropout == best["params"]["dropout"] and config.max_length == 32
