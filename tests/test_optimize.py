@@ -144,3 +144,13 @@ def test_tiny_search_end_to_end_and_resume(cli, tmp_path, tiny_artifacts):
 
 def test_prune_choice_tag():
     assert PruneChoice(ffn=0.5, heads=0.33).tag == "p50-33"
+
+
+def test_shipped_search_config_validates():
+    from pathlib import Path
+
+    from bertedge.config import read_yaml
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "search" / "sst2.yaml"
+    config = parse_search(read_yaml(path, "search config", "recipes/search/sst2.yaml"), where=str(path))
+    assert config.layers == [3, 2] and config.max_size_mb == 8 and len(config.prune) == 3
