@@ -34,13 +34,12 @@ from pydantic import Field, ValidationError, model_validator
 
 from . import log
 from .artifacts import Artifact, is_artifact, load_artifact, write_json_atomic
-from .config import DataConfig, StrictModel, format_validation_error, read_yaml
+from .config import DataConfig, StrictModel, format_validation_error
 from .errors import ArtifactError, ConfigError
 
 SEARCH_JSON = "search.json"
 SEARCH_MD = "search.md"
 PARETO_PNG = "pareto.png"
-QUANT_MODES = ("none", "dynamic", "static", "auto")
 
 
 class PruneChoice(StrictModel):
@@ -136,8 +135,8 @@ def parse_search(data: Any, where: str = "search") -> SearchConfig:
 # ----------------------------------------------------------------------------- the search tree
 
 
-def plan_and_build(config: SearchConfig, teacher_depth: int, build: Callable[[str, str, str | None, dict], dict],
-                   budget_left: Callable[[dict], float]) -> list[dict]:
+def plan_and_build(config: SearchConfig, teacher_depth: int,
+                   build: Callable[[str, str, str | None, dict], dict]) -> list[dict]:
     """Walk the candidate tree, calling `build(name, stage, parent_name, settings)` for each candidate.
 
     `build` returns a record with at least `drop_pts` (vs the teacher; None when unknown). Candidates over
@@ -200,7 +199,7 @@ def plan_and_build(config: SearchConfig, teacher_depth: int, build: Callable[[st
                 if mode == "none":
                     record["final"] = True
                     continue
-                left = budget_left(record)
+                left = config.max_accuracy_drop - max(record.get("drop_pts") or 0.0, 0.0)
                 records.append(build(f"{source}-{mode}", "quantize", bundle,
                                      {"mode": mode, "max_accuracy_drop": round(max(left, 0.0), 4)}))
                 records[-1]["final"] = True
@@ -222,14 +221,10 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _dev(artifact: Artifact) -> dict:
-    metrics = artifact.metrics
-    dev = metrics.get("dev") if isinstance(metrics.get("dev"), dict) else metrics
-    return {k: v for k, v in (dev or {}).items() if isinstance(v, (int, float))}
-
-
 def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *, resume: bool = False) -> dict:
     """Run the search from the teacher artifact into `out`; returns the search.json content."""
+    from .pipeline import _read_state, _stage_function
+    from .report import _dev_metrics
     from .tasks import get_task
 
     out = Path(out).absolute()
@@ -243,15 +238,14 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
         raise ArtifactError(f"the teacher must be a fine-tuned PyTorch artifact, not a {teacher.stage} artifact",
                             where=str(teacher.path), fix="Pass the output of `bertedge finetune`")
     metric = config.metric or teacher.manifest.get("primary_metric") or get_task(teacher.task).primary_metric
-    teacher_value = _dev(teacher).get(metric)
+    teacher_value = _dev_metrics(teacher).get(metric)
     if teacher_value is None:
         raise ConfigError(f"the teacher's manifest has no dev '{metric}'", where=str(teacher.path),
-                          fix=f"Choose --metric among: {', '.join(sorted(_dev(teacher))) or 'none recorded'}")
+                          fix=f"Choose --metric among: {', '.join(sorted(_dev_metrics(teacher))) or 'none recorded'}")
     teacher_depth = _depth(teacher)
     (out / "candidates").mkdir(parents=True, exist_ok=True)
     (out / "state").mkdir(exist_ok=True)
     paths: dict[str, Path] = {"teacher": teacher.path}
-    records_by_name: dict[str, dict] = {}
     started = time.time()
 
     def build(name: str, stage: str, parent: str | None, settings: dict) -> dict:
@@ -261,7 +255,7 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
         dest = out / "candidates" / name
         state_file = out / "state" / f"{name}.json"
         config_hash = _hash({"stage": stage, "config": stage_config.model_dump(mode="json")})
-        state = _read(state_file)
+        state = _read_state(state_file)
         t0 = time.time()
         if (resume and state and is_artifact(dest) and state.get("config_hash") == config_hash
                 and state.get("parent_sha") == parent_sha):
@@ -271,12 +265,12 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
         else:
             log.info(f"optimize: {name}: {stage} from {parent} {settings or ''} "
                      f"(search {time.time() - started:.0f} s so far)")
-            artifact = _run_stage(stage, source, stage_config, dest)
+            artifact = _stage_function(stage)(str(source), stage_config, dest, overwrite=True)
             write_json_atomic(state_file, {"config_hash": config_hash, "parent_sha": parent_sha,
                                            "payload_sha": artifact.manifest.get("payload_sha256")})
             kept = False
         paths[name] = dest
-        value = _dev(artifact).get(metric)
+        value = _dev_metrics(artifact).get(metric)
         record = {"name": name, "stage": stage, "parent": parent, "settings": settings, "path": str(dest),
                   "status": "built", "metric_value": value,
                   "drop_pts": round((teacher_value - value) * 100, 3) if value is not None else None,
@@ -286,15 +280,11 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
             record["quantize_choice"] = (artifact.manifest.get("quantization") or {}).get("candidate")
         log.info(f"optimize: {name}: dev {metric} {value if value is None else round(value, 4)} "
                  f"(drop {record['drop_pts']} pts)")
-        records_by_name[name] = record
         return record
 
-    def budget_left(record: dict) -> float:
-        return config.max_accuracy_drop - max(record.get("drop_pts") or 0.0, 0.0)
-
-    records = plan_and_build(config, teacher_depth, build, budget_left)
+    records = plan_and_build(config, teacher_depth, build)
     finals = [r for r in records if r.get("final") and r["status"] == "built"]
-    result = _rank(finals, records, teacher, metric, teacher_value, config, out)
+    result = _rank(finals, records, teacher, metric, config, out)
     result.update(search=config.model_dump(mode="json"), teacher={"path": str(teacher.path), "metric": metric,
                                                                   "value": teacher_value, "layers": teacher_depth},
                   wall_time_s=round(time.time() - started, 1), created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -304,8 +294,8 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
     return result
 
 
-def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: str, teacher_value: float,
-          config: SearchConfig, out: Path) -> dict:
+def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: str, config: SearchConfig,
+          out: Path) -> dict:
     """Time the teacher and every final candidate in one interleaved run; choose; mark the Pareto front."""
     from .bench import BenchConfig, run_bench
     from .bench.report import plot_pareto
@@ -358,13 +348,6 @@ def _depth(artifact: Artifact) -> int:
     return int(config["num_hidden_layers"])
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _make_config(stage: str, settings: dict, config: SearchConfig, teacher: Artifact):
     models = _stage_configs()
     if stage == "distill":
@@ -376,21 +359,12 @@ def _make_config(stage: str, settings: dict, config: SearchConfig, teacher: Arti
         return models["export_options"].model_validate(config.export_options)
     options = dict(config.quantize_options)
     if settings["mode"] in ("static", "auto") and not options.get("calibration"):
-        recorded = teacher.manifest.get("data") or {}
-        options["calibration"] = config.data.data or (recorded.get("hub") and f"hub:{recorded['hub']}") \
-            or recorded.get("path")
+        from .evaluate import artifact_data_spec
+
+        options["calibration"] = artifact_data_spec(teacher, config.data.data)[0]
     if config.data.max_eval_samples and "eval_samples" not in options:
         options["eval_samples"] = config.data.max_eval_samples
     return models["quantize_options"].model_validate({**options, **settings})
-
-
-def _run_stage(stage: str, source: Path, stage_config, dest: Path) -> Artifact:
-    import importlib
-
-    from .recipe import STAGE_MODULES
-
-    module, function, _ = STAGE_MODULES[stage]
-    return getattr(importlib.import_module(module), function)(str(source), stage_config, dest, overwrite=True)
 
 
 def markdown(result: dict) -> str:

@@ -22,10 +22,6 @@ def fake_builder(drops: dict[str, float]):
     return calls, build
 
 
-def budget_left_of(config):
-    return lambda record: config.max_accuracy_drop - max(record.get("drop_pts") or 0.0, 0.0)
-
-
 def search_config(**overrides) -> SearchConfig:
     base = {"layers": [3, 2, 1], "prune": [{"ffn": 0.7, "heads": 0.5}, {}, {"ffn": 0.5, "heads": 0.33}],
             "quantize": ["dynamic"], "max_accuracy_drop": 1.0}
@@ -37,7 +33,7 @@ def test_failing_depth_and_ratio_cut_the_tree_without_building():
     # L3 fits; pruning it 50/33 fits (0.9), 70/50 does not (1.2); L2 loses 1.5 so L1 is never trained.
     calls, build = fake_builder({"L3": 0.5, "L3-p50-33": 0.9, "L3-p50-33-onnx": 0.9, "L3-p70-50": 1.2, "L2": 1.5,
                                  "L3-onnx": 0.5})
-    records = plan_and_build(config, 6, build, budget_left_of(config))
+    records = plan_and_build(config, 6, build)
     built = [c[0] for c in calls]
     assert built == ["L3", "L3-onnx", "L3-dynamic", "L3-p50-33", "L3-p50-33-onnx", "L3-p50-33-dynamic",
                      "L3-p70-50", "L2"]
@@ -57,11 +53,11 @@ def test_failing_depth_and_ratio_cut_the_tree_without_building():
 def test_without_monotone_every_depth_is_tried_and_slack_keeps_a_near_miss():
     config = search_config(monotone=False, prune=[{}], quantize=["none"])
     calls, build = fake_builder({"L3": 0.5, "L2": 1.5, "L1": 3.0})
-    plan_and_build(config, 6, build, budget_left_of(config))
+    plan_and_build(config, 6, build)
     assert [c[0] for c in calls] == ["L3", "L3-onnx", "L2", "L1"]
     slack = search_config(prune=[{}], quantize=["none"], slack=0.6)
     calls, build = fake_builder({"L3": 0.5, "L2": 1.5, "L1": 3.0})
-    records = plan_and_build(slack, 6, build, budget_left_of(slack))
+    records = plan_and_build(slack, 6, build)
     assert [c[0] for c in calls] == ["L3", "L3-onnx", "L2", "L2-onnx", "L1"]
     assert [r["name"] for r in records if r.get("final")] == ["L3-onnx", "L2-onnx"]
 
@@ -69,10 +65,10 @@ def test_without_monotone_every_depth_is_tried_and_slack_keeps_a_near_miss():
 def test_teacher_depth_means_no_distillation_and_deeper_is_refused():
     config = search_config(layers=[0], prune=[{}], quantize=["none", "auto"])
     calls, build = fake_builder({})
-    plan_and_build(config, 6, build, budget_left_of(config))
+    plan_and_build(config, 6, build)
     assert [(c[0], c[2]) for c in calls] == [("teacher-onnx", "teacher"), ("teacher-auto", "teacher-onnx")]
     with pytest.raises(ConfigError, match="7 is deeper than the teacher"):
-        plan_and_build(search_config(layers=[7]), 6, build, budget_left_of(config))
+        plan_and_build(search_config(layers=[7]), 6, build)
 
 
 def test_pareto_front_keeps_only_non_dominated_points():

@@ -139,7 +139,8 @@ def run_bench(artifacts: list, config: BenchConfig | None = None, *,
     from ..tokenization import DEFAULT_INPUT_NAMES, TextEncoder
     from .backends import make_runner
 
-    max_batch = max([*config.batch_sizes, *(real_batches if features else [])])
+    real_batches = real_batches if features else []  # no real-length mode without --real-lengths
+    max_batch = max([*config.batch_sizes, *real_batches])
     max_seq = max(config.seq_lens or [0])
     if features:
         max_seq = max(max_seq, *(len(f["input_ids"]) for feats in features.values() for f in feats))
@@ -183,11 +184,11 @@ def run_bench(artifacts: list, config: BenchConfig | None = None, *,
             results.append(_row(target, runners[i], config, mode, batch_size, seq_len, timings[i], flops[i],
                                 lengths[i], tokens[i], machine["peak"], model_rss[i]))
 
-    for batch_size in sorted({*config.batch_sizes, *(real_batches if features else [])}):
+    for batch_size in sorted({*config.batch_sizes, *real_batches}):
         for seq_len in config.seq_lens if batch_size in config.batch_sizes else []:
             measure("fixed", batch_size, seq_len,
                     [[synthetic_batch(enc, batch_size, seq_len, config.seed)] for enc in encoders])
-        if features and batch_size in real_batches:
+        if batch_size in real_batches:
             measure("real-length", batch_size, None,
                     [real_length_batches(encoders[i], features[i], batch_size) for i in range(len(targets))])
 
