@@ -121,7 +121,8 @@ def adapt(args) -> None:
     dapt = seeds_run(f"sst2-{args.train_samples}-adapted", ["--model", str(adapted), *flags], args.seeds, args.force)
     mlm = manifest["metrics"]
     md = ["# SST-2: domain-adaptive MLM on unlabeled SST-2 train sentences, then fine-tuning (minilm-l6)", "",
-          (f"Adaptation: {manifest['data']['train_texts']} sentences, held-out masked accuracy "
+          (f"Adaptation: {manifest['data']['train_texts']} sentences ({manifest['wall_time_s'] / 60:.1f} min), "
+           "held-out masked accuracy "
            f"{mlm['dev_before']['masked_accuracy']:.4f} -> {mlm['dev']['masked_accuracy']:.4f}, perplexity "
            f"{mlm['dev_before']['perplexity']:.1f} -> {mlm['dev']['perplexity']:.1f} "
            f"(MLM head initialised: {bool(manifest['mlm_head']['initialised'])})."), "",
@@ -138,6 +139,7 @@ def adapt(args) -> None:
           "Commands:", "", f"- `{' '.join(shlex.quote(c) for c in adapt_cmd)}`", f"- `{base['command']}`",
           f"- `{dapt['command']}`"]
     write_results("transfer-adapt-sst2", {"adapt": {"command": " ".join(adapt_cmd), "wall_time_s": adapt_wall,
+                                                    "artifact_wall_time_s": manifest.get("wall_time_s"),
                                                     "metrics": mlm, "mlm_head": manifest["mlm_head"],
                                                     "data": manifest["data"]},
                                           "without_adapt": base, "with_adapt": dapt, "welch": welch(base, dapt),
