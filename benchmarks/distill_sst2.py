@@ -15,6 +15,9 @@ compare like with like. The teacher comes from benchmarks/finetune_teachers.py
     python benchmarks/distill_sst2.py                                  # full SST-2 (~15+ min per student on 2 cores)
     python benchmarks/distill_sst2.py --max-train-samples 8000 --epochs 1   # a labelled subset run
     python benchmarks/distill_sst2.py --task conll2003                 # or squad, mrpc, rte
+    python benchmarks/distill_sst2.py --teacher RUN/artifacts/teacher --kd-student RUN/artifacts/student
+        # reuse a recipe run's KD student: the other students take its schedule (epochs, lr, max
+        # length, eval steps, temperature, alpha), so all three are trained alike
 """
 
 from __future__ import annotations
@@ -48,6 +51,35 @@ def students(layers_kd: list[int], no_kd_layers: int) -> list[dict]:
     return runs
 
 
+def reuse_kd_student(args, teacher: Path, layers: int) -> dict:
+    """Check that --kd-student is a KD student of this teacher as the script would train it; return its schedule."""
+    m = json.loads((args.kd_student / "bertedge.json").read_text())
+    c = m.get("config") or {}
+    t = json.loads((teacher / "bertedge.json").read_text())
+    problems = []
+    if m.get("stage") != "distill":
+        problems.append(f"stage is {m.get('stage')!r}, not 'distill'")
+    if m.get("teacher", {}).get("sha256") != t.get("payload_sha256"):
+        problems.append("its teacher is not --teacher (payload hashes differ)")
+    if c.get("layers") != layers or c.get("layer_map") or c.get("student_config") or c.get("student"):
+        problems.append(f"it is not a {layers}-layer student copied from teacher layers")
+    if c.get("alpha") != args.alpha:
+        problems.append(f"its alpha is {c.get('alpha')}, not --alpha {args.alpha:g}")
+    if (c.get("data") or {}).get("max_train_samples") != args.max_train_samples:
+        problems.append("it was trained on another train subset")
+    if c.get("hidden_weight") or c.get("attention_weight") or c.get("unlabeled"):
+        problems.append("it used intermediate-layer losses or unlabeled text")
+    if problems:
+        sys.exit(f"error: --kd-student {args.kd_student}: " + "; ".join(problems))
+    train = c["train"]
+    flags = ["--epochs", f"{train['epochs']:g}", "--lr", f"{train['lr']:g}", "--temperature", f"{c['temperature']:g}",
+             "--max-length", str(c["max_length"]), "--batch-size", str(train["batch_size"]),
+             "--seed", str(train["seed"])]
+    if train.get("eval_steps"):
+        flags += ["--eval-steps", str(train["eval_steps"])]
+    return {"flags": flags}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sst2", choices=sorted(TASKS))
@@ -61,6 +93,9 @@ def main() -> None:
     parser.add_argument("--students", default="3,2",
                         help="student layer counts trained with KD; the first is also trained without KD")
     parser.add_argument("--force", action="store_true", help="retrain students that already exist")
+    parser.add_argument("--kd-student", type=Path,
+                        help="an existing KD student of --teacher with the first --students layer count (e.g. a "
+                             "recipe run's); it is used as is and its schedule is given to the other students")
     parser.add_argument("--extra", default="", help="extra distill flags for every student")
     args = parser.parse_args()
 
@@ -68,25 +103,30 @@ def main() -> None:
     if not (teacher / "bertedge.json").exists():
         sys.exit(f"error: no teacher at {teacher}: run benchmarks/finetune_teachers.py {args.task} first")
     spec = TASKS[args.task]
+    sizes = [int(n) for n in args.students.split(",")]
+    reused = reuse_kd_student(args, teacher, sizes[0]) if args.kd_student else None
     subset = args.max_train_samples is not None
     tag = f"{args.task}-subset{args.max_train_samples}" if subset else args.task
     work = cache_dir() / "distill-bench" / tag
-    common = ["--epochs", f"{args.epochs:g}", "--lr", f"{args.lr:g}", "--temperature", f"{args.temperature:g}",
-              *spec["flags"], *shlex.split(args.extra)]
+    schedule = ["--epochs", f"{args.epochs:g}", "--lr", f"{args.lr:g}", "--temperature", f"{args.temperature:g}"]
+    # the reused student's schedule goes last, so it wins over the task's defaults
+    common = [*([] if reused else schedule), *spec["flags"], *shlex.split(args.extra), *(reused or {}).get("flags", [])]
     if subset:
         common += ["--max-train-samples", str(args.max_train_samples)]
     if args.max_eval_samples:
         common += ["--max-eval-samples", str(args.max_eval_samples)]
 
     rows = []
-    sizes = [int(n) for n in args.students.split(",")]
-    for run in students(sizes, sizes[0]):
+    for index, run in enumerate(students(sizes, sizes[0])):
         out = work / run["name"].replace(" ", "-").lower()
         flags = list(run["flags"])
         if "--alpha" not in flags:
             flags += ["--alpha", f"{args.alpha:g}"]
         command = ["bertedge", "distill", "--teacher", str(teacher), "--out", str(out), *flags, *common, "--overwrite"]
-        if args.force or not (out / "bertedge.json").exists():
+        if index == 0 and reused:
+            out = args.kd_student
+            command = [f"(reused: {out}, trained as)", *command[:4], "--out", str(out), *command[6:-1]]
+        elif args.force or not (out / "bertedge.json").exists():
             print("$", " ".join(shlex.quote(c) for c in command), flush=True)
             start = time.time()
             subprocess.run([str(Path(sys.executable).parent / "bertedge"), *command[1:]], check=True)

@@ -54,6 +54,9 @@ class BenchGrid(StrictModel):
     real_lengths: bool = Field(True, description="Also time the dev set with dynamic padding (batch 1)")
     warmup: int = Field(5, ge=0, description="Untimed warmup calls per artifact and shape")
     runs: int = Field(30, ge=1, description="Timed calls per artifact and shape, interleaved across artifacts")
+    duration: float | None = Field(None, gt=0, description="Instead of runs: seconds of timing per artifact and shape "
+                                                           "(at least 5 rounds), so a grid with batch 64 x seq 512 "
+                                                           "does not spend 30 rounds on its slowest shapes")
     peer: bool = Field(True, description="Measure the peer path (optimum export + ORT dynamic int8 of the teacher)")
 
 

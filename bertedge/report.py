@@ -107,7 +107,8 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     batch_sizes = sorted({KEY_BATCH, THROUGHPUT_BATCH, *grid.batch_sizes})
     seq_lens = sorted({KEY_SEQ, *grid.seq_lens})
     config = BenchConfig(provider=recipe.target.provider, threads=recipe.target.threads, batch_sizes=batch_sizes,
-                         seq_lens=seq_lens, warmup=grid.warmup, runs=grid.runs,
+                         seq_lens=seq_lens, warmup=grid.warmup, runs=None if grid.duration else grid.runs,
+                         duration=grid.duration,
                          real_lengths=recipe.data if grid.real_lengths else None, real_batch_sizes=[KEY_BATCH])
     bench = run_bench(targets, config)
     results = bench["results"]
