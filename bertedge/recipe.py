@@ -29,6 +29,7 @@ STAGE_MODULES: dict[str, tuple[str, str, str]] = {
     "finetune": ("bertedge.stages.finetune", "finetune", "bertedge.config:FinetuneConfig"),
     "distill": ("bertedge.stages.distill", "distill", "bertedge.stages.distill:DistillConfig"),
     "prune": ("bertedge.stages.prune", "prune", "bertedge.stages.prune:PruneConfig"),
+    "trim-vocab": ("bertedge.stages.vocab", "trim_vocab", "bertedge.stages.vocab:TrimVocabConfig"),
     "export": ("bertedge.stages.export", "export", "bertedge.stages.export:ExportConfig"),
     "quantize": ("bertedge.stages.quantize", "quantize", "bertedge.stages.quantize:QuantizeConfig"),
 }
@@ -71,7 +72,7 @@ def step_model(stage: str):
     _, _, config_spec = STAGE_MODULES[stage]
     base = _load_object(config_spec)
     return create_model(
-        f"{stage.capitalize()}Step", __base__=base,
+        stage.title().replace("-", "") + "Step", __base__=base,
         stage=(Literal[stage], stage),  # type: ignore[valid-type]
         name=(str | None, Field(None, description="Artifact name in the run directory (default: the stage name)")),
         source=(str | None, Field(None, description="Name of the earlier step whose artifact this step starts from "
@@ -200,10 +201,10 @@ def _check_flow(recipe: Recipe) -> None:
         if step.stage != "finetune" and source_stage is None:
             raise ConfigError(f"{where}: a {step.stage} step needs an earlier step to start from",
                               fix="Put a finetune step first (or set `source`)")
-        if step.stage in ("distill", "prune", "export") and source_stage in ("export", "quantize"):
+        if step.stage in ("distill", "prune", "trim-vocab", "export") and source_stage in ("export", "quantize"):
             raise ConfigError(f"{where}: {step.stage} needs a PyTorch artifact but its source is a "
                               f"{source_stage} bundle",
-                              fix="Order the stages finetune -> distill -> prune -> export -> quantize")
+                              fix="Order the stages finetune -> distill -> prune -> trim-vocab -> export -> quantize")
         if step.stage == "quantize" and source_stage != "export":
             raise ConfigError(f"{where}: quantize needs an exported ONNX bundle but its source is a "
                               f"{source_stage} step", fix="Add an export step before quantize")

@@ -73,6 +73,7 @@ def tiny_recipe(tmp_path: Path, model_dir: Path, data_dir: Path) -> Path:
              "train": {"epochs": 6, "lr": 3e-3, "batch_size": 16, "seed": 0, "warmup_ratio": 0.0}},
             {"stage": "distill", "name": "student", "layers": 1,
              "train": {"epochs": 3, "lr": 3e-3, "batch_size": 16, "seed": 0}},
+            {"stage": "trim-vocab"},
             {"stage": "export", "metric_samples": 32},
             {"stage": "quantize", "mode": "dynamic"},
         ],
@@ -97,11 +98,12 @@ def tiny_run(tmp_path_factory, tiny_model_dir, tiny_data):
 
 def test_tiny_recipe_runs_end_to_end_with_the_report(tiny_run):
     out = tiny_run["out"]
-    assert [s["name"] for s in tiny_run["summary"]["steps"]] == ["teacher", "student", "export", "quantize"]
+    assert [s["name"] for s in tiny_run["summary"]["steps"]] == ["teacher", "student", "trim-vocab", "export",
+                                                                 "quantize"]
     report = json.loads((out / "report.json").read_text())
     assert {"teacher", "final", "artifacts", "budget", "machine"} <= set(report)
     names = [a["name"] for a in report["artifacts"]]
-    assert names[:4] == ["teacher", "student", "export", "quantize"] and names[4].startswith("peer")
+    assert names[:5] == ["teacher", "student", "trim-vocab", "export", "quantize"] and names[5].startswith("peer")
     for a in report["artifacts"]:
         assert {"name", "stage", "path", "metrics", "size_bytes", "p50_ms_b1_s128", "p50_ms_real",
                 "throughput_b32", "speedup_vs_teacher", "speedup_vs_peer"} <= set(a)
@@ -155,7 +157,7 @@ def test_killed_run_resumes_to_the_same_final_metrics(tmp_path, tiny_run, tiny_m
     resumed = subprocess.run([*cmd, "--resume", "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     steps = {s["name"]: s["skipped"] for s in json.loads(resumed.stdout)["steps"]}
-    assert steps == {"teacher": True, "student": False, "export": False, "quantize": False}
+    assert steps == {"teacher": True, "student": False, "trim-vocab": False, "export": False, "quantize": False}
     assert json.loads((out / "artifacts" / "teacher" / "bertedge.json").read_text())["payload_sha256"] == teacher_sha
     final = json.loads((out / "artifacts" / "quantize" / "bertedge.json").read_text())["metrics"]["dev"]
     reference = json.loads((tiny_run["out"] / "artifacts" / "quantize" / "bertedge.json").read_text())["metrics"]["dev"]

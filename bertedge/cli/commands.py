@@ -6,5 +6,6 @@ from . import bench  # noqa: F401  bench
 from . import quantize  # noqa: F401  quantize
 from . import distill  # noqa: F401  distill
 from . import prune  # noqa: F401  prune
+from . import vocab  # noqa: F401  trim-vocab
 from . import transfer  # noqa: F401  adapt, tune
 from . import pipeline  # noqa: F401  run, report, optimize

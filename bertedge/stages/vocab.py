@@ -1,0 +1,240 @@
+"""trim-vocab: keep only the wordpieces a task's text uses, and their embedding rows.
+
+A small BERT spends most of its bytes on the word embedding matrix: MiniLM-L6-H384 has 30,522 x 384 =
+11.7M embedding parameters against 10.6M in its six layers, and a 3-layer int8 student of it is 2/3
+embedding table. A classifier for one domain uses a fraction of the vocabulary. This stage counts the
+token ids the task's own features use (train split by default, tokenized exactly as the model sees
+them), keeps those plus the special tokens and (by default) every single-character piece, renumbers
+them in their original order, slices the embedding matrix to the kept rows and rewrites the tokenizer
+files to the new ids. Text made of kept pieces tokenizes to the same pieces as before, so the model
+computes the same outputs on it; a word whose pieces were dropped falls back to shorter pieces (the
+single characters are kept for that) or, at worst, [UNK]. The stage measures what that costs: the
+dev metric before and after, the dev [UNK] rate before and after, and how many checked features
+changed tokenization. The result is an ordinary PyTorch artifact: evaluate, export, quantize it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from .. import log
+from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
+from ..config import DataConfig, FinetuneConfig, StrictModel
+from ..data import subsample
+from ..errors import ArtifactError, ConfigError
+from ..evaluate import artifact_data_spec
+from .finetune import evaluate_split, load_task_data, task_settings
+
+CHECK_SAMPLES = 2000  # features re-tokenized with the new tokenizer to prove the id mapping
+
+
+class TrimVocabConfig(StrictModel):
+    splits: list[Literal["train", "dev", "test"]] = Field(
+        ["train"], description="Splits whose text is counted; dev or test text would let the evaluation data "
+                               "choose the vocabulary, so train is the default")
+    min_count: int = Field(1, ge=1, description="Keep a counted token seen at least this many times")
+    max_size: int | None = Field(None, ge=1, description="Largest vocabulary, special and character tokens included "
+                                                         "(the most frequent counted tokens fill the rest)")
+    keep_chars: Literal["all", "ascii", "none"] = Field(
+        "all", description="Also keep the single-character pieces (x and ##x) — all of them, the ASCII ones only "
+                           "(English text; 136 instead of 1,994 in BERT's uncased vocabulary), or none — so that a "
+                           "word outside the kept vocabulary splits into pieces rather than becoming [UNK]")
+    eval_batch_size: int = Field(64, ge=1, description="Batch size of the dev evaluations")
+    data: DataConfig = Field(default_factory=DataConfig)
+
+
+def _kept_ids(counts: Counter, vocab: dict[str, int], special: set[int],
+              config: TrimVocabConfig) -> tuple[list[int], dict]:
+    chars = {i for t, i in vocab.items() if (len(t) == 1 or (t.startswith("##") and len(t) == 3))
+             and (config.keep_chars == "all" or t[-1].isascii())} if config.keep_chars != "none" else set()
+    always = special | chars
+    if config.max_size is not None and config.max_size < len(always):
+        raise ConfigError(f"max_size {config.max_size} is smaller than the {len(always)} special and single-character "
+                          "tokens that are always kept", where="max_size",
+                          fix=f"Raise it above {len(always)}, or set keep_chars to ascii or none")
+    room = None if config.max_size is None else config.max_size - len(always)
+    ranked = [i for i, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+              if c >= config.min_count and i not in always]
+    chosen = ranked if room is None else ranked[:room]
+    kept = sorted(always | set(chosen))
+    return kept, {"special": len(special), "single_characters": len(chars - special),
+                  "counted_kept": len(set(chosen)), "counted_distinct": len(counts),
+                  "counted_dropped": len([i for i in counts if i not in always]) - len(set(chosen))}
+
+
+def _remap_backend(backend: dict, old2new: dict[int, int], tokens: list[str]) -> dict:
+    """The tokenizer.json of the trimmed vocabulary: same pipeline, new ids."""
+    backend = json.loads(json.dumps(backend))
+    backend["model"]["vocab"] = {t: i for i, t in enumerate(tokens)}
+    for added in backend.get("added_tokens") or []:
+        added["id"] = old2new[added["id"]]
+    post = backend.get("post_processor")
+    processors = (post.get("processors") or [post]) if post else []
+    for p in processors:
+        if p.get("type") == "TemplateProcessing":
+            for special in p["special_tokens"].values():
+                special["ids"] = [old2new[i] for i in special["ids"]]
+        elif p.get("type") == "BertProcessing":
+            for key in ("sep", "cls"):
+                p[key] = [p[key][0], old2new[p[key][1]]]
+    if backend.get("padding"):
+        backend["padding"]["pad_id"] = old2new[backend["padding"]["pad_id"]]
+    return backend
+
+
+def _rewrite_tokenizer_files(path: Path, backend: dict, old2new: dict[int, int], tokens: list[str]) -> None:
+    (path / "tokenizer.json").write_text(json.dumps(backend, ensure_ascii=False), encoding="utf-8")
+    if (path / "vocab.txt").exists():
+        (path / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    config_file = path / "tokenizer_config.json"
+    if config_file.exists():
+        tok_config = json.loads(config_file.read_text(encoding="utf-8"))
+        decoder = tok_config.get("added_tokens_decoder")
+        if decoder:
+            tok_config["added_tokens_decoder"] = {str(old2new[int(k)]): v for k, v in decoder.items()}
+        config_file.write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _ids(features: list[dict]) -> list[list[int]]:
+    return [list(f["input_ids"]) for f in features]
+
+
+def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | Path, *,
+               overwrite: bool = False) -> Artifact:
+    """Write a copy of a PyTorch artifact whose vocabulary holds only the tokens its task's text uses."""
+    parent = src if isinstance(src, Artifact) else load_artifact(src)
+    if parent.is_bundle:
+        raise ArtifactError("trim-vocab needs a PyTorch artifact, not an ONNX bundle", where=str(parent.path),
+                            fix="Trim the artifact the bundle was exported from, then export the trimmed one")
+    if parent.manifest.get("torch_program"):
+        raise ArtifactError("trim-vocab cannot edit a Neural Compressor int8 program", where=str(parent.path),
+                            fix="Trim the fp32 artifact first, then quantize it")
+    out = check_output_path(out, overwrite=overwrite)
+
+    import torch
+
+    from ..modeling import count_parameters, encoder_from_hf, load_hf_tokenizer, load_torch_artifact, tokenizer_record
+    from ..tasks import get_task
+
+    model, hf_tokenizer = load_torch_artifact(parent)
+    backend = json.loads(hf_tokenizer.backend_tokenizer.to_str())
+    kind = (backend.get("model") or {}).get("type")
+    if kind != "WordPiece":
+        raise ConfigError(f"trim-vocab handles WordPiece (BERT-style) tokenizers; this artifact's tokenizer is {kind}",
+                          where=str(parent.path), fix="Use a BERT-family artifact, or skip this stage")
+    if model.get_output_embeddings() is not None:
+        raise ConfigError("the model ties an output layer to its vocabulary (a language-model head)",
+                          where=str(parent.path), fix="Trim a task model (classification, NER or QA)")
+
+    spec, columns = artifact_data_spec(parent, config.data.data)
+    data_cfg = config.data.model_copy(update={"data": spec, "text_column": config.data.text_column or columns.text,
+                                              "text_pair_column": config.data.text_pair_column or columns.text_pair,
+                                              "label_column": config.data.label_column or columns.label})
+    settings_record = parent.manifest.get("settings") or {}
+    view = FinetuneConfig.model_validate({
+        "task": parent.task, "data": data_cfg.model_dump(),
+        **{k: settings_record[k] for k in ("max_length", "doc_stride", "max_answer_length") if k in settings_record}})
+    data = load_task_data(view, labels=parent.labels or None, need=tuple(dict.fromkeys(["dev", *config.splits])))
+    settings = task_settings(view)
+    task = get_task(parent.task)
+    encoder = encoder_from_hf(hf_tokenizer)
+
+    counted: list[dict] = []
+    for split in config.splits:
+        limit = config.data.max_train_samples if split == "train" else config.data.max_eval_samples
+        counted += subsample(data.split(split), limit, 0)
+    if not counted:
+        raise ConfigError(f"no text to count in {', '.join(config.splits)}", where=spec, fix="Count a non-empty split")
+    counted_ids = _ids(task.eval_features(counted, encoder, settings))
+    counts = Counter(i for ids in counted_ids for i in ids)
+
+    vocab: dict[str, int] = backend["model"]["vocab"]
+    special = {a["id"] for a in backend.get("added_tokens") or []} | set(hf_tokenizer.all_special_ids)
+    kept, kept_record = _kept_ids(counts, vocab, special, config)
+    id_to_token = {i: t for t, i in vocab.items()}
+    tokens = [id_to_token[i] for i in kept]
+    old2new = {old: new for new, old in enumerate(kept)}
+    unk_old = vocab.get(backend["model"].get("unk_token", "[UNK]"))
+
+    dev_examples = subsample(data.split("dev"), config.data.max_eval_samples, 0)
+    metric = parent.manifest.get("primary_metric") or task.primary_metric
+
+    def evaluate(m, enc) -> dict:
+        return evaluate_split(m, enc, parent.task, dev_examples, settings, data.labels, config.eval_batch_size)
+
+    def unk_rate(enc, unk_id) -> float:
+        ids = [i for f in _ids(task.eval_features(dev_examples, enc, settings)) for i in f]
+        return round(sum(i == unk_id for i in ids) / max(len(ids), 1), 6)
+
+    dev_before = evaluate(model, encoder)
+    unk_before = unk_rate(encoder, unk_old)
+    params_before = count_parameters(model)
+    old_embedding = model.get_input_embeddings()
+    pad_old = old_embedding.padding_idx
+    new_embedding = torch.nn.Embedding(len(kept), old_embedding.embedding_dim,
+                                       padding_idx=old2new.get(pad_old) if pad_old is not None else None)
+    with torch.no_grad():
+        new_embedding.weight.copy_(old_embedding.weight[torch.tensor(kept, dtype=torch.long)])
+    model.set_input_embeddings(new_embedding)
+    model.config.vocab_size = len(kept)
+    if getattr(model.config, "pad_token_id", None) is not None and model.config.pad_token_id in old2new:
+        model.config.pad_token_id = old2new[model.config.pad_token_id]
+
+    with atomic_artifact(out, stage="trim-vocab", task=parent.task, overwrite=overwrite) as writer:
+        model.save_pretrained(writer.path, safe_serialization=True)
+        hf_tokenizer.save_pretrained(writer.path)
+        _rewrite_tokenizer_files(writer.path, _remap_backend(backend, old2new, tokens), old2new, tokens)
+        new_tokenizer = load_hf_tokenizer(writer.path)
+        expected_pad = old2new.get(hf_tokenizer.pad_token_id)
+        if new_tokenizer.vocab_size != len(kept) or new_tokenizer.pad_token_id != expected_pad:
+            raise ArtifactError(f"the rewritten tokenizer reads back with {new_tokenizer.vocab_size} tokens and pad id "
+                                f"{new_tokenizer.pad_token_id}, expected {len(kept)} and "
+                                f"{expected_pad}", where=str(parent.path),
+                                fix="Report this tokenizer layout as a bug; the untrimmed artifact is unchanged")
+        new_encoder = encoder_from_hf(new_tokenizer)
+        # Proof of the mapping: counted text re-tokenized with the new tokenizer gives the old ids renumbered
+        # (exactly, unless min_count / max_size dropped some counted tokens).
+        sample = subsample(counted, CHECK_SAMPLES, 0)
+        old_ids, new_ids = _ids(task.eval_features(sample, encoder, settings)), \
+            _ids(task.eval_features(sample, new_encoder, settings))
+        changed = sum(1 for o, n in zip(old_ids, new_ids) if [old2new.get(i, -1) for i in o] != n)
+        if kept_record["counted_dropped"] == 0 and changed:
+            raise ArtifactError(f"{changed} of {len(old_ids)} counted features tokenize differently after trimming",
+                                where=str(parent.path),
+                                fix="Report this tokenizer as a bug; use the untrimmed artifact")
+        model.eval()
+        dev_after = evaluate(model, new_encoder)
+        unk_id = new_tokenizer.unk_token_id
+        record = {
+            "vocab_before": len(vocab), "vocab_after": len(kept), **kept_record,
+            "counted_splits": config.splits, "counted_examples": len(counted),
+            "counted_tokens": sum(counts.values()),
+            "embedding_parameters_before": old_embedding.weight.numel(),
+            "embedding_parameters_after": new_embedding.weight.numel(),
+            "dev_unk_rate_before": unk_before, "dev_unk_rate_after": unk_rate(new_encoder, unk_id),
+            "checked_features": len(old_ids), "retokenized_features": changed,
+        }
+        writer.manifest.update({
+            "labels": parent.labels or None,
+            "settings": settings.record(),
+            "primary_metric": metric,
+            "config": config.model_dump(mode="json"),
+            "model": parent.manifest.get("model"),
+            "parent": parent_record(parent),
+            "data": {**data.source, "dev_examples": len(dev_examples)},
+            "tokenizer": tokenizer_record(new_tokenizer),
+            "parameters": count_parameters(model),
+            "metrics": {"dev": dev_after, "dev_before": dev_before},
+            "vocab": record,
+            "torch_threads": torch.get_num_threads(),
+        })
+        log.info(f"trim-vocab: {len(vocab):,} -> {len(kept):,} tokens ({params_before:,} -> "
+                 f"{count_parameters(model):,} parameters); dev {metric} {dev_before.get(metric, float('nan')):.4f} "
+                 f"-> {dev_after.get(metric, float('nan')):.4f}; dev [UNK] rate {unk_before:.2%} -> "
+                 f"{record['dev_unk_rate_after']:.2%}")
+    return load_artifact(out)

@@ -1,0 +1,121 @@
+"""trim-vocab: the kept tokens, their embedding rows, identical outputs on counted text, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import assert_one_line_error
+
+
+def _load(artifact):
+    from bertedge.modeling import load_torch_artifact
+
+    return load_torch_artifact(artifact)
+
+
+def _train_texts(data_dir) -> list[str]:
+    from bertedge.data import load_data
+
+    return [ex["text"] for ex in load_data(str(data_dir), "text-classification", need=("train",)).split("train")]
+
+
+@pytest.fixture(scope="module")
+def trimmed(tmp_path_factory, tiny_artifacts):
+    from bertedge.stages.vocab import TrimVocabConfig, trim_vocab
+
+    out = tmp_path_factory.mktemp("vocab") / "sst-no-chars"
+    return trim_vocab(tiny_artifacts["sst"], TrimVocabConfig(keep_chars="none"), out)
+
+
+def test_kept_tokens_keep_their_embedding_rows_and_order(trimmed, tiny_artifacts):
+    old_model, old_tok = _load(tiny_artifacts["sst"])
+    new_model, new_tok = _load(trimmed)
+    record = trimmed.manifest["vocab"]
+    old_vocab, new_vocab = old_tok.get_vocab(), new_tok.get_vocab()
+    assert record["vocab_before"] == len(old_vocab) and record["vocab_after"] == len(new_vocab) < len(old_vocab)
+    assert new_model.config.vocab_size == len(new_vocab) == new_model.get_input_embeddings().weight.shape[0]
+    assert record["counted_dropped"] == 0 and record["retokenized_features"] == 0
+    assert record["counted_kept"] + record["special"] == len(new_vocab)  # keep_chars none: nothing else
+    # ids are renumbered densely in the original order
+    assert sorted(new_vocab, key=new_vocab.get) == sorted(new_vocab, key=old_vocab.get)
+    old_rows, new_rows = old_model.get_input_embeddings().weight, new_model.get_input_embeddings().weight
+    for token, new_id in new_vocab.items():
+        assert torch.equal(new_rows[new_id], old_rows[old_vocab[token]]), token
+    assert new_tok.pad_token_id == new_vocab["[PAD]"] and new_tok.cls_token_id == new_vocab["[CLS]"]
+    assert trimmed.manifest["parameters"] < tiny_artifacts["sst"].manifest["parameters"]
+
+
+def test_counted_text_gives_the_same_logits(trimmed, tiny_artifacts, tiny_data):
+    old_model, old_tok = _load(tiny_artifacts["sst"])
+    new_model, new_tok = _load(trimmed)
+    texts = _train_texts(tiny_data["sst"])
+    old_in, new_in = (tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+                      for tok in (old_tok, new_tok))
+    assert old_in["input_ids"].shape == new_in["input_ids"].shape
+    assert not torch.equal(old_in["input_ids"], new_in["input_ids"])  # renumbered ...
+    with torch.no_grad():  # ... yet the model computes the same thing
+        diff = (old_model(**old_in).logits - new_model(**new_in).logits).abs().max().item()
+    assert diff < 1e-5
+
+
+def test_unseen_words_fall_back_to_characters_or_unk(tmp_path, tiny_artifacts, trimmed, cli):
+    word = "zq"  # not a WORDS entry: the tiny vocabulary spells it z + ##q
+    _, old_tok = _load(tiny_artifacts["sst"])
+    assert old_tok.tokenize(word) == ["z", "##q"]
+    _, no_chars = _load(trimmed)
+    assert no_chars.tokenize(word) == ["[UNK]"]
+    result = cli("trim-vocab", str(tiny_artifacts["sst"].path), "--out", str(tmp_path / "chars"), "--json")
+    assert result.code == 0, result
+    summary = json.loads(result.out)
+    assert summary["vocab"]["single_characters"] > 0 and summary["vocab"]["retokenized_features"] == 0
+    from bertedge.modeling import load_hf_tokenizer
+
+    assert load_hf_tokenizer(tmp_path / "chars").tokenize(word) == ["z", "##q"]
+    assert 0 <= summary["vocab"]["dev_unk_rate_after"] <= 1 and "dev_before" in summary["metrics"]
+
+
+def test_min_count_and_max_size_drop_the_rarest_counted_tokens(tmp_path, tiny_artifacts, tiny_data):
+    from bertedge.stages.vocab import TrimVocabConfig, trim_vocab
+
+    full = trim_vocab(tiny_artifacts["sst"], TrimVocabConfig(keep_chars="none"), tmp_path / "full")
+    size = full.manifest["vocab"]["vocab_after"] - 3
+    capped = trim_vocab(tiny_artifacts["sst"], TrimVocabConfig(keep_chars="none", max_size=size), tmp_path / "capped")
+    assert capped.manifest["vocab"]["vocab_after"] == size and capped.manifest["vocab"]["counted_dropped"] == 3
+    # min_count: exactly the counted tokens seen that often survive (plus the specials)
+    from collections import Counter
+
+    _, tok = _load(tiny_artifacts["sst"])
+    counts = Counter(i for ids in tok(_train_texts(tiny_data["sst"]), truncation=True, max_length=64)["input_ids"]
+                     for i in ids)
+    threshold = sorted(counts.values())[len(counts) // 2]
+    rare = trim_vocab(tiny_artifacts["sst"], TrimVocabConfig(keep_chars="none", min_count=threshold), tmp_path / "rare")
+    _, rare_tok = _load(rare)
+    expected = {tok.convert_ids_to_tokens(i) for i, c in counts.items() if c >= threshold} | set(tok.all_special_tokens)
+    assert set(rare_tok.get_vocab()) == expected and len(expected) < full.manifest["vocab"]["vocab_after"]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, tiny_artifacts, tiny_bundles):
+    out = tmp_path / "out"
+    assert_one_line_error(cli("trim-vocab", str(tiny_bundles["sst"].path), "--out", str(out)),
+                          "trim-vocab needs a PyTorch artifact, not an ONNX bundle", "Trim the artifact the bundle")
+    assert_one_line_error(cli("trim-vocab", str(tiny_artifacts["sst"].path), "--out", str(out), "--max-size", "10"),
+                          "max_size 10 is smaller than the", "special and single-character tokens",
+                          "keep_chars to ascii or none")
+    assert_one_line_error(cli("trim-vocab", str(tiny_artifacts["sst"].path), "--out", str(out), "--splits", "eval"),
+                          "splits")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_keep_chars_modes_and_min_count_on_a_known_vocabulary():
+    from collections import Counter
+
+    from bertedge.stages.vocab import TrimVocabConfig, _kept_ids
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "a": 2, "é": 3, "##a": 4, "##é": 5, "word": 6, "other": 7, "unused": 8}
+    counts = Counter({6: 4, 7: 1})
+    for mode, expected in (("all", [0, 1, 2, 3, 4, 5, 6, 7]), ("ascii", [0, 1, 2, 4, 6, 7]), ("none", [0, 1, 6, 7])):
+        assert _kept_ids(counts, vocab, {0, 1}, TrimVocabConfig(keep_chars=mode))[0] == expected, mode
+    kept, record = _kept_ids(counts, vocab, {0, 1}, TrimVocabConfig(keep_chars="none", min_count=2))
+    assert kept == [0, 1, 6] and record["counted_dropped"] == 1 and record["counted_kept"] == 1
