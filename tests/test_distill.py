@@ -258,6 +258,9 @@ def test_token_classification_distill_with_unlabeled_text(cli, tiny_artifacts, t
     cached = np.load(m["teacher_cache"]["path"] + "/teacher_logits.npy", mmap_mode="r")
     assert cached.shape[0] == 64 + 3 and cached.shape[2] == len(teacher.labels)
     assert m["metrics"]["dev"]["f1"] >= 0.8 * m["teacher"]["metrics"]["dev"]["f1"], (m["metrics"], m["teacher"])
+    # the labelled test split is evaluated too, for student and teacher alike (same settings as finetune's)
+    assert m["metrics"]["test"]["n"] == teacher.manifest["metrics"]["test"]["n"]
+    assert m["teacher"]["metrics"]["test"]["f1"] == pytest.approx(teacher.manifest["metrics"]["test"]["f1"])
 
 
 def test_qa_distill_with_smaller_width_and_intermediate_transfer(tiny_artifacts, tmp_path):

@@ -24,7 +24,7 @@ from ..data import Columns, TaskData, data_fingerprint, subsample
 from ..errors import ConfigError, DataError, ModelError
 from ..tasks import TASKS, get_task
 from ..tasks.base import run_forward
-from .finetune import evaluate_split, load_task_data, task_settings
+from .finetune import _has_gold, evaluate_split, load_task_data, task_settings
 
 
 class DistillConfig(StrictModel):
@@ -450,6 +450,13 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
                              extra_modules=[projection] if projection is not None else None)
         student.eval()
         metrics = {"dev": evaluate(student)}
+        teacher_metrics = {"dev": teacher_dev}
+        test = data.splits.get("test")
+        if test and all(_has_gold(config.task, ex) for ex in test):  # e.g. CoNLL-2003: both on the same settings
+            metrics["test"] = evaluate_split(student, student_encoder, config.task, test, settings, data.labels,
+                                             config.train.eval_batch_size)
+            teacher_metrics["test"] = evaluate_split(teacher_model, encoder, config.task, test, settings, data.labels,
+                                                     config.train.eval_batch_size)
         student.save_pretrained(writer.path, safe_serialization=True)
         student_tokenizer.save_pretrained(writer.path)
         student_params, teacher_params = count_parameters(student), count_parameters(teacher_model)
@@ -464,7 +471,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
             "teacher": {**parent_record(teacher), "task": teacher.task,
                         "layers": teacher_model.config.num_hidden_layers,
                         "hidden_size": teacher_model.config.hidden_size, "parameters": teacher_params,
-                        "metrics": {"dev": teacher_dev}},
+                        "metrics": teacher_metrics},
             "student": {**init, "layers": student.config.num_hidden_layers,
                         "hidden_size": student.config.hidden_size,
                         "intermediate_size": getattr(student.config, "intermediate_size", None),
@@ -491,6 +498,8 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
         })
         t_value = teacher_dev.get(metric)
         log.info(f"distill: dev {metric} {metrics['dev'][metric]:.4f} (teacher {t_value:.4f}), "
-                 f"{student_params / 1e6:.1f}M vs {teacher_params / 1e6:.1f}M parameters")
+                 + (f"test {metric} {metrics['test'][metric]:.4f} (teacher {teacher_metrics['test'][metric]:.4f}), "
+                    if "test" in metrics else "")
+                 + f"{student_params / 1e6:.1f}M vs {teacher_params / 1e6:.1f}M parameters")
     return load_artifact(out)
 
