@@ -69,7 +69,7 @@ def timing(runs: int) -> None:
         mode = next((m for m in MODES if path_of.get(r["artifact"]) == state[m]["path"]), None)
         acc = state[mode]["metrics"]["dev"]["accuracy"] if mode else (fp32_acc if r["backend"] == "torch" else None)
         drop = state[mode]["metrics"]["drop_pts"] if mode else (0.0 if r["backend"] == "torch" else None)
-        lines.append(f"| {r['artifact']} | {r['backend']} | {acc if acc is None else f'{acc:.4f}'} | "
+        lines.append(f"| {r['artifact']} | {r['backend']} | {'not measured' if acc is None else f'{acc:.4f}'} | "
                      f"{'-' if drop is None else f'{drop:+.2f}'} | {r['size_bytes'] / 1e6:.1f} | {r['p50_ms']:.2f} | "
                      f"{r['p50_ms'] / fp32['p50_ms']:.3f} |")
     lines += ["", "Commands:", ""] + [f"- `{state[m]['command']}`" for m in MODES]
