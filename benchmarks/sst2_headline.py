@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--command", required=True, help="the exact command that produced the run")
     parser.add_argument("--name", default="sst2-headline", help="results file name (default: sst2-headline)")
+    parser.add_argument("--notes", type=Path, help="markdown appended as '## Reading the result' (the analysis)")
     args = parser.parse_args()
     report = json.loads((args.run_dir / "report.json").read_text())
     rows, verdicts = grid(report), checks(report)
@@ -104,6 +105,8 @@ def main() -> None:
     md += ["", (f"Teacher dev {metric} {(teacher.get('metrics') or {}).get(metric, float('nan')):.4f}; final "
                 f"{(final.get('metrics') or {}).get(metric, float('nan')):.4f}; peer "
                 f"{(peer.get('metrics') or {}).get(metric, float('nan')):.4f}.")]
+    if args.notes:
+        md += ["", "## Reading the result", "", args.notes.read_text().strip()]
     write_results(args.name, {"run_command": args.command, "run_dir": str(args.run_dir), "all_met": met,
                               "targets": TARGETS, "checks": verdicts, "grid": rows,
                               "final": final, "teacher": teacher, "peer": peer,
