@@ -27,6 +27,22 @@ def artifact_data_spec(artifact: Artifact, data: str | None) -> tuple[str, Colum
     return spec, Columns(columns.get("text"), columns.get("text_pair"), columns.get("label"))
 
 
+def artifact_view(artifact: Artifact, data, train=None):
+    """A FinetuneConfig over an artifact: its task, its recorded data and columns unless `data` (a DataConfig)
+    names others, and its max_length / doc_stride / max_answer_length — what a stage that re-reads the
+    artifact's data (prune, trim-vocab) needs to load and featurize it as the artifact was trained."""
+    from .config import FinetuneConfig
+
+    spec, columns = artifact_data_spec(artifact, data.data)
+    data_cfg = data.model_copy(update={"data": spec, "text_column": data.text_column or columns.text,
+                                       "text_pair_column": data.text_pair_column or columns.text_pair,
+                                       "label_column": data.label_column or columns.label})
+    recorded = artifact.manifest.get("settings") or {}
+    return FinetuneConfig.model_validate({
+        "task": artifact.task, "data": data_cfg.model_dump(), **({"train": train.model_dump()} if train else {}),
+        **{k: recorded[k] for k in ("max_length", "doc_stride", "max_answer_length") if k in recorded}})
+
+
 def load_eval_examples(artifact: Artifact, data: str | None, split: str, max_samples: int | None = None,
                        seed: int = 42) -> list[dict]:
     spec, columns = artifact_data_spec(artifact, data)

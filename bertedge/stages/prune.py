@@ -22,10 +22,10 @@ from pydantic import Field, model_validator
 
 from .. import log
 from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
-from ..config import DataConfig, FinetuneConfig, StrictModel, TrainConfig
+from ..config import DataConfig, StrictModel, TrainConfig
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
-from ..evaluate import artifact_data_spec
+from ..evaluate import artifact_view
 from .finetune import evaluate_split, load_task_data, task_settings
 
 
@@ -224,14 +224,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
                               f"the pruned model a {parent.task} model with labels {parent.labels}",
                               where="--distill-from", fix="Distill from a model of the same task and label set")
 
-    spec, columns = artifact_data_spec(parent, config.data.data)
-    data_cfg = config.data.model_copy(update={"data": spec, "text_column": config.data.text_column or columns.text,
-                                              "text_pair_column": config.data.text_pair_column or columns.text_pair,
-                                              "label_column": config.data.label_column or columns.label})
-    settings_record = parent.manifest.get("settings") or {}
-    view = FinetuneConfig.model_validate({
-        "task": parent.task, "data": data_cfg.model_dump(), "train": config.train.model_dump(),
-        **{k: settings_record[k] for k in ("max_length", "doc_stride", "max_answer_length") if k in settings_record}})
+    view = artifact_view(parent, config.data, config.train)
     data = load_task_data(view, labels=parent.labels or None)
     settings = task_settings(view)
 

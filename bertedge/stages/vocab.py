@@ -24,10 +24,10 @@ from pydantic import Field
 
 from .. import log
 from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
-from ..config import DataConfig, FinetuneConfig, StrictModel
+from ..config import DataConfig, StrictModel
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
-from ..evaluate import artifact_data_spec
+from ..evaluate import artifact_view
 from .finetune import evaluate_split, load_task_data, task_settings
 
 CHECK_SAMPLES = 2000  # features re-tokenized with the new tokenizer to prove the id mapping
@@ -131,14 +131,8 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
         raise ConfigError("the model ties an output layer to its vocabulary (a language-model head)",
                           where=str(parent.path), fix="Trim a task model (classification, NER or QA)")
 
-    spec, columns = artifact_data_spec(parent, config.data.data)
-    data_cfg = config.data.model_copy(update={"data": spec, "text_column": config.data.text_column or columns.text,
-                                              "text_pair_column": config.data.text_pair_column or columns.text_pair,
-                                              "label_column": config.data.label_column or columns.label})
-    settings_record = parent.manifest.get("settings") or {}
-    view = FinetuneConfig.model_validate({
-        "task": parent.task, "data": data_cfg.model_dump(),
-        **{k: settings_record[k] for k in ("max_length", "doc_stride", "max_answer_length") if k in settings_record}})
+    view = artifact_view(parent, config.data)
+    spec = view.data.data
     data = load_task_data(view, labels=parent.labels or None, need=tuple(dict.fromkeys(["dev", *config.splits])))
     settings = task_settings(view)
     task = get_task(parent.task)
