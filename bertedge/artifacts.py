@@ -18,9 +18,10 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ArtifactError
 
@@ -180,6 +181,14 @@ def parent_record(parent: Artifact | None) -> dict[str, Any] | None:
         "stage": parent.stage,
         "sha256": parent.manifest.get("payload_sha256"),
     }
+
+
+def derived_record(parent: Artifact, settings, metric: str, config) -> dict[str, Any]:
+    """The manifest fields of an artifact made from `parent` by a PyTorch stage (prune, trim-vocab): the
+    parent's labels and model, the task settings, the selection metric, the stage config, the parent link."""
+    return {"labels": parent.labels or None, "settings": settings.record(), "primary_metric": metric,
+            "config": config.model_dump(mode="json"), "model": parent.manifest.get("model"),
+            "parent": parent_record(parent)}
 
 
 class ArtifactWriter:

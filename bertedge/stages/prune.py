@@ -21,7 +21,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .. import log
-from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
+from ..artifacts import (Artifact, atomic_artifact, check_output_path, derived_record, load_artifact,
+                         parent_record)
 from ..config import DataConfig, StrictModel, TrainConfig
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
@@ -273,12 +274,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
         record["structure"] = pruning.structure(model) if config.structured else None
         record["parameters_before"], record["parameters_after"] = params_before, count_parameters(model)
         writer.manifest.update({
-            "labels": parent.labels or None,
-            "settings": settings.record(),
-            "primary_metric": metric,
-            "config": config.model_dump(mode="json"),
-            "model": parent.manifest.get("model"),
-            "parent": parent_record(parent),
+            **derived_record(parent, settings, metric, config),
             "distilled_from": parent_record(teacher_artifact),
             "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples)},
             "tokenizer": parent.manifest.get("tokenizer") or {},

@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import log
-from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
+from ..artifacts import Artifact, atomic_artifact, check_output_path, derived_record, load_artifact
 from ..config import DataConfig, StrictModel
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
@@ -214,12 +214,7 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
             "checked_features": len(old_ids), "retokenized_features": changed,
         }
         writer.manifest.update({
-            "labels": parent.labels or None,
-            "settings": settings.record(),
-            "primary_metric": metric,
-            "config": config.model_dump(mode="json"),
-            "model": parent.manifest.get("model"),
-            "parent": parent_record(parent),
+            **derived_record(parent, settings, metric, config),
             "data": {**data.source, "dev_examples": len(dev_examples)},
             "tokenizer": tokenizer_record(new_tokenizer),
             "parameters": count_parameters(model),
