@@ -125,7 +125,7 @@ def main() -> None:
         command = ["bertedge", "distill", "--teacher", str(teacher), "--out", str(out), *flags, *common, "--overwrite"]
         if index == 0 and reused:
             out = args.kd_student
-            command = [f"(reused: {out}, trained as)", *command[:4], "--out", str(out), *command[6:-1]]
+            command = [*command[:4], "--out", str(out), *command[6:-1]]
         elif args.force or not (out / "bertedge.json").exists():
             print("$", " ".join(shlex.quote(c) for c in command), flush=True)
             start = time.time()
@@ -136,7 +136,8 @@ def main() -> None:
         value, teacher_value = m["metrics"]["dev"][metric], m["teacher"]["metrics"]["dev"][metric]
         rows.append({
             "student": run["name"], "layers": run["layers"], "kd": "--alpha" not in run["flags"],
-            "command": " ".join(shlex.quote(c) for c in command), "artifact": str(out),
+            "command": ("(reused from the recipe run, trained as) " if index == 0 and reused else "")
+            + " ".join(shlex.quote(c) for c in command), "artifact": str(out),
             "metric": metric, "dev": value, "teacher_dev": teacher_value,
             "delta_points": round(100 * (value - teacher_value), 2),
             "parameters": m["parameters"], "teacher_parameters": m["teacher"]["parameters"],
