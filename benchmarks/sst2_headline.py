@@ -21,29 +21,15 @@ from _common import write_results
 TARGETS = {"speedup_vs_teacher": 10.0, "speedup_vs_peer": 5.0, "max_drop_pts": 1.0, "max_size_mb": 8.0}
 
 
-def p50(results: list[dict], artifact: str, batch: int, seq: int) -> float | None:
-    for r in results:
-        if (r["artifact"] == artifact and r["mode"] == "fixed" and r["batch_size"] == batch
-                and r["seq_len"] == seq):
-            return r["p50_ms"]
-    return None
-
-
 def grid(report: dict) -> list[dict]:
-    results = report["bench"]["results"]
+    """The report's speed-up grid, recomputed with the report's own function from its stored bench results
+    (a report written before the grid carried the peer columns gets them too)."""
+    from bertedge.report import _speedup_grid
+
     names = {a["name"]: a.get("bench_name") or a["name"] for a in report["artifacts"]}
-    final, teacher = report["final"]["bench_name"], names[report["teacher"]["name"]]
     peer = names.get(report["peer"]["name"]) if report.get("peer") else None
-    shapes = sorted({(r["batch_size"], r["seq_len"]) for r in results if r["mode"] == "fixed"})
-    rows = []
-    for batch, seq in shapes:
-        f, t = p50(results, final, batch, seq), p50(results, teacher, batch, seq)
-        p = p50(results, peer, batch, seq) if peer else None
-        if f is None or t is None:
-            continue
-        rows.append({"batch_size": batch, "seq_len": seq, "final_p50_ms": f, "teacher_p50_ms": t, "peer_p50_ms": p,
-                     "speedup_vs_teacher": round(t / f, 3), "speedup_vs_peer": round(p / f, 3) if p else None})
-    return rows
+    return _speedup_grid(report["bench"]["results"], names[report["teacher"]["name"]], report["final"]["bench_name"],
+                         peer)
 
 
 def checks(report: dict) -> list[dict]:
@@ -100,7 +86,7 @@ def main() -> None:
            "| batch | seq | final | teacher (PyTorch fp32) | peer | vs teacher | vs peer |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['batch_size']} | {r['seq_len']} | {r['final_p50_ms']:.2f} ms | {r['teacher_p50_ms']:.2f} ms | "
-                  + (f"{r['peer_p50_ms']:.2f} ms" if r["peer_p50_ms"] else "–") + f" | {r['speedup_vs_teacher']:.2f}x | "
+                  + (f"{r['peer_p50_ms']:.2f} ms" if r["peer_p50_ms"] else "–") + f" | {r['speedup']:.2f}x | "
                   + (f"{r['speedup_vs_peer']:.2f}x" if r["speedup_vs_peer"] else "–") + " |")
     md += ["", (f"Teacher dev {metric} {(teacher.get('metrics') or {}).get(metric, float('nan')):.4f}; final "
                 f"{(final.get('metrics') or {}).get(metric, float('nan')):.4f}; peer "

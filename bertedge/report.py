@@ -166,7 +166,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
         "budget": budget,
         "machine": bench["machine"],
         "bench": {"config": bench["config"], "results": results, "artifacts": bench["artifacts"]},
-        "speedup_grid": _speedup_grid(results, teacher_target, final["bench_name"] if final else None),
+        "speedup_grid": _speedup_grid(results, teacher_target, final["bench_name"] if final else None, peer_name),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": str(run_dir),
     }
@@ -195,8 +195,8 @@ def _artifact_row(name, stage, path, dev, bench_name, timing, teacher_p50, peer_
     }
 
 
-def _speedup_grid(results: list[dict], teacher: str, final: str | None) -> list[dict]:
-    """Final artifact vs teacher at every fixed (batch, seq) point of the bench grid."""
+def _speedup_grid(results: list[dict], teacher: str, final: str | None, peer: str | None = None) -> list[dict]:
+    """Final artifact vs teacher (and vs the peer, when measured) at every fixed (batch, seq) point of the grid."""
     if final is None:
         return []
     grid = []
@@ -205,8 +205,11 @@ def _speedup_grid(results: list[dict], teacher: str, final: str | None) -> list[
             continue
         base = _row(results, teacher, "fixed", r["batch_size"], r["seq_len"])
         if base and r["p50_ms"]:
+            other = _row(results, peer, "fixed", r["batch_size"], r["seq_len"]) if peer else None
             grid.append({"batch_size": r["batch_size"], "seq_len": r["seq_len"], "final_p50_ms": r["p50_ms"],
-                         "teacher_p50_ms": base["p50_ms"], "speedup": round(base["p50_ms"] / r["p50_ms"], 3)})
+                         "teacher_p50_ms": base["p50_ms"], "speedup": round(base["p50_ms"] / r["p50_ms"], 3),
+                         "peer_p50_ms": other["p50_ms"] if other else None,
+                         "speedup_vs_peer": round(other["p50_ms"] / r["p50_ms"], 3) if other else None})
     return grid
 
 
@@ -238,11 +241,14 @@ def markdown(report: dict) -> str:
               + f". Final: drop {_fmt(b.get('final_drop_pts'))} pts, {_fmt(b.get('final_size_mb'))} MB — "
               + ("**met**" if b.get("met") else "**not met**") + "."]
     if report.get("speedup_grid"):
-        lines += ["", "Final artifact vs PyTorch fp32 teacher across the grid (p50):", "",
-                  "| batch | seq | final (ms) | teacher (ms) | speed-up |", "|---|---|---|---|---|"]
+        lines += ["", "Final artifact vs PyTorch fp32 teacher and vs the peer across the grid (p50):", "",
+                  "| batch | seq | final (ms) | teacher (ms) | peer (ms) | vs teacher | vs peer |",
+                  "|---|---|---|---|---|---|---|"]
         for g in report["speedup_grid"]:
+            vs_peer = g.get("speedup_vs_peer")
             lines.append(f"| {g['batch_size']} | {g['seq_len']} | {_fmt(g['final_p50_ms'])} | "
-                         f"{_fmt(g['teacher_p50_ms'])} | {_fmt(g['speedup'])}x |")
+                         f"{_fmt(g['teacher_p50_ms'])} | {_fmt(g.get('peer_p50_ms'))} | {_fmt(g['speedup'])}x | "
+                         + ("–" if vs_peer is None else f"{vs_peer:.2f}x") + " |")
     lines += ["", "Teacher = the first finetune artifact, PyTorch eager fp32. Peer = optimum's ONNX export of the "
               "teacher quantized by optimum's ORTQuantizer (dynamic int8, avx2 preset). All timings come from one "
               "interleaved bench run on this machine; speed-ups are ratios of p50 latency at batch 1, seq 128."]

@@ -112,6 +112,8 @@ def test_tiny_recipe_runs_end_to_end_with_the_report(tiny_run):
     assert report["teacher"]["speedup_vs_teacher"] == pytest.approx(1.0)
     assert report["peer"]["speedup_vs_peer"] == pytest.approx(1.0)
     assert report["budget"]["met"] is True
+    assert report["speedup_grid"] and all(g["speedup_vs_peer"] > 0 and g["peer_p50_ms"] > 0
+                                          for g in report["speedup_grid"])
     # the grid is time-boxed (bench.duration), not a fixed number of rounds; at least 5 rounds each
     assert report["bench"]["config"]["duration"] == 0.02 and report["bench"]["config"]["runs"] is None
     assert min(r["n"] for r in report["bench"]["results"]) >= 5
