@@ -27,6 +27,11 @@ def parse_int_list(value: str | None, option: str) -> list[int] | None:
     return items
 
 
+def split_names(values: list[str] | None) -> list[str]:
+    """Names from repeated options and/or comma-separated values, blanks dropped."""
+    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+
+
 def fmt_metric(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 

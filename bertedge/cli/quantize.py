@@ -8,12 +8,7 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import emit_json
-
-
-def _split_names(values: list[str] | None) -> list[str]:
-    """Accept both repeated options and comma-separated values."""
-    return [v.strip() for value in values or [] for v in value.split(",") if v.strip()]
+from .common import emit_json, split_names
 
 
 @app.command()
@@ -81,8 +76,8 @@ def quantize(
         "mode": "fp16" if fp16 else mode, "preset": preset, "per_channel": per_channel, "reduce_range": reduce_range,
         "calibration": calibration, "calibration_split": calibration_split,
         "calibration_samples": calibration_samples, "calibration_batch_size": calibration_batch_size,
-        "method": method, "exclude_op_types": _split_names(exclude_op_types),
-        "exclude_nodes": _split_names(exclude_nodes), "max_accuracy_drop": max_accuracy_drop,
+        "method": method, "exclude_op_types": split_names(exclude_op_types),
+        "exclude_nodes": split_names(exclude_nodes), "max_accuracy_drop": max_accuracy_drop,
         "fp32_nodes": fp32_nodes, "sensitivity_samples": sensitivity_samples, "data": data,
         "eval_samples": eval_samples, "evaluate": not no_eval, "timing_rounds": timing_rounds,
         "timing_threads": timing_threads, "provider": provider, "fp16_tolerance": fp16_tolerance,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import data_options, emit_json
+from .common import data_options, emit_json, split_names
 
 
 @app.command("trim-vocab")
@@ -39,7 +39,7 @@ def trim_vocab(
     from ..stages.vocab import trim_vocab as run_trim
 
     config = build(TrimVocabConfig, {
-        "splits": [s.strip() for s in splits.split(",") if s.strip()], "min_count": min_count, "max_size": max_size,
+        "splits": split_names([splits]), "min_count": min_count, "max_size": max_size,
         "keep_chars": keep_chars, "eval_batch_size": eval_batch_size,
         "data": data_options(data, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples),
     })

@@ -61,10 +61,10 @@ def _kept_ids(counts: Counter, vocab: dict[str, int], special: set[int],
     ranked = [i for i, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
               if c >= config.min_count and i not in always]
     chosen = ranked if room is None else ranked[:room]
-    kept = sorted(always | set(chosen))
+    kept = sorted(always | set(chosen))  # chosen: distinct ids (keys of counts)
     return kept, {"special": len(special), "single_characters": len(chars - special),
-                  "counted_kept": len(set(chosen)), "counted_distinct": len(counts),
-                  "counted_dropped": len([i for i in counts if i not in always]) - len(set(chosen))}
+                  "counted_kept": len(chosen), "counted_distinct": len(counts),
+                  "counted_dropped": len([i for i in counts if i not in always]) - len(chosen)}
 
 
 def _remap_backend(backend: dict, old2new: dict[int, int], tokens: list[str]) -> dict:
@@ -153,7 +153,6 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
     id_to_token = {i: t for t, i in vocab.items()}
     tokens = [id_to_token[i] for i in kept]
     old2new = {old: new for new, old in enumerate(kept)}
-    unk_old = vocab.get(backend["model"].get("unk_token", "[UNK]"))
 
     dev_examples = subsample(data.split("dev"), config.data.max_eval_samples, 0)
     metric = parent.manifest.get("primary_metric") or task.primary_metric
@@ -166,7 +165,7 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
         return round(sum(i == unk_id for i in ids) / max(len(ids), 1), 6)
 
     dev_before = evaluate(model, encoder)
-    unk_before = unk_rate(encoder, unk_old)
+    unk_before = unk_rate(encoder, hf_tokenizer.unk_token_id)
     params_before = count_parameters(model)
     old_embedding = model.get_input_embeddings()
     pad_old = old_embedding.padding_idx
