@@ -273,3 +273,11 @@ def atomic_artifact(out: str | Path, *, stage: str, task: str, overwrite: bool =
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     writer.path = out
+
+
+def require_task_model(artifact: Artifact) -> None:
+    """Refuse a `bertedge adapt` output (an encoder with a masked-LM head) where a task model is needed."""
+    if artifact.task == "fill-mask":
+        raise ArtifactError("this is a masked-LM model from `bertedge adapt`, not a fine-tuned task model",
+                            where=str(artifact.path),
+                            fix=f"Fine-tune it first: bertedge finetune --model {artifact.path} --task TASK --data DATA")

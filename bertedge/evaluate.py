@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .artifacts import Artifact, load_artifact
+from .artifacts import Artifact, load_artifact, require_task_model
 from .data import Columns, load_data, subsample
 from .errors import ConfigError, DataError
 from .tasks import TaskSettings, get_task
@@ -79,6 +79,7 @@ def forward_for(artifact: Artifact, provider: str = "cpu"):
 def evaluate_artifact(path: str | Path, data: str | None = None, split: str = "dev", *,
                       max_samples: int | None = None, batch_size: int = 64, provider: str = "cpu") -> dict:
     artifact = load_artifact(path)
+    require_task_model(artifact)
     if split not in ("train", "dev", "test"):
         raise DataError(f"unknown split '{split}'", where="--split", fix="Choose train, dev or test")
     examples = load_eval_examples(artifact, data, split, max_samples)

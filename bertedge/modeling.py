@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .artifacts import Artifact
+from .artifacts import Artifact, require_task_model
 from .errors import ArtifactError
 from .tasks import get_task
 from .tokenization import TextEncoder
@@ -50,6 +50,7 @@ def load_torch_artifact(artifact: Artifact, **kwargs):
     if artifact.is_bundle:
         raise ArtifactError("this is an ONNX bundle, not a PyTorch artifact", where=str(artifact.path),
                             fix="Pass the PyTorch artifact it was exported from")
+    require_task_model(artifact)
     if artifact.manifest.get("torch_program"):  # Neural Compressor int8 (quantize --engine inc)
         from .stages.inc_quantize import ProgramModel
 

@@ -119,3 +119,45 @@ def test_keep_chars_modes_and_min_count_on_a_known_vocabulary():
         assert _kept_ids(counts, vocab, {0, 1}, TrimVocabConfig(keep_chars=mode))[0] == expected, mode
     kept, record = _kept_ids(counts, vocab, {0, 1}, TrimVocabConfig(keep_chars="none", min_count=2))
     assert kept == [0, 1, 6] and record["counted_dropped"] == 1 and record["counted_kept"] == 1
+
+
+def test_a_non_wordpiece_tokenizer_is_refused_before_anything_is_written(tmp_path, cli, tiny_artifacts):
+    import shutil
+
+    src = tmp_path / "wordlevel"
+    shutil.copytree(tiny_artifacts["sst"].path, src)
+    tok_file = src / "tokenizer.json"
+    tok = json.loads(tok_file.read_text())
+    tok["model"] = {"type": "WordLevel", "vocab": tok["model"]["vocab"], "unk_token": "[UNK]"}
+    tok["decoder"] = None
+    tok_file.write_text(json.dumps(tok))
+    out = tmp_path / "out"
+    assert_one_line_error(cli("trim-vocab", str(src), "--out", str(out)),
+                          "trim-vocab handles WordPiece (BERT-style) tokenizers; this artifact's tokenizer is WordLevel",
+                          str(src), "Use a BERT-family artifact, or skip this stage")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.fixture(scope="module")
+def mlm_artifact(tmp_path_factory, tiny_model_dir, tiny_data):
+    from bertedge.stages.adapt import AdaptConfig, adapt
+
+    root = tmp_path_factory.mktemp("mlm")
+    text = root / "domain.txt"
+    text.write_text("\n".join(_train_texts(tiny_data["sst"])[:40]) + "\n")
+    return adapt(str(tiny_model_dir), AdaptConfig(text=[str(text)], max_length=32, eval_samples=4,
+                                                   train={"epochs": 1, "batch_size": 16}), root / "mlm")
+
+
+@pytest.mark.parametrize("args", [["trim-vocab", "{mlm}", "--out", "{out}"], ["export", "{mlm}", "--out", "{out}"],
+                                  ["prune", "{mlm}", "--out", "{out}", "--ffn", "0.5"],
+                                  ["distill", "--teacher", "{mlm}", "--out", "{out}"],
+                                  ["eval", "{mlm}"], ["bench", "{mlm}"]],
+                         ids=lambda a: a[0])
+def test_a_masked_lm_artifact_is_refused_where_a_task_model_is_needed(tmp_path, cli, mlm_artifact, args):
+    """`adapt` writes an encoder with an MLM head; every stage that needs a task model says so and how to get one."""
+    out = tmp_path / "out"
+    argv = [a.format(mlm=mlm_artifact.path, out=out) for a in args]
+    assert_one_line_error(cli(*argv), "this is a masked-LM model from `bertedge adapt`, not a fine-tuned task model",
+                          f"Fine-tune it first: bertedge finetune --model {mlm_artifact.path} --task TASK --data DATA")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import Artifact, dir_size, load_artifact
+from ..artifacts import Artifact, dir_size, load_artifact, require_task_model
 from ..errors import BenchError
 
 ONNX = "onnxruntime"
@@ -179,5 +179,7 @@ def resolve_targets(items: list, *, torch_int8: bool = False) -> list[Target]:
         if isinstance(item, Target):
             targets.append(item)
         else:
-            targets.extend(artifact_targets(load_artifact(item), next(names), torch_int8=torch_int8))
+            artifact = load_artifact(item)
+            require_task_model(artifact)
+            targets.extend(artifact_targets(artifact, next(names), torch_int8=torch_int8))
     return targets

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from .. import log
-from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
+from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record, require_task_model
 from ..config import DataConfig, StrictModel, Task, TrainConfig
 from ..data import Columns, TaskData, data_fingerprint, subsample
 from ..errors import ConfigError, DataError, ModelError
@@ -340,6 +340,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
     """Distill the fine-tuned artifact at `teacher_path` into a smaller student written to `out`."""
     out = check_output_path(out, overwrite=overwrite)
     teacher = load_artifact(teacher_path)
+    require_task_model(teacher)
     if teacher.is_bundle:
         raise ModelError("the teacher must be a PyTorch artifact, not an ONNX bundle", where=str(teacher_path),
                          fix="Pass the fine-tuned artifact the bundle was exported from")

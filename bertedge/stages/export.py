@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from .. import log
-from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
+from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record, require_task_model
 from ..config import StrictModel
 from ..errors import ArtifactError, ConfigError, ExportError
 from ..runtime import session_forward
@@ -86,6 +86,7 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
     if not (parent.path / "config.json").is_file():
         raise ArtifactError("artifact has no config.json, so it is not a transformers model directory",
                             where=str(parent.path), fix="Pass an artifact written by finetune, distill or prune")
+    require_task_model(parent)
     out = check_output_path(out, overwrite=overwrite)
     task = get_task(parent.task)
     settings = artifact_settings(parent)

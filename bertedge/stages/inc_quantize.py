@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import log
-from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
+from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record, require_task_model
 from ..config import StrictModel
 from ..errors import ArtifactError, QuantizationError
 
@@ -110,6 +110,7 @@ def quantize_torch(src: str | Path | Artifact, config: IncQuantizeConfig, out: s
     """Quantize the PyTorch artifact `src` with Neural Compressor into a torch-program artifact at `out`."""
     out = check_output_path(out, overwrite=overwrite)
     parent = src if isinstance(src, Artifact) else load_artifact(src)
+    require_task_model(parent)
     if parent.is_bundle:
         raise QuantizationError("--engine inc quantizes PyTorch artifacts, and this is an ONNX bundle",
                                 where=str(parent.path),

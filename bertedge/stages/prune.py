@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from .. import log
 from ..artifacts import (Artifact, atomic_artifact, check_output_path, derived_record, load_artifact,
-                         parent_record)
+                         parent_record, require_task_model)
 from ..config import DataConfig, StrictModel, TrainConfig
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
@@ -209,6 +209,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
     from transformers import AutoConfig
 
     parent = src if isinstance(src, Artifact) else load_artifact(src)
+    require_task_model(parent)
     if parent.is_bundle:
         raise ArtifactError("prune needs a PyTorch artifact, not an ONNX bundle", where=str(parent.path),
                             fix="Pass the artifact the bundle was exported from, then export the pruned one")
