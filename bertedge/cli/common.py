@@ -4,9 +4,28 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from ..errors import ConfigError
+
+# Options that several training commands share (same flag, type and help; each command sets its default).
+Epochs = Annotated[float, typer.Option(help="Training epochs.")]
+Lr = Annotated[float, typer.Option(help="Peak learning rate.")]
+BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
+EvalBatchSize = Annotated[int, typer.Option(help="Evaluation batch size.")]
+GradAccum = Annotated[int, typer.Option(help="Gradient accumulation steps.")]
+WarmupRatio = Annotated[float, typer.Option(help="Fraction of steps with linear warmup.")]
+Scheduler = Annotated[str, typer.Option(help="linear, cosine or constant.")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
+EvalSteps = Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")]
+Metric = Annotated[str | None, typer.Option(help="Dev metric that picks the best checkpoint.")]
+MaxTrainSamples = Annotated[int | None, typer.Option(help="Train on a seeded subset.")]
+MaxEvalSamples = Annotated[int | None, typer.Option(help="Evaluate on a seeded subset.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Precision = Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")]
 
 
 def emit_json(data: Any) -> None:

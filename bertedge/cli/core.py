@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import data_options, emit_json, fmt_metric, train_options
+from .common import (BatchSize, Epochs, EvalBatchSize, EvalSteps, GradAccum, Lr, MaxEvalSamples, MaxTrainSamples,
+                     Metric, Overwrite, Precision, Scheduler, Seed, WarmupRatio, WeightDecay, data_options, emit_json,
+                     fmt_metric, train_options)
 
 
 @app.command()
@@ -55,38 +57,38 @@ def finetune(
     task: Annotated[str, typer.Option("--task", help=TASK_HELP)],
     data: Annotated[str, typer.Option("--data", help="Data directory, name under the data root (sst2), or hub:NAME[/CONFIG].")],
     model: Annotated[Optional[str], typer.Option("--model", help="Alias (minilm-l6), model directory or hub id.")] = None,
-    epochs: Annotated[float, typer.Option(help="Training epochs.")] = 3.0,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
-    eval_batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 64,
-    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    epochs: Epochs = 3.0,
+    lr: Lr = 5e-5,
+    batch_size: BatchSize = 32,
+    eval_batch_size: EvalBatchSize = 64,
+    grad_accum: GradAccum = 1,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence (default 128; 384 for QA).")] = None,
     doc_stride: Annotated[int, typer.Option(help="QA: overlap between context windows.")] = 128,
     max_answer_length: Annotated[int, typer.Option(help="QA: longest answer, in tokens.")] = 30,
-    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps with linear warmup.")] = 0.1,
-    scheduler: Annotated[str, typer.Option(help="linear, cosine or constant.")] = "linear",
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    warmup_ratio: WarmupRatio = 0.1,
+    scheduler: Scheduler = "linear",
+    weight_decay: WeightDecay = 0.01,
     hidden_dropout: Annotated[Optional[float], typer.Option(help="Override hidden dropout.")] = None,
     attention_dropout: Annotated[Optional[float], typer.Option(help="Override attention dropout.")] = None,
     classifier_dropout: Annotated[Optional[float], typer.Option(help="Override classifier dropout.")] = None,
     early_stopping: Annotated[Optional[int], typer.Option("--early-stopping", help="Patience in evaluations (off by default).")] = None,
-    eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (default: each epoch).")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="Dev metric that picks the best checkpoint.")] = None,
-    max_train_samples: Annotated[Optional[int], typer.Option(help="Train on a seeded subset.")] = None,
-    max_eval_samples: Annotated[Optional[int], typer.Option(help="Evaluate on a seeded subset.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    eval_steps: EvalSteps = None,
+    metric: Metric = None,
+    max_train_samples: MaxTrainSamples = None,
+    max_eval_samples: MaxEvalSamples = None,
+    seed: Seed = 42,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds (1,2,3): one run per seed into OUT/seed-N, "
                                                       "dev metric as mean +- std in OUT/seeds.json. Overrides --seed.")] = None,
     layerwise_lr_decay: Annotated[float, typer.Option(help="Per-layer LR multiplier from the top (1 = off).")] = 1.0,
     freeze_embeddings: Annotated[bool, typer.Option(help="Freeze the embeddings.")] = False,
     freeze_layers: Annotated[int, typer.Option(help="Freeze the first N encoder layers.")] = 0,
-    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    precision: Precision = "auto",
     text_column: Annotated[Optional[str], typer.Option(help="Text column (auto-detected for GLUE).")] = None,
     text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column for pairs.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column.")] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Start from another fine-tuned artifact (transfer).")] = None,
     reinit_head: Annotated[str, typer.Option(help="With --init-from: auto, always or never.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the manifest metrics as JSON.")] = False,
 ) -> None:
     """Fine-tune a task head on a pretrained encoder (warmup + decay, early stopping, LLRD, freezing)."""

@@ -11,7 +11,9 @@ import typer
 
 from ..errors import ConfigError
 from . import app
-from .common import data_options, emit_json, parse_int_list, train_options
+from .common import (BatchSize, Epochs, EvalBatchSize, EvalSteps, GradAccum, Lr, MaxEvalSamples, MaxTrainSamples,
+                     Metric, Overwrite, Precision, Scheduler, Seed, WarmupRatio, WeightDecay, data_options, emit_json,
+                     parse_int_list, train_options)
 
 
 def parse_student_config(value: str | None) -> dict | None:
@@ -60,28 +62,28 @@ def distill(
     max_unlabeled_samples: Annotated[int | None, typer.Option(help="Use a seeded subset of --unlabeled.")] = None,
     teacher_cache: Annotated[str | None, typer.Option(help="Directory for cached teacher outputs "
                                                               "(default ~/.cache/bertedge/distill).")] = None,
-    epochs: Annotated[float, typer.Option(help="Training epochs.")] = 3.0,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
-    eval_batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 64,
-    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    epochs: Epochs = 3.0,
+    lr: Lr = 5e-5,
+    batch_size: BatchSize = 32,
+    eval_batch_size: EvalBatchSize = 64,
+    grad_accum: GradAccum = 1,
     max_length: Annotated[int | None, typer.Option(help="Max tokens per sequence (default: the teacher's).")] = None,
     doc_stride: Annotated[int | None, typer.Option(help="QA: window overlap (default: the teacher's).")] = None,
     max_answer_length: Annotated[int | None, typer.Option(help="QA: longest answer (default: the teacher's).")] = None,
-    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps with linear warmup.")] = 0.1,
-    scheduler: Annotated[str, typer.Option(help="linear, cosine or constant.")] = "linear",
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
+    warmup_ratio: WarmupRatio = 0.1,
+    scheduler: Scheduler = "linear",
+    weight_decay: WeightDecay = 0.01,
     early_stopping: Annotated[int | None, typer.Option("--early-stopping", help="Patience in evaluations.")] = None,
-    eval_steps: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")] = None,
-    metric: Annotated[str | None, typer.Option(help="Dev metric that picks the best checkpoint.")] = None,
-    max_train_samples: Annotated[int | None, typer.Option(help="Train on a seeded subset.")] = None,
-    max_eval_samples: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
+    eval_steps: EvalSteps = None,
+    metric: Metric = None,
+    max_train_samples: MaxTrainSamples = None,
+    max_eval_samples: MaxEvalSamples = None,
+    seed: Seed = 42,
+    precision: Precision = "auto",
     text_column: Annotated[str | None, typer.Option(help="Text column.")] = None,
     text_pair_column: Annotated[str | None, typer.Option(help="Second text column for pairs.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the student's metrics as JSON.")] = False,
 ) -> None:
     """Distill a fine-tuned teacher into a smaller student (KD on logits; optional hidden/attention transfer)."""

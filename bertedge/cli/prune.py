@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import data_options, emit_json, parse_int_list, train_options
+from .common import (BatchSize, EvalSteps, GradAccum, MaxEvalSamples, MaxTrainSamples, Metric, Overwrite, Precision,
+                     Scheduler, Seed, WarmupRatio, WeightDecay, data_options, emit_json, parse_int_list, train_options)
 
 
 @app.command()
@@ -38,19 +39,19 @@ def prune(
     sparsity_every: Annotated[int, typer.Option(help="Unstructured: mask update frequency in steps.")] = 10,
     data: Annotated[str | None, typer.Option(help="Data (defaults to the one the artifact records).")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate of recovery.")] = 5e-5,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    batch_size: BatchSize = 32,
     eval_batch_size: Annotated[int, typer.Option(help="Evaluation (and scoring) batch size.")] = 64,
-    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps with linear warmup.")] = 0.1,
-    scheduler: Annotated[str, typer.Option(help="linear, cosine or constant.")] = "linear",
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
-    eval_steps: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: each epoch).")] = None,
-    metric: Annotated[str | None, typer.Option(help="Dev metric that picks the best checkpoint.")] = None,
-    max_train_samples: Annotated[int | None, typer.Option(help="Train on a seeded subset.")] = None,
-    max_eval_samples: Annotated[int | None, typer.Option(help="Evaluate on a seeded subset.")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    grad_accum: GradAccum = 1,
+    warmup_ratio: WarmupRatio = 0.1,
+    scheduler: Scheduler = "linear",
+    weight_decay: WeightDecay = 0.01,
+    eval_steps: EvalSteps = None,
+    metric: Metric = None,
+    max_train_samples: MaxTrainSamples = None,
+    max_eval_samples: MaxEvalSamples = None,
+    seed: Seed = 42,
+    precision: Precision = "auto",
+    overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Remove attention heads, FFN neurons or layers (physically smaller), or sparsify by magnitude; then recover."""

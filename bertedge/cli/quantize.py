@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import emit_json, split_names
+from .common import Overwrite, emit_json, split_names
 
 
 @app.command()
@@ -41,7 +41,7 @@ def quantize(
     provider: Annotated[str, typer.Option(help="ONNX Runtime provider for evaluation: cpu, cuda.")] = "cpu",
     fp16_tolerance: Annotated[float, typer.Option(help="fp16: largest allowed |fp16 - fp32| per output, relative to max(1, |fp32|).")] = 0.05,
     fp16_samples: Annotated[int, typer.Option(help="fp16: dev samples checked for overflow and divergence.")] = 256,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Quantize a bundle: dynamic or static (QDQ) int8, fp16, or --mode auto with an accuracy gate."""

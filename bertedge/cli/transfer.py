@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import emit_json, fmt_metric
+from .common import (BatchSize, EvalSteps, Lr, MaxEvalSamples, Overwrite, Precision, Seed, WarmupRatio, WeightDecay,
+                     emit_json, fmt_metric)
 
 
 @app.command()
@@ -21,17 +22,17 @@ def adapt(
     mlm_probability: Annotated[float, typer.Option(help="Fraction of tokens (or words) chosen for masking.")] = 0.15,
     whole_word_mask: Annotated[bool, typer.Option(help="Mask all pieces of a word together.")] = False,
     epochs: Annotated[float, typer.Option(help="Training epochs over the text.")] = 1.0,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 5e-5,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
-    warmup_ratio: Annotated[float, typer.Option(help="Fraction of steps with linear warmup.")] = 0.06,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.01,
-    eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (default: each epoch).")] = None,
+    lr: Lr = 5e-5,
+    batch_size: BatchSize = 32,
+    warmup_ratio: WarmupRatio = 0.06,
+    weight_decay: WeightDecay = 0.01,
+    eval_steps: EvalSteps = None,
     max_length: Annotated[int, typer.Option(help="Max tokens per text.")] = 128,
     max_samples: Annotated[Optional[int], typer.Option(help="Use a seeded subset of this many texts.")] = None,
     eval_samples: Annotated[int, typer.Option(help="Held-out texts for masked accuracy / perplexity (at most 10%).")] = 500,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    precision: Annotated[str, typer.Option(help="auto, fp32, fp16 or bf16.")] = "auto",
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    seed: Seed = 42,
+    precision: Precision = "auto",
+    overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the artifact path and metrics as JSON.")] = False,
 ) -> None:
     """Domain-adaptive pretraining: continue masked-LM training on unlabeled in-domain text."""
@@ -69,7 +70,7 @@ def tune(
                                                        "warmup_ratio, weight_decay, dropout).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Stop starting new trials after S seconds.")] = None,
     max_train_samples: Annotated[Optional[int], typer.Option(help="Train each trial on a seeded subset.")] = None,
-    max_eval_samples: Annotated[Optional[int], typer.Option(help="Evaluate on a seeded subset.")] = None,
+    max_eval_samples: MaxEvalSamples = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence (default 128; 384 for QA).")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Dev metric to maximise (default: the task's primary).")] = None,
     pruner: Annotated[str, typer.Option(help="median (stop trials below the median after an epoch) or none.")] = "median",

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from . import app
-from .common import data_options, emit_json, split_names
+from .common import EvalBatchSize, Overwrite, data_options, emit_json, split_names
 
 
 @app.command("trim-vocab")
@@ -29,8 +29,8 @@ def trim_vocab(
     max_train_samples: Annotated[int | None, typer.Option(help="Count a seeded subset of the train split.")] = None,
     max_eval_samples: Annotated[int | None, typer.Option(help="Evaluate (and count dev/test) on a "
                                                               "seeded subset.")] = None,
-    eval_batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 64,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact at --out.")] = False,
+    eval_batch_size: EvalBatchSize = 64,
+    overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
     """Trim the vocabulary to the tokens the task's text uses; the embedding matrix keeps only their rows."""
