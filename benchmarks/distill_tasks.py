@@ -1,6 +1,6 @@
 """One table of distilled students across task families, read from their manifests.
 
-    python benchmarks/distill_tasks.py RUN_DIR [RUN_DIR ...]
+    python benchmarks/distill_tasks.py RUN_DIR [RUN_DIR ...] [--notes FILE]
 
 Each RUN_DIR is a `bertedge run` directory whose recipe has a distill step (e.g. recipes/conll2003.yaml,
 recipes/squad.yaml); the script reads every distill artifact's manifest (student and teacher dev metric on
@@ -51,6 +51,7 @@ def student_rows(run_dir: Path) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="bertedge run directories")
+    parser.add_argument("--notes", type=Path, help="a Markdown file appended as is (reading of the numbers)")
     args = parser.parse_args()
     rows = [row for run in args.runs for row in student_rows(run)]
     if not rows:
@@ -73,6 +74,8 @@ def main() -> None:
                   f"{r['epochs']:g}, {r['lr']:g} | {r['train_runtime_s'] / 60:.1f} min |")
     md += ["", "Runs (each produced by `bertedge run RECIPE --out RUN --resume`; the recipe is copied in the run):", ""]
     md += [f"- `{run}`" for run in dict.fromkeys(r["run"] for r in rows)]
+    if args.notes:
+        md += ["", args.notes.read_text().strip()]
     write_results("distill-tasks", {"students": rows}, "\n".join(md) + "\n")
     print("\n".join(md))
 
