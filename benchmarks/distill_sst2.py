@@ -139,19 +139,21 @@ def main() -> None:
     if args.continue_epochs:
         for first in runs[:2]:  # the first KD student and its no-KD twin, trained on from where they ended
             runs.append({**first, "name": f"{first['name']} +{args.continue_epochs:g} epochs", "from": first["name"]})
-    done: dict[str, Path] = {}
+    done: dict[str, dict] = {}  # row of each student by name: a continuation starts from its parent's artifact
     rows = []
     for index, run in enumerate(runs):
         out = work / run["name"].replace(" +", " plus").replace(" ", "-").lower()
         flags = list(run["flags"])
         if "--alpha" not in flags:
             flags += ["--alpha", f"{args.alpha:g}"]
-        command = ["bertedge", "distill", "--teacher", str(teacher), "--out", str(out), *flags, *common, "--overwrite"]
-        if run.get("from"):
-            flags = [f for f in flags if f not in ("--layers", str(run["layers"]))]
-            cont = ["--epochs", f"{args.continue_epochs:g}", "--lr", f"{args.continue_lr:g}"]
-            command = ["bertedge", "distill", "--teacher", str(teacher), "--out", str(out), "--student",
-                       str(done[run["from"]]), *flags, *_without(common, "--epochs", "--lr"), *cont, "--overwrite"]
+        parent = done[run["from"]] if run.get("from") else None
+        if parent:  # the student comes from the parent: no --layers; the continuation's own epochs and lr
+            flags = ["--student", parent["artifact"], *_without(flags, "--layers")]
+            run_flags = [*_without(common, "--epochs", "--lr"), "--epochs", f"{args.continue_epochs:g}",
+                         "--lr", f"{args.continue_lr:g}"]
+        else:
+            run_flags = common
+        command = ["bertedge", "distill", "--teacher", str(teacher), "--out", str(out), *flags, *run_flags, "--overwrite"]
         if index == 0 and reused:
             out = args.kd_student
             command = [*command[:4], "--out", str(out), *command[6:-1]]
@@ -160,7 +162,6 @@ def main() -> None:
             start = time.time()
             subprocess.run([str(Path(sys.executable).parent / "bertedge"), *command[1:]], check=True)
             print(f"{run['name']}: {time.time() - start:.0f} s", flush=True)
-        done[run["name"]] = out
         m = json.loads((out / "bertedge.json").read_text())
         metric = spec["metric"]
         value, teacher_value = m["metrics"]["dev"][metric], m["teacher"]["metrics"]["dev"][metric]
@@ -171,11 +172,13 @@ def main() -> None:
             "metric": metric, "dev": value, "teacher_dev": teacher_value,
             "delta_points": round(100 * (value - teacher_value), 2),
             "parameters": m["parameters"], "teacher_parameters": m["teacher"]["parameters"],
-            "layer_map": m["layer_map"] or json.loads((done[run["from"]] / "bertedge.json").read_text())["layer_map"],
-            "continued_from": str(done[run["from"]]) if run.get("from") else None, "loss": m["loss"], "train_examples": m["data"]["train_examples"],
+            "layer_map": m["layer_map"] or parent["layer_map"],  # a --student manifest records no map of its own
+            "continued_from": parent["artifact"] if parent else None, "loss": m["loss"],
+            "train_examples": m["data"]["train_examples"],
             "dev_examples": m["data"]["dev_examples"], "train_runtime_s": m["training"]["train_runtime_s"],
             "wall_time_s": m["wall_time_s"], "best_step": m["training"]["best_step"],
         })
+        done[run["name"]] = rows[-1]
 
     kd3 = rows[0]
     # the verdict reads the longest-trained KD student of the first size (the continuation, when run)
