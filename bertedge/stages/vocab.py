@@ -127,9 +127,6 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
     if kind != "WordPiece":
         raise ConfigError(f"trim-vocab handles WordPiece (BERT-style) tokenizers; this artifact's tokenizer is {kind}",
                           where=str(parent.path), fix="Use a BERT-family artifact, or skip this stage")
-    if model.get_output_embeddings() is not None:
-        raise ConfigError("the model ties an output layer to its vocabulary (a language-model head)",
-                          where=str(parent.path), fix="Trim a task model (classification, NER or QA)")
 
     view = artifact_view(parent, config.data)
     spec = view.data.data
