@@ -263,6 +263,34 @@ def test_token_classification_distill_with_unlabeled_text(cli, tiny_artifacts, t
     assert m["teacher"]["metrics"]["test"]["f1"] == pytest.approx(teacher.manifest["metrics"]["test"]["f1"])
 
 
+def test_augment_adds_the_rule_copies_of_the_train_examples(cli, tiny_artifacts, tmp_path):
+    from bertedge.augment import augment_examples
+    from bertedge.data import load_data
+
+    teacher = tiny_artifacts["sst"]
+    out = tmp_path / "aug-student"
+    result = cli("distill", "--teacher", teacher.path, "--out", out, "--layers", "1", "--epochs", "1",
+                 "--lr", "3e-3", "--batch-size", "16", "--seed", "5", "--augment", "2")
+    assert result.code == 0, result
+    m = _manifest(out)
+    train = load_data(teacher.manifest["data"]["path"], "text-classification", labels=teacher.labels).split("train")
+    expected = augment_examples(train, copies=2, seed=5, mask_token="[MASK]")
+    assert 0 < len(expected) <= 2 * len(train)
+    assert m["data"]["augmented_examples"] == m["data"]["unlabeled_examples"] == len(expected)
+    assert m["config"]["augment"] == 2
+    # every augmented copy went through the teacher (KD term) beside the train features
+    cached = np.load(m["teacher_cache"]["path"] + "/teacher_logits.npy", mmap_mode="r")
+    assert cached.shape == (len(train) + len(expected), 2)
+
+
+def test_augment_refuses_a_task_other_than_classification(cli, tiny_artifacts, tmp_path):
+    out = tmp_path / "o"
+    result = cli("distill", "--teacher", tiny_artifacts["conll"].path, "--out", out, "--augment", "1")
+    assert_one_line_error(result, "--augment works on text classification only, and the teacher is a "
+                                  "token-classification model", "--unlabeled FILE")
+    assert not out.exists()
+
+
 def test_qa_distill_with_smaller_width_and_intermediate_transfer(tiny_artifacts, tmp_path):
     from bertedge.config import build
 

@@ -60,6 +60,9 @@ def distill(
     unlabeled: Annotated[str | None, typer.Option(help="Extra unlabeled text (.txt one a line, tab between "
                                                           "fields; or .jsonl), soft-labelled by the teacher.")] = None,
     max_unlabeled_samples: Annotated[int | None, typer.Option(help="Use a seeded subset of --unlabeled.")] = None,
+    augment: Annotated[int | None, typer.Option(help="Text classification: add up to N rule-augmented copies of "
+                                                     "each train example (mask, word swap, n-gram cut), "
+                                                     "soft-labelled by the teacher.")] = None,
     teacher_cache: Annotated[str | None, typer.Option(help="Directory for cached teacher outputs "
                                                               "(default ~/.cache/bertedge/distill).")] = None,
     epochs: Epochs = 3.0,
@@ -103,7 +106,7 @@ def distill(
         "student_config": parse_student_config(student_config), "student": student,
         "temperature": temperature, "alpha": alpha, "hidden_weight": hidden_weight,
         "attention_weight": attention_weight, "unlabeled": unlabeled,
-        "max_unlabeled_samples": max_unlabeled_samples, "teacher_cache": teacher_cache,
+        "max_unlabeled_samples": max_unlabeled_samples, "augment": augment, "teacher_cache": teacher_cache,
     })
     # The transformers Trainer prints its log dicts to stdout (tqdm.write); keep stdout for --json.
     with contextlib.redirect_stdout(sys.stderr):

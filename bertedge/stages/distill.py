@@ -50,6 +50,9 @@ class DistillConfig(StrictModel):
     unlabeled: str | None = Field(None, description="Extra unlabeled text, soft-labelled by the teacher "
                                   "(.txt: one example a line, tab between fields; or .jsonl)")
     max_unlabeled_samples: int | None = Field(None, ge=1, description="Use a seeded subset of the unlabeled text")
+    augment: int | None = Field(None, ge=1, le=100, description="Text classification: add up to this many "
+                                "rule-augmented copies of each train example (Tang et al. 2019: mask, word swap, "
+                                "n-gram cut; see bertedge/augment.py), soft-labelled by the teacher")
     teacher_cache: str | None = Field(None, description="Where teacher outputs are cached "
                                       "(default: $BERTEDGE_CACHE/distill, i.e. ~/.cache/bertedge/distill)")
 
@@ -345,6 +348,9 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
         raise ModelError("the teacher must be a PyTorch artifact, not an ONNX bundle", where=str(teacher_path),
                          fix="Pass the fine-tuned artifact the bundle was exported from")
     config = _resolved(config, teacher)
+    if config.augment and config.task != "text-classification":
+        raise ConfigError(f"--augment works on text classification only, and the teacher is a {config.task} model",
+                          where="--augment", fix="Drop --augment, or widen the transfer set with --unlabeled FILE")
     task = get_task(config.task)
     data = _load_checked(config, teacher)
     settings = task_settings(config)
@@ -378,13 +384,24 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
 
     train_examples = subsample(data.split("train"), config.data.max_train_samples, config.train.seed)
     dev_examples = subsample(data.split("dev"), config.data.max_eval_samples, config.train.seed)
+    augmented = []
+    if config.augment:
+        from ..augment import augment_examples
+
+        if not teacher_tokenizer.mask_token:
+            raise ConfigError("the teacher's tokenizer has no mask token to augment with", where="--augment",
+                              fix="Drop --augment, or widen the transfer set with --unlabeled FILE")
+        augmented = augment_examples(train_examples, copies=config.augment, seed=config.train.seed,
+                                     mask_token=teacher_tokenizer.mask_token)
+        unlabeled = unlabeled + [{**ex, "label": None} for ex in augmented]
     features = []
     for labeled, examples in ((1, train_examples), (0, [_with_dummy_gold(config.task, ex) for ex in unlabeled])):
         if examples:
             for f in task.train_features(examples, encoder, settings):
                 features.append({**f, "index": len(features), "teacher_labeled": labeled})
     log.info(f"distill: {config.task} on {data.source.get('path')} — train {len(train_examples)}"
-             + (f" + unlabeled {len(unlabeled)}" if unlabeled else "") + f", dev {len(dev_examples)}; "
+             + (f" + unlabeled {len(unlabeled)}" if unlabeled else "")
+             + (f" (of which {len(augmented)} augmented)" if augmented else "") + f", dev {len(dev_examples)}; "
              f"teacher {teacher_model.config.num_hidden_layers} layers -> student "
              f"{student.config.num_hidden_layers} layers ({init['kind']})")
 
@@ -488,6 +505,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
                      "student": init["kind"]},
             "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples),
                      "unlabeled_examples": len(unlabeled), "unlabeled_file": config.unlabeled,
+                     "augmented_examples": len(augmented),
                      "fingerprint": data_fingerprint(data)},
             "tokenizer": tokenizer_record(student_tokenizer),
             "parameters": student_params,
