@@ -23,7 +23,7 @@ compare like with like. The teacher comes from benchmarks/finetune_teachers.py
         # same loss as before, a fresh warmup/decay at the given lr): a longer schedule for both
     python benchmarks/distill_sst2.py ... --variant 'hidden-MSE=--hidden-weight 1'
         # one more KD student of the first size, alike but for these flags (intermediate-layer
-        # transfer here); --continue-epochs continues it too. Every such student is in the table.
+        # transfer here); --continue-variants continues it too. Every such student is in the table.
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ def main() -> None:
                         help="another KD student of the first size, trained alike but for these extra distill "
                              "flags, e.g. 'hidden-MSE=--hidden-weight 1' (repeatable)")
     parser.add_argument("--continue-epochs", type=float,
-                        help="then continue the first KD and no-KD students and each variant this many epochs "
-                             "(same loss each)")
+                        help="then continue the first KD and no-KD students this many epochs (same loss each)")
+    parser.add_argument("--continue-variants", action="store_true",
+                        help="with --continue-epochs, continue each --variant student too")
     parser.add_argument("--continue-lr", type=float, default=5e-5, help="peak lr of the continuation")
     args = parser.parse_args()
 
@@ -160,8 +161,8 @@ def main() -> None:
     variants = [variant(spec_, sizes[0]) for spec_ in args.variant]
     runs += variants
     if args.continue_epochs:
-        # the first KD student, its no-KD twin and each variant, trained on from where they ended
-        for first in [*runs[:2], *variants]:
+        # the first KD student and its no-KD twin (and, when asked, each variant), trained on from where they ended
+        for first in [*runs[:2], *(variants if args.continue_variants else [])]:
             runs.append({**first, "name": f"{first['name']} +{args.continue_epochs:g} epochs", "from": first["name"]})
     done: dict[str, dict] = {}  # row of each student by name: a continuation starts from its parent's artifact
     rows = []
