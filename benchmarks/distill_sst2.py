@@ -23,7 +23,7 @@ compare like with like. The teacher comes from benchmarks/finetune_teachers.py
         # same loss as before, a fresh warmup/decay at the given lr): a longer schedule for both
     python benchmarks/distill_sst2.py ... --variant 'hidden-MSE=--hidden-weight 1'
         # one more KD student of the first size, alike but for these flags (intermediate-layer
-        # transfer here); --continue-variants continues it too. Every such student is in the table.
+        # transfer here); --continue-variant NAME continues it too. Every such student is in the table.
 """
 
 from __future__ import annotations
@@ -135,8 +135,9 @@ def main() -> None:
                              "flags, e.g. 'hidden-MSE=--hidden-weight 1' (repeatable)")
     parser.add_argument("--continue-epochs", type=float,
                         help="then continue the first KD and no-KD students this many epochs (same loss each)")
-    parser.add_argument("--continue-variants", action="store_true",
-                        help="with --continue-epochs, continue each --variant student too")
+    parser.add_argument("--notes", type=Path, help="a Markdown file appended as is (reading of the numbers)")
+    parser.add_argument("--continue-variant", action="append", default=[], metavar="NAME",
+                        help="with --continue-epochs, continue the --variant of this NAME too (repeatable)")
     parser.add_argument("--continue-lr", type=float, default=5e-5, help="peak lr of the continuation")
     args = parser.parse_args()
 
@@ -160,9 +161,13 @@ def main() -> None:
     runs = students(sizes, sizes[0])
     variants = [variant(spec_, sizes[0]) for spec_ in args.variant]
     runs += variants
+    names = {v["name"].removeprefix(f"{sizes[0]}-layer KD "): v for v in variants}
+    unknown = sorted(set(args.continue_variant) - set(names))
+    if unknown:
+        sys.exit(f"error: --continue-variant {', '.join(unknown)}: no such --variant (have: {', '.join(names) or 'none'})")
     if args.continue_epochs:
-        # the first KD student and its no-KD twin (and, when asked, each variant), trained on from where they ended
-        for first in [*runs[:2], *(variants if args.continue_variants else [])]:
+        # the first KD student and its no-KD twin (and the variants asked for), trained on from where they ended
+        for first in [*runs[:2], *(names[n] for n in args.continue_variant)]:
             runs.append({**first, "name": f"{first['name']} +{args.continue_epochs:g} epochs", "from": first["name"]})
     done: dict[str, dict] = {}  # row of each student by name: a continuation starts from its parent's artifact
     rows = []
@@ -239,11 +244,13 @@ def main() -> None:
             "differs only in its loss (hard labels, alpha=1)"
             + ("; a variant row differs from the KD student only by the flags in its KD column." if variants
                else "."))
-           + (f" The '+{args.continue_epochs:g} epochs' rows start from the student above them (`--student`, its "
+           + (f" The '+{args.continue_epochs:g} epochs' rows start from the student of the same name (`--student`, its "
               f"weights and head) and train on with the same loss, lr {args.continue_lr:g} with a fresh warmup and "
               "decay; their train time is the continuation's alone." if args.continue_epochs else ""),
            "", "Commands:", ""]
     md += [f"- `{r['command']}`" for r in rows]
+    if args.notes:
+        md += ["", args.notes.read_text().strip()]
     write_results(f"distill-{tag}", {"task": args.task, "subset": subset, "teacher": str(teacher),
                                      "tolerance_points": TOLERANCE_POINTS, "within_tolerance": verdict,
                                      "students_within_tolerance": [r["student"] for r in passing],
