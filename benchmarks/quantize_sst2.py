@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks._common import cache_dir, write_results
+from benchmarks._common import cache_dir, command_line, write_results
 
 VARIANTS = {
     "dynamic": {"mode": "dynamic", "preset": "avx2"},
@@ -33,31 +33,35 @@ VARIANTS = {
 ACCEPT = {"max_drop_pts": 0.5, "min_size_ratio": 3.5, "max_p50_ratio": 0.85}
 
 
-def fp32_bundle() -> Path:
-    """The export agent's SST-2 bundle, or our own export of the embedded teacher."""
+def fp32_bundle(teacher: Path | None = None) -> Path:
+    """The export agent's SST-2 bundle, or our own export of the SST-2 teacher (--teacher, else the cached one)."""
     shared = cache_dir() / "bundles" / "sst2"
-    if (shared / "bertedge.json").is_file():
+    if teacher is None and (shared / "bertedge.json").is_file():
         return shared
     own = cache_dir() / "bundles-q" / "sst2"
-    if not (own / "bertedge.json").is_file():
+    teacher = teacher or cache_dir() / "teachers" / "sst2"
+    if not (teacher / "bertedge.json").is_file():
+        sys.exit(f"error: {teacher}: no SST-2 teacher there (run benchmarks/finetune_teachers.py, or pass --teacher "
+                 "a fine-tuned SST-2 artifact such as a recipe run's RUN/artifacts/teacher)")
+    made_from = (json.loads((own / "bertedge.json").read_text()).get("parent") or {}).get("path") \
+        if (own / "bertedge.json").is_file() else None
+    if made_from != str(teacher.absolute()):
         from bertedge.stages.export import ExportConfig, export
 
-        teacher = cache_dir() / "teachers" / "sst2"
-        if not (teacher / "bertedge.json").is_file():
-            sys.exit(f"error: {teacher}: the SST-2 teacher is not trained yet (run benchmarks/finetune_teachers.py)")
         export(teacher, ExportConfig(), own, overwrite=True)
     return own
 
 
-def build(variants: list[str]) -> None:
+def build(variants: list[str], teacher: Path | None = None) -> None:
     from bertedge import log
     from bertedge.stages.quantize import QuantizeConfig, quantize
 
     log.setup()
-    src = fp32_bundle()
+    src = fp32_bundle(teacher)
     state_path = cache_dir() / "quantized" / "sst2-build.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     state["fp32"] = str(src)
+    state["command"] = command_line()
     for name in variants:
         out = cache_dir() / "quantized" / f"sst2-{name}"
         started = time.perf_counter()
@@ -124,8 +128,9 @@ def timing(runs: int) -> None:
         for c in [gate["baseline"], *gate["candidates"]]:
             lines.append(f"| {c['name']} | {c.get('score') or 0:.4f} | {c.get('drop_pts') or 0:+.2f} | "
                          f"{c.get('p50_ms') or 0:.2f} | {c.get('size_bytes', 0) / 1e6:.1f} |")
-    lines += ["", ("Steps: `python benchmarks/quantize_sst2.py build`, then "
-                   "`bash benchmarks/quiet_cpu.sh python benchmarks/quantize_sst2.py time`.")]
+    built = state.get("command", "python benchmarks/quantize_sst2.py build")
+    lines += ["", (f"Steps: `{built}`, then `bash benchmarks/quiet_cpu.sh python benchmarks/quantize_sst2.py time`. "
+                   f"fp32 bundle: `{state['fp32']}`.")]
     write_results("quantize_sst2", {"bench_machine": report["machine"], "fp32_bundle": state["fp32"],
                                     "table": table, "acceptance": acceptance, "gate": gate,
                                     "build": {n: state[n] for n in VARIANTS if n in state},
@@ -139,9 +144,11 @@ def main() -> None:
     parser.add_argument("step", choices=["build", "time"])
     parser.add_argument("--variants", default=",".join(VARIANTS), help="build: comma-separated subset")
     parser.add_argument("--runs", type=int, default=200, help="time: interleaved rounds")
+    parser.add_argument("--teacher", type=Path, help="build: the fine-tuned SST-2 teacher to export "
+                        "(default: $BERTEDGE_CACHE/teachers/sst2)")
     args = parser.parse_args()
     if args.step == "build":
-        build([v for v in args.variants.split(",") if v])
+        build([v for v in args.variants.split(",") if v], args.teacher)
     else:
         timing(args.runs)
 
