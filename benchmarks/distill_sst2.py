@@ -67,8 +67,8 @@ def variant(spec: str, layers: int) -> dict:
     if clash:
         sys.exit(f"error: --variant {spec!r}: {', '.join(clash)} would change the student or its loss weights; "
                  "a variant only adds flags to the KD student")
-    return {"name": f"{layers}-layer KD {name.strip()}", "layers": layers, "flags": ["--layers", str(layers), *extra],
-            "extra": extra}
+    return {"name": f"{layers}-layer KD {name.strip()}", "variant": name.strip(), "layers": layers,
+            "flags": ["--layers", str(layers), *extra], "extra": extra}
 
 
 def _without(flags: list[str], *names: str) -> list[str]:
@@ -135,10 +135,10 @@ def main() -> None:
                              "flags, e.g. 'hidden-MSE=--hidden-weight 1' (repeatable)")
     parser.add_argument("--continue-epochs", type=float,
                         help="then continue the first KD and no-KD students this many epochs (same loss each)")
-    parser.add_argument("--notes", type=Path, help="a Markdown file appended as is (reading of the numbers)")
     parser.add_argument("--continue-variant", action="append", default=[], metavar="NAME",
                         help="with --continue-epochs, continue the --variant of this NAME too (repeatable)")
     parser.add_argument("--continue-lr", type=float, default=5e-5, help="peak lr of the continuation")
+    parser.add_argument("--notes", type=Path, help="a Markdown file appended as is (reading of the numbers)")
     args = parser.parse_args()
 
     teacher = args.teacher or cache_dir() / "teachers" / args.task
@@ -161,7 +161,7 @@ def main() -> None:
     runs = students(sizes, sizes[0])
     variants = [variant(spec_, sizes[0]) for spec_ in args.variant]
     runs += variants
-    names = {v["name"].removeprefix(f"{sizes[0]}-layer KD "): v for v in variants}
+    names = {v["variant"]: v for v in variants}
     unknown = sorted(set(args.continue_variant) - set(names))
     if unknown:
         sys.exit(f"error: --continue-variant {', '.join(unknown)}: no such --variant (have: {', '.join(names) or 'none'})")

@@ -43,9 +43,9 @@ def fp32_bundle(teacher: Path | None = None) -> Path:
     if not (teacher / "bertedge.json").is_file():
         sys.exit(f"error: {teacher}: no SST-2 teacher there (run benchmarks/finetune_teachers.py, or pass --teacher "
                  "a fine-tuned SST-2 artifact such as a recipe run's RUN/artifacts/teacher)")
-    made_from = (json.loads((own / "bertedge.json").read_text()).get("parent") or {}).get("path") \
-        if (own / "bertedge.json").is_file() else None
-    if made_from != str(teacher.absolute()):
+    manifest = own / "bertedge.json"
+    made_from = json.loads(manifest.read_text())["parent"]["path"] if manifest.is_file() else None
+    if made_from != str(teacher.absolute()):  # none yet, or exported from another teacher
         from bertedge.stages.export import ExportConfig, export
 
         export(teacher, ExportConfig(), own, overwrite=True)

@@ -19,9 +19,11 @@ gives the same file.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,6 @@ class WordSampler:
             self.cumulative.append(total)
 
     def draw(self, rng: random.Random) -> str:
-        import bisect
-
         return self.words[bisect.bisect_right(self.cumulative, rng.randrange(self.cumulative[-1]))]
 
 
@@ -114,8 +114,6 @@ def augment_examples(examples: list[dict], *, copies: int, seed: int, mask_token
 
 def write_unlabeled(examples: list[dict], path) -> int:
     """Write `examples` as `distill --unlabeled` text: one a line, text<TAB>text_pair for pairs."""
-    from pathlib import Path
-
     lines = []
     for ex in examples:
         fields = [ex["text"]] + ([ex["text_pair"]] if ex.get("text_pair") is not None else [])

@@ -393,7 +393,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
                               fix="Drop --augment, or widen the transfer set with --unlabeled FILE")
         augmented = augment_examples(train_examples, copies=config.augment, seed=config.train.seed,
                                      mask_token=teacher_tokenizer.mask_token)
-        unlabeled = unlabeled + [{**ex, "label": None} for ex in augmented]
+        unlabeled = unlabeled + augmented  # _with_dummy_gold below gives them the dummy label
     features = []
     for labeled, examples in ((1, train_examples), (0, [_with_dummy_gold(config.task, ex) for ex in unlabeled])):
         if examples:
