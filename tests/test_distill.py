@@ -291,6 +291,23 @@ def test_augment_refuses_a_task_other_than_classification(cli, tiny_artifacts, t
     assert not out.exists()
 
 
+def test_augment_refuses_a_teacher_tokenizer_without_a_mask_token(cli, tiny_artifacts, tmp_path):
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_artifacts["sst"].path, teacher)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        file = teacher / name
+        if file.exists():
+            config = json.loads(file.read_text())
+            config["mask_token"] = None
+            file.write_text(json.dumps(config))
+    out = tmp_path / "o"
+    result = cli("distill", "--teacher", teacher, "--out", out, "--layers", "1", "--augment", "1")
+    assert_one_line_error(result, "the teacher's tokenizer has no mask token to augment with", "--augment")
+    assert not out.exists()
+
+
 def test_qa_distill_with_smaller_width_and_intermediate_transfer(tiny_artifacts, tmp_path):
     from bertedge.config import build
 
