@@ -208,6 +208,7 @@ def main() -> None:
             "train_examples": m["data"]["train_examples"],
             "dev_examples": m["data"]["dev_examples"], "train_runtime_s": m["training"]["train_runtime_s"],
             "wall_time_s": m["wall_time_s"], "best_step": m["training"]["best_step"],
+            "dev_curve": [[e["step"], e[f"eval_{metric}"]] for e in m["history"] if f"eval_{metric}" in e],
         })
         done[run["name"]] = rows[-1]
 
@@ -249,6 +250,8 @@ def main() -> None:
               "decay; their train time is the continuation's alone." if args.continue_epochs else ""),
            "", "Commands:", ""]
     md += [f"- `{r['command']}`" for r in rows]
+    md += ["", f"Dev {kd3['metric']} at each evaluation during training (step: value; the best is the row's):", ""]
+    md += [f"- {r['student']}: " + ", ".join(f"{step}: {value:.4f}" for step, value in r["dev_curve"]) for r in rows]
     if args.notes:
         md += ["", args.notes.read_text().strip()]
     write_results(f"distill-{tag}", {"task": args.task, "subset": subset, "teacher": str(teacher),
