@@ -24,6 +24,7 @@ compare like with like. The teacher comes from benchmarks/finetune_teachers.py
     python benchmarks/distill_sst2.py ... --variant 'hidden-MSE=--hidden-weight 1'
         # one more KD student of the first size, alike but for these flags (intermediate-layer
         # transfer here); --continue-variant NAME continues it too. Every such student is in the table.
+        # A variant's flag replaces the common one of the same name ('seed43=--seed 43').
 """
 
 from __future__ import annotations
@@ -183,6 +184,8 @@ def main() -> None:
                          "--lr", f"{args.continue_lr:g}"]
         else:
             run_flags = common
+        # a variant's own flags (say --seed 43) win over the common ones: drop those from the common part
+        run_flags = _without(run_flags, *(f for f in run.get("extra", []) if f.startswith("--")))
         command = ["bertedge", "distill", "--teacher", str(teacher), "--out", str(out), *flags, *run_flags, "--overwrite"]
         if index == 0 and reused:
             out = args.kd_student
