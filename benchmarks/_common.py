@@ -39,7 +39,8 @@ def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     m = data["machine"]
     header = (f"Command: `{data['command']}`  \nDate: {data['date']}  \n"
-              f"CPU: {m['cpu']['model']}, {m['cpu']['usable_cores']} cores, flags {' '.join(m['cpu']['flags'])}  \n"
+              f"CPU: {m['cpu']['model']}, {m['cpu']['usable_cores']} cores, ISA class **{m['cpu'].get('isa')}**, "
+              f"flags {' '.join(m['cpu']['flags'])}  \n"
               "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + "\n\n")
     md_path.write_text(markdown.split("\n", 1)[0] + "\n\n" + header + markdown.split("\n", 1)[1], encoding="utf-8")
     return json_path, md_path

@@ -55,6 +55,14 @@ def checks(report: dict) -> list[dict]:
     return out
 
 
+def method(report: dict) -> str:
+    recorded = (report.get("bench") or {}).get("method")
+    if not recorded:
+        return ("**in-process timing, understated**: every target in one process, rounds interleaved call by call "
+                "(PyTorch's spinning OpenMP threads slow the ONNX Runtime call that follows); not yet re-measured")
+    return recorded["description"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
@@ -69,8 +77,11 @@ def main() -> None:
     metric = report["metric"]
 
     md = [f"# Headline: {report['recipe']} ({report['task']}) — {'all targets met' if met else 'targets NOT all met'}", "",
-          (f"Run: `{args.command}`; report built {report['created_at']} (one interleaved bench of every artifact, "
-           f"the teacher and the peer). Full report: benchmarks/results/recipes/{report['recipe']}/report.md."), "",
+          (f"Run: `{args.command}`; report built {report['created_at']} (one bench of every artifact, the teacher "
+           f"and the peer). Full report: benchmarks/results/recipes/{report['recipe']}/report.md."), "",
+          f"Timing method: {method(report)}.  ",
+          f"CPU ISA class: **{(report.get('machine') or {}).get('cpu', {}).get('isa', 'not recorded')}** "
+          "(int8 gains differ a lot between AVX2 without VNNI and AVX-512 with VNNI).", "",
           "| target | want | measured | met | short by |", "|---|---|---|---|---|"]
     md += [f"| {c['target']} | {c['want']} | {c['got']} | {'yes' if c['met'] else 'NO'} | {c['short_by'] or '–'} |"
            for c in verdicts]
@@ -96,7 +107,9 @@ def main() -> None:
     write_results(args.name, {"run_command": args.command, "run_dir": str(args.run_dir), "all_met": met,
                               "targets": TARGETS, "checks": verdicts, "grid": rows,
                               "final": final, "teacher": teacher, "peer": peer,
-                              "report_created_at": report["created_at"]}, "\n".join(md) + "\n")
+                              "report_created_at": report["created_at"], "timing_method": method(report),
+                              "isa": (report.get("machine") or {}).get("cpu", {}).get("isa")},
+                  "\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -44,6 +44,21 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def isa_class(flags) -> str:
+    """The CPU's class for int8 and fp32 speed, as every figure is labelled: int8 gains differ a lot
+    between AVX2 without VNNI (about 1.3x over ORT fp32) and AVX-512 with VNNI."""
+    flags = set(flags)
+    if {"amx_int8", "amx_tile"} <= flags:
+        return "avx512-vnni-amx"
+    if "avx512f" in flags:
+        return "avx512-vnni" if "avx512_vnni" in flags else "avx512"
+    if "avx2" in flags:
+        return "avx2-vnni" if "avx_vnni" in flags else "avx2"
+    if "asimd" in flags:
+        return "arm64-i8mm" if "i8mm" in flags else "arm64-dotprod" if "asimddp" in flags else "arm64"
+    return "other"
+
+
 @lru_cache(maxsize=1)
 def cpu_info() -> dict:
     """Model name, logical cores, frequency and SIMD flags of this CPU."""
@@ -71,6 +86,7 @@ def cpu_info() -> dict:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "mhz": mhz,
         "flags": sorted(f for f in INTERESTING_FLAGS if f in flags),
+        "isa": isa_class(flags),
     }
 
 

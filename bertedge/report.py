@@ -1,6 +1,7 @@
 """The side-by-side report of a run: every artifact against the PyTorch fp32 teacher and the peer path.
 
-All timings come from ONE interleaved bench run (bertedge.bench.run_bench), so ratios are measured
+All timings come from ONE bench run (bertedge.bench.run_bench: each target in its own worker process,
+alternating blocks), so ratios are measured
 under the same conditions. Metrics come from the artifacts' manifests (dev split); an artifact whose
 manifest was evaluated on a different number of dev examples than the teacher is re-evaluated on the
 teacher's dev set, so every row compares the same examples.
@@ -165,7 +166,8 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
         "artifacts": rows,
         "budget": budget,
         "machine": bench["machine"],
-        "bench": {"config": bench["config"], "results": results, "artifacts": bench["artifacts"]},
+        "bench": {"config": bench["config"], "method": bench["method"], "results": results,
+                  "artifacts": bench["artifacts"]},
         "speedup_grid": _speedup_grid(results, teacher_target, final["bench_name"] if final else None, peer_name),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": str(run_dir),
@@ -222,23 +224,24 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     cpu = m.get("cpu", {})
     lines = [f"# bertedge report: {report['recipe']} ({report['task']})", "",
-             f"CPU: {cpu.get('model')} ({cpu.get('usable_cores')} cores, flags {' '.join(cpu.get('flags', []))}), "
+             f"CPU: {cpu.get('model')} ({cpu.get('usable_cores')} cores, ISA class {cpu.get('isa', 'not recorded')}, "
+             f"flags {' '.join(cpu.get('flags', []))}), "
              f"provider {m.get('provider')}, threads {m.get('threads')}  ",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()), "",
-             f"| artifact | stage | dev {metric} | drop (pts) | size (MB) | p50 b1 s128 (ms) | p90 b1 s128 (ms) | "
+             f"| artifact | stage | dev {metric} | vs teacher (pts, loss < 0) | size (MB) | p50 b1 s128 (ms) | p90 b1 s128 (ms) | "
              f"p50 real b1 (ms) | b32 s128 (seq/s) | vs teacher | vs peer |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["artifacts"]:
         value = r["metrics"].get(metric)
         size = r["size_bytes"] / 1e6 if r["size_bytes"] else None
-        lines.append(f"| {r['name']} | {r['stage']} | {_fmt(value, '.4f')} | {_fmt(r['metric_drop_pts'])} | "
+        lines.append(f"| {r['name']} | {r['stage']} | {_fmt(value, '.4f')} | {_change(r['metric_drop_pts'])} | "
                      f"{_fmt(size)} | {_fmt(r['p50_ms_b1_s128'])} | {_fmt(r['p90_ms_b1_s128'])} | "
                      f"{_fmt(r['p50_ms_real'])} | {_fmt(r['throughput_b32'], '.1f')} | "
                      f"{_fmt(r['speedup_vs_teacher'])}x | {_fmt(r['speedup_vs_peer'])}x |")
     b = report["budget"]
     lines += ["", f"Budget: drop ≤ {b['max_accuracy_drop']} pts on dev {metric}"
               + (f", size ≤ {b['max_size_mb']} MB" if b.get("max_size_mb") else "")
-              + f". Final: drop {_fmt(b.get('final_drop_pts'))} pts, {_fmt(b.get('final_size_mb'))} MB — "
+              + f". Final: {log.points_change(b.get('final_drop_pts'))}, {_fmt(b.get('final_size_mb'))} MB — "
               + ("**met**" if b.get("met") else "**not met**") + "."]
     if report.get("speedup_grid"):
         lines += ["", "Final artifact vs PyTorch fp32 teacher and vs the peer across the grid (p50):", "",
@@ -251,8 +254,22 @@ def markdown(report: dict) -> str:
                          + ("–" if vs_peer is None else f"{vs_peer:.2f}x") + " |")
     lines += ["", "Teacher = the first finetune artifact, PyTorch eager fp32. Peer = optimum's ONNX export of the "
               "teacher quantized by optimum's ORTQuantizer (dynamic int8, avx2 preset). All timings come from one "
-              "interleaved bench run on this machine; speed-ups are ratios of p50 latency at batch 1, seq 128."]
+              "bench run on this machine; speed-ups are ratios of p50 latency at batch 1, seq 128.",
+              "", f"Timing method: {_method_text(report)}. CPU ISA class: "
+              f"{(report.get('machine') or {}).get('cpu', {}).get('isa', 'not recorded')}."]
     return "\n".join(lines) + "\n"
+
+
+def _change(drop_pts) -> str:
+    return "-" if drop_pts is None else f"{-drop_pts + 0.0:+.2f}"
+
+
+def _method_text(report: dict) -> str:
+    method = (report.get("bench") or {}).get("method")
+    if not method:
+        return ("not recorded: this report predates process-isolated timing (in-process, interleaved call by "
+                "call; speed-ups of ONNX targets over PyTorch understated)")
+    return method["description"]
 
 
 def load_report(run_dir: str | Path) -> dict:

@@ -13,8 +13,9 @@ Pareto front of dev metric against latency. What it adds over running the stages
   fails rules out every larger ratio of the same student — they are recorded as skipped, never trained.
 - **Budget hand-down.** Quantization runs with what is left of the budget after distillation and pruning,
   so the quantizer's own accuracy gate (mode auto) can only choose schemes that keep the whole chain in budget.
-- **One interleaved bench** of the teacher (PyTorch fp32) and every bundle at the chosen batch and sequence
-  length, so the ranking compares latencies taken under the same conditions.
+- **One bench** of the teacher (PyTorch fp32) and every bundle at the chosen batch and sequence length, each
+  in its own worker process with alternating blocks, so the ranking compares latencies taken under the same
+  conditions.
 - **Resume.** Every candidate is an ordinary artifact under OUT/candidates/NAME with a state file holding
   its config hash and its parent's payload hash; a rerun keeps the ones that match.
 
@@ -296,7 +297,7 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
 
 def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: str, config: SearchConfig,
           out: Path) -> dict:
-    """Time the teacher and every final candidate in one interleaved run; choose; mark the Pareto front."""
+    """Time the teacher and every final candidate in one bench run (a process each); choose; mark the Pareto front."""
     from .bench import BenchConfig, run_bench
     from .bench.report import plot_pareto
 
@@ -340,7 +341,7 @@ def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: st
             "pareto_front": [r["name"] for r in sorted(finals, key=lambda r: r["p50_ms"] or 0) if r["pareto"]],
             "candidates": records, "budget": {"max_accuracy_drop": config.max_accuracy_drop,
                                               "max_size_mb": config.max_size_mb, "met": best is not None},
-            "machine": bench["machine"], "plot": str(pareto) if pareto else None}
+            "machine": bench["machine"], "timing_method": bench["method"], "plot": str(pareto) if pareto else None}
 
 
 def _depth(artifact: Artifact) -> int:
@@ -396,5 +397,6 @@ def markdown(result: dict) -> str:
                    else "**No candidate meets the budget.**"),
               f"Pareto front (dev metric vs p50): {', '.join(result['pareto_front']) or 'none'}.", "",
               "Intermediate candidates (students, pruned models; fp32 bundles unless `none` is a quantize mode) carry "
-              "their dev metric; only final candidates are timed, all in one interleaved run with the teacher."]
+              "their dev metric; only final candidates are timed, all in one bench run with the teacher (each target "
+              "in its own worker process, alternating blocks)."]
     return "\n".join(lines) + "\n"

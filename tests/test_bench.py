@@ -391,3 +391,80 @@ def test_real_batch_sizes_limit_the_real_length_mode(tiny_bundles, tiny_data):
     with pytest.raises(BenchError, match="fewer than batch size 4"):
         run_bench([tiny_bundles["sst"].path], config.model_copy(update={"real_batch_sizes": None}),
                   progress=lambda _: None)
+
+
+# ----------------------------------------------------------------------------- process isolation
+
+
+def test_each_target_runs_in_a_worker_process_of_its_own(report):
+    import os
+
+    pids = [a["worker_pid"] for a in report["artifacts"]]
+    assert len(set(pids)) == len(pids) == 4 and os.getpid() not in pids
+    assert report["method"]["isolation"] == "process" and report["method"]["blocks"] == 5
+    assert all(a["peak_rss_mb"] > 0 for a in report["artifacts"])
+
+
+def test_in_process_mode_is_explicit_and_recorded(tiny_bundles):
+    import os
+
+    report = run_bench([tiny_bundles["sst"].path], BenchConfig(batch_sizes=[1], seq_lens=[8], warmup=0, runs=2,
+                                                               flops=False, isolation="in-process"),
+                       progress=lambda _: None)
+    assert report["method"]["isolation"] == "in-process" and "distort" in report["method"]["description"]
+    assert report["artifacts"][0]["worker_pid"] == os.getpid()
+
+
+class _FakeWorker:
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    def time_block(self, *, calls=None, seconds=None, settle_s=0.0):
+        self.log.append((self.name, calls))
+        return [1.0] * (calls or 2)
+
+
+def test_alternating_blocks_run_one_target_at_a_time_in_turn():
+    from bertedge.bench.isolated import alternating_timings
+
+    log: list = []
+    workers = [_FakeWorker("A", log), _FakeWorker("B", log)]
+    timings = alternating_timings(workers, runs=7, duration=None, blocks=3, settle_s=0)
+    assert log == [("A", 3), ("B", 3), ("A", 3), ("B", 3), ("A", 1), ("B", 1)]  # A's block, B's block, ...
+    assert [len(t) for t in timings] == [7, 7]
+    log.clear()
+    timings = alternating_timings(workers, runs=None, duration=0.01, blocks=2, settle_s=0)
+    assert [n for n, _ in log] == ["A", "B", "A", "B", "A", "B"]  # 2 blocks, then until MIN_ROUNDS (5) calls
+    assert [len(t) for t in timings] == [6, 6]
+
+
+def test_a_worker_that_fails_to_load_fails_the_bench_in_one_line(tiny_artifacts, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_artifacts["sst"].path, broken)
+    (broken / "model.safetensors").write_bytes(b"not a weights file")  # found out only when the worker loads it
+    with pytest.raises(BenchError, match="bench worker of broken failed") as info:
+        run_bench([broken], BenchConfig(batch_sizes=[1], seq_lens=[8], warmup=0, runs=1, flops=False),
+                  progress=lambda _: None)
+    assert "\n" not in str(info.value)
+
+
+def _p50(report: dict, backend: str) -> float:
+    return next(r["p50_ms"] for r in report["results"] if r["backend"] == backend)
+
+
+def test_bench_ratio_matches_the_ratio_of_separately_timed_processes(tiny_artifacts, tiny_bundles):
+    """PyTorch vs ONNX Runtime, the pair that distorts each other in one process: the ratio bench reports
+    must match the ratio of the two timed alone (each alone is one worker process, nothing else loaded).
+    Stated tolerance: within a factor of 1.5 either way (ratios only; medians of 150 calls, 2-core machine)."""
+    config = dict(batch_sizes=[1], seq_lens=[32], warmup=20, runs=150, flops=False)
+    torch_dir, onnx_dir = tiny_artifacts["sst"].path, tiny_bundles["sst"].path
+    together = run_bench([torch_dir, onnx_dir], BenchConfig(**config), progress=lambda _: None)
+    alone_torch = [_p50(run_bench([torch_dir], BenchConfig(**config), progress=lambda _: None), "torch")
+                   for _ in range(2)]
+    alone_onnx = [_p50(run_bench([onnx_dir], BenchConfig(**config), progress=lambda _: None), "onnxruntime")
+                  for _ in range(2)]
+    bench_ratio = _p50(together, "torch") / _p50(together, "onnxruntime")
+    alone_ratio = min(alone_torch) / min(alone_onnx)
+    assert 1 / 1.5 < bench_ratio / alone_ratio < 1.5, (bench_ratio, alone_ratio, alone_torch, alone_onnx)

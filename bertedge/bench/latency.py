@@ -1,10 +1,12 @@
 """`run_bench`: latency, throughput, memory and FLOPs of several targets, measured side by side.
 
-Method. Every target is loaded once. For each grid point (batch size x sequence length, then
-batch size x real dev lengths) every target runs `warmup` untimed calls, then timed rounds are
-interleaved across targets (A B C A B C ...) so that drift (thermal, noisy neighbours, a
-background job) hits all of them alike. Garbage collection is paused while timing. Each call is
-one synchronous inference on an already prepared batch.
+Method. Every target is loaded once, by default in a worker process of its own (bench/isolated.py).
+For each grid point (batch size x sequence length, then batch size x real dev lengths) every target
+runs `warmup` untimed calls, then timed blocks alternate across targets (A's block, B's block, ...,
+repeated) so that drift (thermal, noisy neighbours, a background job) hits all of them alike, and
+only one target runs at a time. Garbage collection is paused while timing. Each call is one
+synchronous inference on an already prepared batch. `isolation: in-process` keeps the old mode
+(all targets in this process, rounds interleaved call by call) for comparison only.
 
 - fixed mode: synthetic token ids, every sequence exactly `seq_len` tokens (padding-free worst case
   of a server that pads to a fixed length);
@@ -21,6 +23,7 @@ import random
 import resource
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -48,9 +51,16 @@ class BenchConfig(StrictModel):
     instances: int = Field(1, ge=1, description="Multi-instance throughput: N processes x --threads each, per target")
     flops: bool = Field(True, description="Count FLOPs per sequence and report achieved GFLOP/s")
     fma_units: int | None = Field(None, ge=1, le=4, description="FMA units per core for the peak estimate (default 2 with AVX2/AVX-512)")
-    spinning: bool = Field(False, description="Let ONNX Runtime's idle intra-op threads busy-wait (its server default); "
-                                              "off by default because spinning threads steal the cores of the next "
-                                              "model in an interleaved run")
+    spinning: bool | None = Field(None, description="ONNX Runtime's idle intra-op threads busy-wait between calls: "
+                                                    "true/false, or null for ORT's own default (spinning on), "
+                                                    "which is how a deployed session runs")
+    isolation: Literal["process", "in-process"] = Field(
+        "process", description="process: every target in its own worker process, timed in alternating blocks "
+                               "(what a deployed model sees); in-process: all targets in this process, interleaved "
+                               "call by call (distorted by the other targets' spinning threads; for comparison only)")
+    blocks: int = Field(5, ge=1, description="Alternating blocks per target per grid point (process isolation)")
+    settle_s: float = Field(0.05, ge=0, description="Seconds a worker waits after its block before the next "
+                                                    "worker starts, so its spinning threads go quiet")
     seed: int = Field(0, description="Seed of synthetic inputs and of the real-length sample/order")
     trt_cache_dir: str | None = Field(None, description="TensorRT engine cache directory")
 

@@ -81,7 +81,8 @@ def markdown_table(report: dict) -> str:
         "# bertedge bench",
         "",
         (f"Provider {machine['provider']}, {machine['threads']} thread(s) x {machine.get('instances', 1)} instance(s); "
-         f"CPU {cpu.get('model')} ({cpu.get('usable_cores')} usable cores, flags {' '.join(cpu.get('flags') or []) or 'none'}); "
+         f"CPU {cpu.get('model')} ({cpu.get('usable_cores')} usable cores, ISA class {cpu.get('isa', '?')}, "
+         f"flags {' '.join(cpu.get('flags') or []) or 'none'}); "
          f"estimated peak {_fmt(machine['peak']['fp32']['peak_gflops'], '.1f')} GFLOP/s fp32, "
          f"{_fmt(machine['peak']['int8']['peak_gflops'], '.1f')} GOP/s int8."),
         "",
@@ -111,8 +112,10 @@ def markdown_table(report: dict) -> str:
                   "| artifact | dev metric | p50 ms |", "|---|---:|---:|"]
         for p in points:
             lines.append(f"| {p['artifact']} | {p['metric']} {p['value']:.4f} | {p['p50_ms']:.2f} |")
+    method = report.get("method") or {"description": "not recorded (before process isolation: in-process, "
+                                                     "interleaved call by call)"}
     lines += ["", "x first: p50 of the first artifact over p50 of this one at the same grid point (above 1 = faster).",
-              "Timings are medians of interleaved rounds; compare ratios measured in the same run."]
+              f"Timing method: {method['description']}. Compare ratios measured in the same run."]
     return "\n".join(lines) + "\n"
 
 

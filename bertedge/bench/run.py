@@ -8,6 +8,7 @@ does not load. The result dict is the documented JSON (docs/bench.md): {"schema"
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from .. import log
@@ -137,30 +138,72 @@ def run_bench(artifacts: list, config: BenchConfig | None = None, *,
                 check_real_batch(len(feats), batch_size)
 
     from ..tokenization import DEFAULT_INPUT_NAMES, TextEncoder
-    from .backends import make_runner
 
     real_batches = real_batches if features else []  # no real-length mode without --real-lengths
     max_batch = max([*config.batch_sizes, *real_batches])
     max_seq = max(config.seq_lens or [0])
     if features:
         max_seq = max(max_seq, *(len(f["input_ids"]) for feats in features.values() for f in feats))
-    runners, encoders, model_rss, flop_models = [], [], [], []
-    for target in targets:
-        progress(f"bench: loading {target.name} ({target.backend}, {target.precision})")
+    encoders = [TextEncoder.from_dir(t.tokenizer_dir, model_input_names=DEFAULT_INPUT_NAMES) for t in targets]
+    warm = [synthetic_batch(enc, 1, min([16, *config.seq_lens]), config.seed) for enc in encoders]
+    ort_kwargs = {"max_batch": max_batch, "max_seq": max_seq, "trt_cache_dir": config.trt_cache_dir,
+                  "spinning": config.spinning}
+    isolated = config.isolation == "process"
+    if isolated:
+        from .isolated import start_workers
+
+        progress(f"bench: loading {len(targets)} target(s), each in its own process")
+        runners = start_workers(targets, config, ort_kwargs, warm, config.flops)
+        model_rss = [w.model_rss_mb for w in runners]
+        flop_models = [w.flop_model for w in runners]
+    else:
+        runners, model_rss, flop_models = _load_in_process(targets, config, ort_kwargs, warm, progress)
+    try:
+        results, machine = _measure_grid(targets, runners, encoders, features, real_batches, model_rss, flop_models,
+                                         config, progress)
+        peaks = [w.peak_rss() for w in runners] if isolated else [peak_rss_mb()] * len(targets)
+    finally:
+        if isolated:
+            from .isolated import close_workers
+
+            close_workers(runners)
+
+    return {
+        "schema": SCHEMA,
+        "machine": machine,
+        "config": config.model_dump(mode="json"),
+        "method": method_record(config),
+        "artifacts": [dict(t.record(), active_providers=r.active_providers, model_rss_mb=round(m, 1),
+                           peak_rss_mb=round(p, 1), flops_formula=fm.record() if fm else None,
+                           worker_pid=getattr(r, "pid", os.getpid()))
+                      for t, r, m, p, fm in zip(targets, runners, model_rss, peaks, flop_models)],
+        "results": results,
+    }
+
+
+def _load_in_process(targets: list[Target], config: BenchConfig, ort_kwargs: dict, warm: list, progress):
+    """The explicit `isolation: in-process` mode: every target in this process (distorted; see docs/bench.md)."""
+    from .backends import make_runner
+
+    runners, model_rss, flop_models = [], [], []
+    for target, batch in zip(targets, warm):
+        progress(f"bench: loading {target.name} ({target.backend}, {target.precision}) in this process")
         before = rss_mb()
         runner = make_runner(target, config.provider, config.threads,
-                             **({"max_batch": max_batch, "max_seq": max_seq, "trt_cache_dir": config.trt_cache_dir,
-                                 "spinning": config.spinning} if target.backend == ONNX else {}))
-        encoder = TextEncoder.from_dir(target.tokenizer_dir, model_input_names=DEFAULT_INPUT_NAMES)
+                             **(ort_kwargs if target.backend == ONNX else {}))
         flop_models.append(flop_model_of(target, runner) if config.flops else None)
-        runner.prepare(synthetic_batch(encoder, 1, min([16, *config.seq_lens]), config.seed))()
+        runner.prepare(batch)()
         model_rss.append(rss_mb() - before)
         runners.append(runner)
-        encoders.append(encoder)
+    return runners, model_rss, flop_models
 
+
+def _measure_grid(targets, runners, encoders, features, real_batches, model_rss, flop_models, config: BenchConfig,
+                  progress) -> tuple[list[dict], dict]:
     threads_used = config.threads or _default_threads(runners)
     machine = machine_record(config, threads_used)
     results: list[dict] = []
+    isolated = config.isolation == "process"
 
     def measure(mode: str, batch_size: int, seq_len: int | None, batches_per_target: list[list[dict]]) -> None:
         flops = [[fm(b["input_ids"].shape[1]) * batch_size for b in batches] if fm else None
@@ -177,12 +220,25 @@ def run_bench(artifacts: list, config: BenchConfig | None = None, *,
                 results.append(_row(target, runners[i], config, mode, batch_size, seq_len, timings, flops[i],
                                     lengths[i], tokens[i], record, model_rss[i], config.instances, peak))
             return
-        calls = [[runner.prepare(b) for b in batches] for runner, batches in zip(runners, batches_per_target)]
-        progress(f"bench: {mode} batch {batch_size} seq {seq_len or 'real'}: {len(targets)} targets interleaved")
-        timings = interleaved_timings(calls, warmup=config.warmup, runs=config.runs, duration=config.duration)
+        if isolated:
+            from .isolated import alternating_timings
+
+            progress(f"bench: {mode} batch {batch_size} seq {seq_len or 'real'}: {len(targets)} targets, "
+                     "one process each, alternating blocks")
+            for runner, batches in zip(runners, batches_per_target):
+                runner.prepare(batches, config.warmup)
+            timings = alternating_timings(runners, runs=config.runs, duration=config.duration, blocks=config.blocks,
+                                          settle_s=config.settle_s)
+            peaks = [runner.peak_rss() for runner in runners]
+        else:
+            calls = [[runner.prepare(b) for b in batches] for runner, batches in zip(runners, batches_per_target)]
+            progress(f"bench: {mode} batch {batch_size} seq {seq_len or 'real'}: {len(targets)} targets interleaved "
+                     "in this process")
+            timings = interleaved_timings(calls, warmup=config.warmup, runs=config.runs, duration=config.duration)
+            peaks = [None] * len(targets)
         for i, target in enumerate(targets):
             results.append(_row(target, runners[i], config, mode, batch_size, seq_len, timings[i], flops[i],
-                                lengths[i], tokens[i], machine["peak"], model_rss[i]))
+                                lengths[i], tokens[i], machine["peak"], model_rss[i], peak_rss=peaks[i]))
 
     for batch_size in sorted({*config.batch_sizes, *real_batches}):
         for seq_len in config.seq_lens if batch_size in config.batch_sizes else []:
@@ -191,16 +247,20 @@ def run_bench(artifacts: list, config: BenchConfig | None = None, *,
         if batch_size in real_batches:
             measure("real-length", batch_size, None,
                     [real_length_batches(encoders[i], features[i], batch_size) for i in range(len(targets))])
+    return results, machine
 
-    return {
-        "schema": SCHEMA,
-        "machine": machine,
-        "config": config.model_dump(mode="json"),
-        "artifacts": [dict(t.record(), active_providers=r.active_providers, model_rss_mb=round(m, 1),
-                           flops_formula=fm.record() if fm else None)
-                      for t, r, m, fm in zip(targets, runners, model_rss, flop_models)],
-        "results": results,
-    }
+
+def method_record(config: BenchConfig) -> dict:
+    """How the timings were taken, for every results file and report."""
+    from .isolated import METHOD
+
+    if config.instances > 1:
+        return {"isolation": "process", "description": f"{config.instances} worker processes per target, "
+                "targets one after another (multi-instance throughput)"}
+    if config.isolation == "process":
+        return {"isolation": "process", "blocks": config.blocks, "settle_s": config.settle_s, "description": METHOD}
+    return {"isolation": "in-process", "description": "every target in one process, rounds interleaved call by "
+            "call; PyTorch's and ORT's spinning threads distort the call that follows (understated speed-ups)"}
 
 
 def _default_threads(runners) -> int:
@@ -208,7 +268,6 @@ def _default_threads(runners) -> int:
         threads = getattr(runner, "threads", None)
         if threads:
             return int(threads)
-    import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
