@@ -77,16 +77,27 @@ def forward_for(artifact: Artifact, provider: str = "cpu"):
 
 
 def evaluate_artifact(path: str | Path, data: str | None = None, split: str = "dev", *,
-                      max_samples: int | None = None, batch_size: int = 64, provider: str = "cpu") -> dict:
+                      max_samples: int | None = None, batch_size: int = 64, provider: str = "cpu",
+                      per_sequence: bool | None = None) -> dict:
+    """Metrics of an artifact on a split. A bundle runs as `runtime.Bundle` deploys it: a batch-dependent
+    (dynamic int8) bundle one sequence at a time unless `per_sequence=False`."""
+    from .runtime import batch_invariant
+
     artifact = load_artifact(path)
     require_task_model(artifact)
     if split not in ("train", "dev", "test"):
         raise DataError(f"unknown split '{split}'", where="--split", fix="Choose train, dev or test")
     examples = load_eval_examples(artifact, data, split, max_samples)
     encoder, forward = forward_for(artifact, provider)
+    invariant = batch_invariant(artifact.manifest) if artifact.is_bundle else True
+    if per_sequence is None:
+        per_sequence = not invariant
+    if per_sequence:
+        batch_size = 1
     start = time.perf_counter()
     metrics, _ = evaluate_examples(get_task(artifact.task), examples, encoder, forward,
                                    artifact_settings(artifact), artifact.labels or None, batch_size)
     return {"task": artifact.task, "split": split, "n": len(examples), "metrics": metrics,
             "artifact": str(artifact.path), "backend": "onnxruntime" if artifact.is_bundle else "torch",
+            "batch_invariant": invariant, "batching": "per-sequence" if per_sequence else f"batches of {batch_size}",
             "wall_time_s": round(time.perf_counter() - start, 2)}

@@ -32,3 +32,16 @@ def info(message: str) -> None:
 
 def warning(message: str) -> None:
     logger.warning(f"warning: {message}")
+
+
+def points_change(drop_pts: float | None) -> str:
+    """A metric change in points with one sign convention everywhere: a loss is negative.
+
+    `drop_pts` is a drop as manifests record it (reference minus new, positive = worse):
+    2.0 -> "-2.00 pts (worse)", -0.6 -> "+0.60 pts (better)", 0 -> "+0.00 pts (same)".
+    """
+    if drop_pts is None:
+        return "n/a"
+    change = -float(drop_pts)
+    word = "worse" if change < -5e-5 else "better" if change > 5e-5 else "same"
+    return f"{change + 0.0:+.2f} pts ({word})"

@@ -53,6 +53,25 @@ def session_forward(session):
     return forward
 
 
+# Ops that compute their activation scale at run time, over the whole input tensor: the batch and its
+# padding. A graph with any of them gives a sequence different outputs depending on what else is in
+# its batch (ONNX Runtime's dynamic int8: one scale per tensor, not per sequence).
+RUNTIME_SCALE_OPS = frozenset({"DynamicQuantizeLinear", "QAttention", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+
+
+def batch_invariant(manifest: dict) -> bool:
+    """Whether a bundle's predictions for one input are independent of the rest of its batch.
+
+    Read from the manifest (quantize records it; older bundles: from the op counts it recorded), so
+    another language binding can read the same field.
+    """
+    quantization = manifest.get("quantization") or {}
+    if "batch_invariant" in quantization:
+        return bool(quantization["batch_invariant"])
+    ops = quantization.get("op_counts") or {}
+    return not any(ops.get(op) for op in RUNTIME_SCALE_OPS)
+
+
 def _settings(artifact: Artifact) -> TaskSettings:
     recorded = artifact.manifest.get("settings") or {}
     return TaskSettings(**{k: v for k, v in recorded.items() if k in TaskSettings.__dataclass_fields__})
@@ -79,10 +98,15 @@ class Bundle:
     `encoder` tokenizes exactly as training did; `forward(batch)` runs the ONNX model on
     numpy inputs; `predict(items)` goes from raw inputs to labels / entities / answers.
     `model_file="model.ort"` loads the ORT-format model written by `export --ort-format`.
+
+    `per_sequence`: run every sequence on its own, at its own length (no padding), so that a text's
+    prediction never depends on the rest of the batch. Default (None): on for bundles whose graph
+    computes activation scales at run time (dynamic int8, see `batch_invariant`), off otherwise
+    (their outputs do not depend on the batch, and batching is faster).
     """
 
     def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
-                 model_file: str | None = None, optimization: str = "all"):
+                 model_file: str | None = None, optimization: str = "all", per_sequence: bool | None = None):
         from .providers import make_session
 
         self.artifact = load_artifact(path)
@@ -109,6 +133,8 @@ class Bundle:
         self.encoder = TextEncoder.from_dir(self.path, pad_token_id=tokenizer.get("pad_token_id"),
                                             model_input_names=self.input_names)
         self._forward = session_forward(self.session)
+        self.batch_invariant = batch_invariant(self.manifest)
+        self.per_sequence = (not self.batch_invariant) if per_sequence is None else bool(per_sequence)
         interface = self.manifest.get("interface") or {}
         self.input_kind = interface.get("input_kind") or {
             "text-classification": "single-sentence", "token-classification": "words",
@@ -194,10 +220,15 @@ class Bundle:
         stripped = len(question) - len(question.lstrip())
         return question[:stripped + end], True
 
+    def inference_batch_size(self, requested: int) -> int:
+        """The batch the model really runs: 1 in per-sequence mode, else what was asked."""
+        return 1 if self.per_sequence else requested
+
     def _predict_batch(self, examples: list[dict], batch_size: int) -> list[dict]:
         task, settings = self.task, self.settings
         features = task.eval_features(examples, self.encoder, settings)
-        outputs = run_forward(features, self.encoder, self._forward, batch_size, task.per_token_outputs)
+        outputs = run_forward(features, self.encoder, self._forward, self.inference_batch_size(batch_size),
+                              task.per_token_outputs)
         predictions = task.postprocess(examples, features, outputs, settings, self.labels)
         if task.name == "text-classification":
             return [self._classification(p, o) for p, o in zip(predictions, outputs)]

@@ -172,11 +172,11 @@ def test_gate_keeps_sensitive_node_in_fp32_when_that_is_fastest(fp32, tmp_path, 
     assert [r["drop_pts"] for r in gate["candidates"]] == [10.0, 4.0, 1.0, 2.0]
     # Every candidate says why it was taken or left; the report shows it.
     assert [r["verdict"] for r in gate["candidates"]] == [
-        "rejected: loses 10.00 pts of accuracy, over the 5.0 pt budget",
+        "rejected: accuracy -10.00 pts (worse), over the 5.0 pt budget",
         "within budget, slower than dynamic per-tensor +1 fp32 node (2.00 vs 1.50 ms)",
         "within budget, slower than dynamic per-tensor +1 fp32 node (3.00 vs 1.50 ms)",
         "chosen: fastest within the budget"]
-    assert "rejected: loses 10.00 pts of accuracy" in art.file("quantize_report.md").read_text()
+    assert "rejected: accuracy -10.00 pts (worse)" in art.file("quantize_report.md").read_text()
     kept = art.manifest["quantization"]["fp32_nodes_kept"]
     top = gate["sensitivity"]["most_sensitive"][0]["node"]
     out = nodes(art.file("model.onnx"))
@@ -272,3 +272,100 @@ def test_pytorch_artifact_is_refused(cli, tiny_artifacts, tmp_path):
     result = cli("quantize", str(tiny_artifacts["sst"].path), "--out", str(tmp_path / "q"))
     assert_one_line_error(result, "expected an exported ONNX bundle", "bertedge export")
     no_leftovers(tmp_path)
+
+
+# ----------------------------------------------------------------------------- budget on every mode, signs
+
+
+def test_drops_print_with_one_sign_convention():
+    from bertedge.log import points_change
+
+    assert points_change(0.4) == "-0.40 pts (worse)"
+    assert points_change(-0.6) == "+0.60 pts (better)"
+    assert points_change(0.0) == "+0.00 pts (same)" and points_change(None) == "n/a"
+
+
+def _fake_scores(monkeypatch, score: float):
+    def fake_evaluate(self, path):
+        return {"accuracy": 0.90 if path == self.source else score}
+
+    monkeypatch.setattr(qstage._Session, "evaluate", fake_evaluate)
+
+
+def test_plain_dynamic_over_budget_warns(fp32, tmp_path, monkeypatch, caplog):
+    _fake_scores(monkeypatch, 0.80)  # loses 10 points
+    art = quantize(fp32, QuantizeConfig(mode="dynamic", preset="avx2"), tmp_path / "q")
+    assert art.manifest["metrics"]["drop_pts"] == 10.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("changes dev accuracy by -10.00 pts (worse), over the 1.0 pt budget" in w for w in warnings), warnings
+    assert "-10.00 pts (worse)" in art.file("quantize_report.md").read_text()
+
+
+def test_plain_dynamic_over_budget_fails_with_max_accuracy_drop(fp32, tmp_path, monkeypatch, cli):
+    _fake_scores(monkeypatch, 0.895)  # loses 0.5 points
+    result = cli("quantize", fp32.path, "--out", tmp_path / "q", "--mode", "dynamic", "--preset", "avx2",
+                 "--max-accuracy-drop", "0.25")
+    assert_one_line_error(result, "--max-accuracy-drop", "dynamic per-tensor changes dev accuracy by -0.50 pts (worse)",
+                          "over the 0.25 pt budget", "--mode auto")
+    no_leftovers(tmp_path)
+    within = cli("quantize", fp32.path, "--out", tmp_path / "q", "--mode", "dynamic", "--preset", "avx2",
+                 "--max-accuracy-drop", "0.5")
+    assert within.code == 0 and "-0.50 pts (worse)" in within.out, within
+
+
+# ----------------------------------------------------------------------------- batch-dependent int8
+
+
+TEXTS = ["a good film", "the worst thing i have seen in years , dull and long", "fine", "great acting",
+         "not good , not bad", "an utterly forgettable , tedious story with no redeeming moments at all"] * 6
+
+
+def test_dynamic_int8_is_marked_batch_dependent_and_measured(dynamic):
+    q = dynamic.manifest["quantization"]
+    assert q["batch_invariant"] is False and "QAttention" in q["runtime_scale_ops"]
+    assert q["deployed"] == "per-sequence"
+    effect = q["b32_vs_b1"]
+    assert effect["n"] == len(load_dev(dynamic)) and 0 <= effect["flips"] <= effect["n"]
+    assert effect["max_abs_diff"] > 0  # dynamic scales over a batch of 32 do change the logits
+
+
+def load_dev(artifact):
+    from bertedge.evaluate import load_eval_examples
+
+    return load_eval_examples(artifact, None, "dev", None)
+
+
+def test_the_batch_invariant_mode_has_no_flips_and_no_logit_difference(dynamic):
+    from bertedge.runtime import Bundle
+
+    bundle = Bundle(dynamic.path)
+    assert bundle.per_sequence and not bundle.batch_invariant
+    alone = [bundle.predict([t])[0] for t in TEXTS]
+    for batch_size in (1, 4, 32):
+        batched = bundle.predict(TEXTS, batch_size=batch_size)
+        assert [p["label"] for p in batched] == [p["label"] for p in alone]
+        diff = max(abs(a["scores"][k] - b["scores"][k]) for a, b in zip(alone, batched) for k in a["scores"])
+        assert diff == 0.0, (batch_size, diff)
+    # the same file batched the plain way: its scores depend on the rest of the batch
+    plain = Bundle(dynamic.path, per_sequence=False)
+    batched = plain.predict(TEXTS, batch_size=32)
+    assert max(abs(a["scores"][k] - b["scores"][k]) for a, b in zip(alone, batched) for k in a["scores"]) > 0
+
+
+def test_fp32_and_static_bundles_are_batch_invariant(fp32, tmp_path, tiny_data):
+    from bertedge.runtime import Bundle
+
+    assert Bundle(fp32.path).batch_invariant and not Bundle(fp32.path).per_sequence
+    static = quantize(fp32, QuantizeConfig(mode="static", preset="avx2", calibration=str(tiny_data["sst"]),
+                                           calibration_samples=16), tmp_path / "s")
+    q = static.manifest["quantization"]
+    # static QDQ MatMuls have fixed scales, but the fused attention still gets ONNX Runtime's dynamic form
+    assert q["batch_invariant"] is ("QAttention" not in ops(static.file("model.onnx")))
+
+
+def test_eval_of_a_batch_dependent_bundle_runs_per_sequence(dynamic, cli):
+    result = cli("eval", dynamic.path, "--json")
+    assert result.code == 0, result
+    record = json.loads(result.out)
+    assert record["batch_invariant"] is False and record["batching"] == "per-sequence"
+    assert record["metrics"]["accuracy"] == dynamic.manifest["metrics"]["dev"]["accuracy"]

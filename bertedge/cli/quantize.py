@@ -30,7 +30,7 @@ def quantize(
     method: Annotated[str, typer.Option(help="Static calibration: minmax, entropy or percentile.")] = "minmax",
     exclude_op_types: Annotated[list[str] | None, typer.Option("--exclude-op-types", help="Op types kept in float (comma-separated or repeated).")] = None,
     exclude_nodes: Annotated[list[str] | None, typer.Option("--exclude-nodes", help="Node names kept in float (comma-separated or repeated).")] = None,
-    max_accuracy_drop: Annotated[float, typer.Option(help="Accuracy budget in points of the dev metric (auto picks the fastest within it).")] = 1.0,
+    max_accuracy_drop: Annotated[float | None, typer.Option(help="Accuracy budget in points of the dev metric: auto picks the fastest within it; dynamic, static and fp16 fail over it (without the option they warn over 1.0).")] = None,
     fp32_nodes: Annotated[int, typer.Option(help="auto: keep up to N most sensitive nodes in fp32.")] = 2,
     sensitivity_samples: Annotated[int, typer.Option(help="auto: dev samples for the sensitivity analysis.")] = 64,
     data: Annotated[str | None, typer.Option(help="Evaluation data (default: recorded in the bundle).")] = None,
@@ -69,7 +69,8 @@ def quantize(
                                   "or quantize the exported bundle with --engine onnxruntime")
         _quantize_inc(bundle, out, mode="fp16" if fp16 else mode, calibration=calibration,
                       calibration_split=calibration_split, calibration_samples=calibration_samples,
-                      calibration_batch_size=calibration_batch_size, max_accuracy_drop=max_accuracy_drop,
+                      calibration_batch_size=calibration_batch_size,
+                      max_accuracy_drop=1.0 if max_accuracy_drop is None else max_accuracy_drop,
                       data=data, eval_samples=eval_samples, overwrite=overwrite, json_out=json_out)
         return
     config = build(QuantizeConfig, {
@@ -77,7 +78,9 @@ def quantize(
         "calibration": calibration, "calibration_split": calibration_split,
         "calibration_samples": calibration_samples, "calibration_batch_size": calibration_batch_size,
         "method": method, "exclude_op_types": split_names(exclude_op_types),
-        "exclude_nodes": split_names(exclude_nodes), "max_accuracy_drop": max_accuracy_drop,
+        "exclude_nodes": split_names(exclude_nodes),
+        "max_accuracy_drop": 1.0 if max_accuracy_drop is None else max_accuracy_drop,
+        "enforce_budget": max_accuracy_drop is not None,
         "fp32_nodes": fp32_nodes, "sensitivity_samples": sensitivity_samples, "data": data,
         "eval_samples": eval_samples, "evaluate": not no_eval, "timing_rounds": timing_rounds,
         "timing_threads": timing_threads, "provider": provider, "fp16_tolerance": fp16_tolerance,
@@ -90,12 +93,18 @@ def quantize(
         emit_json({"artifact": str(artifact.path), "task": artifact.task, "mode": q["mode"],
                    "candidate": q["candidate"], "size_ratio": q["size_ratio"],
                    "quantized_nodes": q["quantized_nodes"], "metrics": metrics,
+                   "batch_invariant": q.get("batch_invariant"), "b32_vs_b1": q.get("b32_vs_b1"),
                    "gate": q.get("gate")})
         return
+    from ..log import points_change
+
     line = f"wrote {artifact.path} ({q['candidate']}, {q['size_ratio']}x smaller"
     if metrics:
         metric = artifact.manifest.get("primary_metric")
-        line += f", dev {metric} {metrics['dev'].get(metric):.4f} vs fp32 {metrics['fp32_dev'].get(metric):.4f}"
+        line += (f", dev {metric} {metrics['dev'].get(metric):.4f} vs fp32 {metrics['fp32_dev'].get(metric):.4f}, "
+                 f"{points_change(metrics.get('drop_pts'))}")
+    if q.get("batch_invariant") is False:
+        line += "; batch-dependent int8: runs one sequence at a time by default"
     typer.echo(line + ")")
 
 

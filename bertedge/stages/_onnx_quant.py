@@ -144,6 +144,13 @@ def op_counts(model_path: Path) -> dict[str, int]:
     return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
 
 
+def runtime_scale_ops(counts: dict[str, int]) -> list[str]:
+    """The ops of an op histogram that compute activation scales at run time (batch-dependent outputs)."""
+    from ..runtime import RUNTIME_SCALE_OPS
+
+    return sorted(op for op, n in counts.items() if n and op in RUNTIME_SCALE_OPS)
+
+
 def quantized_node_counts(counts: dict[str, int]) -> dict[str, int]:
     """The quantization-related part of an op histogram, plus the number of QDQ pairs."""
     out = {op: n for op, n in counts.items() if op in QUANT_OP_TYPES or op.startswith("QLinear")}

@@ -285,14 +285,12 @@ def compare_outputs(reference: list[dict], candidate: list[dict], atol: float) -
 
 def prediction_agreement(task_name: str, a: list, b: list) -> float:
     """Fraction of examples whose predictions are identical (label / every word's tag / answer span)."""
+    from ..tasks import get_task
+
     if not a:
         return 1.0
-    if task_name == "text-classification":
-        same = [x["label_id"] == y["label_id"] for x, y in zip(a, b)]
-    elif task_name == "token-classification":
-        same = [x["tags"] == y["tags"] for x, y in zip(a, b)]
-    else:
-        same = [(x["start"], x["end"]) == (y["start"], y["end"]) for x, y in zip(a, b)]
+    key = get_task(task_name).prediction_key
+    same = [key(x) == key(y) for x, y in zip(a, b)]
     return sum(same) / len(same)
 
 

@@ -158,10 +158,10 @@ def quantize_torch(src: str | Path | Artifact, config: IncQuantizeConfig, out: s
         exported = torch.export.export(quantized, example, dynamic_shapes=_dynamic_shapes(inputs, max_positions))
     drop = round((fp32[metric] - metrics[metric]) * 100, 4)
     if drop > config.max_accuracy_drop:
-        log.warning(f"inc {chosen} loses {drop:.2f} pts of dev {metric}, more than the {config.max_accuracy_drop} "
-                    "pt budget")
+        log.warning(f"inc {chosen} changes dev {metric} by {log.points_change(drop)}, over the "
+                    f"{config.max_accuracy_drop} pt budget")
     log.info(f"quantize --engine inc: {chosen}: dev {metric} {fp32[metric]:.4f} -> {metrics[metric]:.4f} "
-             f"({drop:+.2f} pts)")
+             f"({log.points_change(drop)})")
 
     with atomic_artifact(out, stage="quantize", task=parent.task, overwrite=overwrite) as writer:
         torch.export.save(exported, str(writer.path / PROGRAM_FILE))

@@ -51,7 +51,11 @@ class QuantizeConfig(StrictModel):
     method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="Static calibration method")
     exclude_op_types: list[str] = Field(default_factory=list, description="Op types kept in float (e.g. Attention)")
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float")
-    max_accuracy_drop: float = Field(1.0, ge=0, description="Budget for the dev metric, in points (0-100 scale)")
+    max_accuracy_drop: float = Field(1.0, ge=0, description="Budget for the dev metric, in points (0-100 scale): "
+                                                            "auto picks the fastest candidate within it; the other "
+                                                            "modes warn when their drop is over it")
+    enforce_budget: bool = Field(False, description="dynamic/static/fp16: fail (nothing written) instead of warning "
+                                                    "when the dev drop is over max_accuracy_drop")
     fp32_nodes: int = Field(2, ge=0, le=10, description="auto: keep up to this many most sensitive nodes in fp32")
     sensitivity_samples: int = Field(64, ge=1, description="auto: dev samples for the per-node sensitivity analysis")
     data: str | None = Field(None, description="Evaluation data (default: the data recorded in the bundle)")
@@ -102,6 +106,7 @@ def quantize(src: str | Path | Artifact, config: QuantizeConfig, out: str | Path
             chosen, gate = session.gate(base)
         else:
             chosen, gate = session.single(base[0]), None
+        chosen["batching"] = session.batching(chosen)
         shutil.copyfile(chosen["path"], writer.path / MODEL_FILE)
         shutil.rmtree(work)
         for file in parent.path.iterdir():
@@ -252,14 +257,43 @@ class _Session:
         return self.calibration_cache if scheme.mode == "static" else None
 
     def evaluate(self, path: Path) -> dict:
+        """Dev metrics as the bundle is deployed: a graph with run-time activation scales (dynamic int8)
+        one sequence at a time (what `runtime.Bundle` does with it, and what the report times at b1)."""
         from ..providers import make_session
         from ..runtime import session_forward
         from ..tasks.base import evaluate_examples
 
         forward = session_forward(make_session(path, self.config.provider))
+        batch = 1 if oq.runtime_scale_ops(oq.op_counts(path)) else 64
         metrics, _ = evaluate_examples(self.task, self.dev, self.encoder, forward, self.settings,
-                                       self.parent.labels or None)
+                                       self.parent.labels or None, batch)
         return metrics
+
+    def batching(self, row: dict) -> dict:
+        """Whether `row`'s graph gives a text the same outputs whatever else is in its batch, and if not,
+        by how much batching changes them: dev outputs one sequence at a time vs arrival-order batches of
+        32, each padded to its longest member."""
+        from ..providers import make_session
+        from ..runtime import session_forward
+        from ..tasks.base import batch_dependence, outputs_in_order
+
+        ops = oq.runtime_scale_ops(row["op_counts"])
+        record = {"batch_invariant": not ops, "runtime_scale_ops": ops,
+                  "deployed": "per-sequence" if ops else "batched"}
+        if not ops or not self.dev:
+            return record
+        forward = session_forward(make_session(row["path"], self.config.provider))
+        features = self.task.eval_features(self.dev, self.encoder, self.settings)
+        per_token = self.task.per_token_outputs
+        alone = outputs_in_order(features, self.encoder, forward, 1, per_token)
+        batched = outputs_in_order(features, self.encoder, forward, 32, per_token)
+        effect = batch_dependence(self.task, self.dev, features, alone, batched, self.settings,
+                                  self.parent.labels or None)
+        record["b32_vs_b1"] = effect
+        log.info(f"quantize: {row['name']} computes activation scales at run time ({', '.join(ops)}): batched "
+                 f"32 at a time it changes {effect['flips']} of {effect['n']} dev predictions (max |diff| "
+                 f"{effect['max_abs_diff']:.3g}); the bundle runs one sequence at a time by default")
+        return record
 
     def fp32(self) -> dict:
         if self.baseline is None:
@@ -285,10 +319,15 @@ class _Session:
             self.score(row)
             base = self.fp32()
             log.info(f"quantize: dev {self.metric} fp32 {base['score']:.4f} -> {row['score']:.4f} "
-                     f"({row['drop_pts']:+.2f} pts)")
-            if row["drop_pts"] > self.config.max_accuracy_drop:
-                log.warning(f"{scheme.name} loses {row['drop_pts']:.2f} pts of dev {self.metric}, more than "
-                            f"--max-accuracy-drop {self.config.max_accuracy_drop}; try --mode auto")
+                     f"({log.points_change(row['drop_pts'])})")
+            if row["drop_pts"] > self.config.max_accuracy_drop + 1e-9:
+                what = (f"{scheme.name} changes dev {self.metric} by {log.points_change(row['drop_pts'])}, over "
+                        f"the {self.config.max_accuracy_drop} pt budget")
+                if self.config.enforce_budget:
+                    raise QuantizationError(what, where="--max-accuracy-drop",
+                                            fix="Try --mode auto (it keeps sensitive nodes in fp32), static int8 "
+                                                "with --calibration, or raise --max-accuracy-drop")
+                log.warning(f"{what}; try --mode auto, or pass --max-accuracy-drop to make this an error")
         return row
 
     def validate_fp16(self, row: dict) -> dict:
@@ -370,9 +409,9 @@ class _Session:
         if not met:
             log.warning(f"no candidate keeps dev {self.metric} within {budget} pts of fp32 "
                         f"({base['score']:.4f}); saving the most accurate one, {chosen['name']} "
-                        f"({chosen['drop_pts']:+.2f} pts)")
+                        f"({log.points_change(chosen['drop_pts'])})")
         else:
-            log.info(f"quantize auto: chose {chosen['name']} ({chosen['drop_pts']:+.2f} pts, "
+            log.info(f"quantize auto: chose {chosen['name']} ({log.points_change(chosen['drop_pts'])}, "
                      f"p50 {chosen['p50_ms']:.2f} ms vs fp32 {base['p50_ms']:.2f} ms)")
         for row in rows:
             row["verdict"] = candidate_verdict(row, chosen, budget, self.metric)
@@ -391,7 +430,7 @@ class _Session:
         try:
             row = self.score(self.build(scheme))
             row["status"] = "ok"
-            log.info(f"  {row['name']:<40} {self.metric} {row['score']:.4f} ({row['drop_pts']:+.2f} pts), "
+            log.info(f"  {row['name']:<40} {self.metric} {row['score']:.4f} ({log.points_change(row['drop_pts'])}), "
                      f"{row['size_bytes'] / 2**20:.1f} MiB")
         except QuantizationError as exc:
             log.warning(f"candidate {scheme.name} failed: {exc}")
@@ -488,9 +527,9 @@ def candidate_verdict(row: dict, chosen: dict, max_drop: float, metric: str) -> 
     within = row["drop_pts"] <= max_drop + 1e-9
     if row is chosen:
         return ("chosen: fastest within the budget" if within else
-                f"chosen: most accurate, but {row['drop_pts']:.2f} pts over the {max_drop} pt budget")
+                f"chosen: most accurate, but {log.points_change(row['drop_pts'])}, over the {max_drop} pt budget")
     if not within:
-        return f"rejected: loses {row['drop_pts']:.2f} pts of {metric}, over the {max_drop} pt budget"
+        return f"rejected: {metric} {log.points_change(row['drop_pts'])}, over the {max_drop} pt budget"
     return f"within budget, slower than {chosen['name']} ({row['p50_ms']:.2f} vs {chosen['p50_ms']:.2f} ms)"
 
 
@@ -552,6 +591,7 @@ def _manifest(parent: Artifact, config: QuantizeConfig, preset: oq.Preset, chose
         "calibration": _calibration_record(config, session),
         "gate": gate,
         "validation": chosen.get("validation"),
+        **chosen["batching"],
     }
     metrics = {}
     if config.evaluate:
@@ -589,19 +629,30 @@ def _report(record: dict) -> str:
     if metrics:
         metric = record["primary_metric"]
         summary = (f"- dev {metric}: {metrics['dev'].get(metric)} (fp32 {metrics['fp32_dev'].get(metric)}, "
-                   f"drop {metrics['drop_pts']} pts)")
-        lines += [summary, ""]
+                   f"{log.points_change(metrics['drop_pts'])})")
+        lines += [summary]
+    if q.get("batch_invariant") is False:
+        effect = q.get("b32_vs_b1")
+        line = (f"- batch-dependent: {', '.join(q['runtime_scale_ops'])} compute activation scales at run time; "
+                "the runtime runs one sequence at a time by default (predictions then never depend on the batch)")
+        if effect:
+            line += (f"; batched 32 at a time, {effect['flips']} of {effect['n']} dev predictions change "
+                     f"(max |diff| {effect['max_abs_diff']:.3g})")
+        lines += [line]
+    elif q.get("batch_invariant"):
+        lines += ["- batch-invariant: no op computes activation scales at run time"]
+    lines += [""]
     gate = q.get("gate")
     if gate:
         verdict = "met" if gate["met"] else "NOT met (most accurate candidate saved)"
         lines += [f"## Accuracy gate: budget {gate['max_accuracy_drop']} pts of {gate['metric']}, {verdict}", "",
-                  f"| candidate | verdict | {gate['metric']} | drop (pts) | p50 ms (b1) | speed-up | MiB |",
+                  f"| candidate | verdict | {gate['metric']} | change (pts, loss < 0) | p50 ms (b1) | speed-up | MiB |",
                   "|---|---|---|---|---|---|---|"]
         for row in [gate["baseline"], *gate["candidates"]]:
             mark = " **(chosen)**" if row["name"] == gate["chosen"] else ""
             verdict = row.get("verdict") or ("reference" if row["name"] == "fp32" else row.get("status", "ok"))
             lines.append(f"| {row['name']}{mark} | {verdict} | {_fmt(row.get('score'))} | "
-                         f"{_fmt(row.get('drop_pts'))} | {_fmt(row.get('p50_ms'))} | {_fmt(row.get('speedup'))} | "
+                         f"{_fmt(-row['drop_pts'] + 0.0 if row.get('drop_pts') is not None else None)} | {_fmt(row.get('p50_ms'))} | {_fmt(row.get('speedup'))} | "
                          f"{_fmt(row.get('size_bytes', 0) / 2**20)} |")
         if gate.get("sensitivity"):
             lines += ["", "Most sensitive nodes (output error removed when kept in fp32):", ""]

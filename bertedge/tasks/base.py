@@ -45,6 +45,10 @@ class Task:
     def metrics(self, examples: list[dict], predictions: list, labels: list[str] | None) -> dict:
         raise NotImplementedError
 
+    def prediction_key(self, prediction: dict):
+        """What makes two predictions of one example the same (label / every word's tag / answer span)."""
+        raise NotImplementedError
+
 
 def run_forward(features: list[dict], encoder: TextEncoder, forward: Forward, batch_size: int,
                 per_token: tuple[str, ...] = (),
@@ -74,3 +78,38 @@ def evaluate_examples(task: Task, examples: list[dict], encoder: TextEncoder, fo
     outputs = run_forward(features, encoder, forward, batch_size, task.per_token_outputs, progress)
     predictions = task.postprocess(examples, features, outputs, settings, labels)
     return task.metrics(examples, predictions, labels), predictions
+
+
+def outputs_in_order(features: list[dict], encoder: TextEncoder, forward: Forward, batch_size: int,
+                     per_token: tuple[str, ...] = (), pad_to: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Like `run_forward`, but batches in the given (arrival) order, as a server batches requests:
+    each batch padded to its longest member, or to `pad_to`. Per-token outputs are trimmed as there."""
+    results: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start:start + batch_size]
+        out = forward(encoder.collate(chunk, pad_to=pad_to))
+        for row, feature in enumerate(chunk):
+            n = len(feature["input_ids"])
+            results.append({k: (v[row, :n] if k in per_token else v[row]) for k, v in out.items()})
+    return results
+
+
+def batch_dependence(task: Task, examples: list[dict], features: list[dict], reference: list[dict],
+                     other: list[dict], settings: TaskSettings, labels: list[str] | None) -> dict:
+    """How far `other` outputs (another batching of the same features) are from `reference`: predictions
+    that flip (label / any word's tag / answer span), the largest output difference, and both metrics."""
+    ref_pred = task.postprocess(examples, features, reference, settings, labels)
+    other_pred = task.postprocess(examples, features, other, settings, labels)
+    flips = sum(task.prediction_key(a) != task.prediction_key(b) for a, b in zip(ref_pred, other_pred))
+    diff = max((float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64))))
+                for a, b in zip(reference, other) for k in a if a[k].size), default=0.0)
+    metric = task.primary_metric
+    ref_metrics = task.metrics(examples, ref_pred, labels)
+    other_metrics = task.metrics(examples, other_pred, labels)
+    return {"n": len(examples), "flips": flips, "flip_rate": round(flips / len(examples), 6) if examples else 0.0,
+            "max_abs_diff": diff, "metric": metric, "reference": _scalar_metrics(ref_metrics),
+            "other": _scalar_metrics(other_metrics)}
+
+
+def _scalar_metrics(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

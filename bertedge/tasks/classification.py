@@ -88,6 +88,9 @@ class TextClassification(Task):
                                 "score": float(probs[best]), "truncated": feature["truncated"]})
         return predictions
 
+    def prediction_key(self, prediction):
+        return prediction["label_id"]
+
     def metrics(self, examples, predictions, labels):
         gold = [ex["label"] for ex in examples]
         if any(g is None for g in gold):

@@ -98,6 +98,9 @@ class QuestionAnswering(Task):
                                     "windows": len(by_example[i])})
         return predictions
 
+    def prediction_key(self, prediction):
+        return prediction["start"], prediction["end"]
+
     def metrics(self, examples, predictions, labels):
         if any(not ex["answers"]["text"] for ex in examples):
             return {"n_unlabeled": len(examples)}

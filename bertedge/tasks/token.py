@@ -108,6 +108,9 @@ class TokenClassification(Task):
             predictions.append({"tags": tags, "truncated_words": truncated})
         return predictions
 
+    def prediction_key(self, prediction):
+        return tuple(prediction["tags"])
+
     def metrics(self, examples, predictions, labels):
         if any(ex.get("tags") is None for ex in examples):
             return {"n_unlabeled": len(examples)}
