@@ -152,19 +152,22 @@ class Bundle:
     # ------------------------------------------------------------------ predictions
 
     def predict(self, items: Iterable[Any], *, batch_size: int = 32,
-                where: Iterable[str] | None = None) -> list[dict]:
+                where: Iterable[str] | None = None, logits: bool = False) -> list[dict]:
         """Predictions for raw inputs, in order.
 
         text-classification: a string, or {"text", "text_pair"} (pair models need text_pair);
         token-classification: a string (split into words here) or {"text"} or {"tokens": [...]};
         question-answering: {"question", "context"}. `where` names each item in errors (file:line).
+        `logits=True` adds the raw model outputs of each input under "outputs": one dict per model call
+        window (classification and NER: one; QA: one per context window), output name -> nested lists
+        (per-token outputs trimmed to the window's real tokens), so any binding can be checked against it.
         """
         items = list(items)
         places = list(where) if where is not None else [f"input {i + 1}" for i in range(len(items))]
         examples = [self.normalize(item, place) for item, place in zip(items, places)]
         results: list[dict] = []
         for start in range(0, len(examples), batch_size):
-            results.extend(self._predict_batch(examples[start:start + batch_size], batch_size))
+            results.extend(self._predict_batch(examples[start:start + batch_size], batch_size, logits))
         return results
 
     def normalize(self, item: Any, where: str = "input") -> dict:
@@ -224,20 +227,33 @@ class Bundle:
         """The batch the model really runs: 1 in per-sequence mode, else what was asked."""
         return 1 if self.per_sequence else requested
 
-    def _predict_batch(self, examples: list[dict], batch_size: int) -> list[dict]:
+    def _predict_batch(self, examples: list[dict], batch_size: int, logits: bool = False) -> list[dict]:
+        results, features, outputs = self._predictions(examples, batch_size)
+        if logits:
+            raw: list[list[dict]] = [[] for _ in examples]
+            for feature, out in zip(features, outputs):
+                raw[feature["example_index"]].append({k: v.tolist() for k, v in out.items()})
+            for result, windows in zip(results, raw):
+                result["outputs"] = windows
+        return results
+
+    def _predictions(self, examples: list[dict], batch_size: int) -> tuple[list[dict], list[dict], list[dict]]:
+        """(one result per example, the model features, the model outputs per feature)."""
         task, settings = self.task, self.settings
         features = task.eval_features(examples, self.encoder, settings)
         outputs = run_forward(features, self.encoder, self._forward, self.inference_batch_size(batch_size),
                               task.per_token_outputs)
         predictions = task.postprocess(examples, features, outputs, settings, self.labels)
         if task.name == "text-classification":
-            return [self._classification(p, o) for p, o in zip(predictions, outputs)]
-        if task.name == "token-classification":
-            return [self._entities(ex, f, p, o) for ex, f, p, o in zip(examples, features, predictions, outputs)]
-        return [{"answer": ex["_context"][p["start"]:p["end"]], "start": p["start"], "end": p["end"],
-                 "score": _finite(p["score"]),
-                 "windows": p["windows"], "question_truncated": ex["_question_truncated"]}
-                for ex, p in zip(examples, predictions)]
+            results = [self._classification(p, o) for p, o in zip(predictions, outputs)]
+        elif task.name == "token-classification":
+            results = [self._entities(ex, f, p, o) for ex, f, p, o in zip(examples, features, predictions, outputs)]
+        else:
+            results = [{"answer": ex["_context"][p["start"]:p["end"]], "start": p["start"], "end": p["end"],
+                        "score": _finite(p["score"]),
+                        "windows": p["windows"], "question_truncated": ex["_question_truncated"]}
+                       for ex, p in zip(examples, predictions)]
+        return results, features, outputs
 
     def _classification(self, prediction: dict, output: dict) -> dict:
         probs = softmax(output["logits"].astype(np.float64))

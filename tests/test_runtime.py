@@ -211,3 +211,40 @@ def test_invalid_json_line_and_no_inputs(cli, tiny_bundles, tmp_path):
     assert_one_line_error(cli("predict", tiny_bundles["sst"].path), "no inputs", "Pass TEXT arguments or --input")
     assert_one_line_error(cli("predict", tiny_bundles["sst"].path, '{"text": "a", "text_pair": "b"}'),
                           "this model classifies single texts but got a text_pair")
+
+
+# ----------------------------------------------------------------------------- predict --logits, echo
+
+
+def test_predict_logits_give_the_raw_outputs_behind_each_prediction(cli, tiny_bundles):
+    import numpy as np
+
+    from bertedge.runtime import Bundle
+
+    long_text = "a " * 60 + "good film"
+    result = cli("predict", tiny_bundles["sst"].path, "a good film", long_text, "--logits")
+    assert result.code == 0, result
+    rows = [json.loads(line) for line in result.out.splitlines()]
+    assert rows[0]["text"] == "a good film" and len(rows[1]["text"]) == 80 and rows[1]["text"].endswith("…")
+    for row in rows:
+        (window,) = row["outputs"]
+        logits = np.array(window["logits"])
+        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        assert logits.shape == (2,) and list(row["scores"].values()) == pytest.approx(list(probs), abs=1e-6)
+    bundle = Bundle(tiny_bundles["sst"].path)
+    reference = bundle.forward(bundle.encoder.collate(bundle.task.eval_features(
+        [bundle.normalize("a good film")], bundle.encoder, bundle.settings)))["logits"][0]
+    assert rows[0]["outputs"][0]["logits"] == pytest.approx(reference.tolist(), abs=1e-6)
+
+    ner = [json.loads(line) for line in cli("predict", tiny_bundles["conll"].path, "john went to paris",
+                                            "--logits").out.splitlines()]
+    (window,) = ner[0]["outputs"]
+    conll = Bundle(tiny_bundles["conll"].path)
+    feature = conll.task.eval_features([conll.normalize("john went to paris")], conll.encoder, conll.settings)[0]
+    assert len(window["logits"]) == len(feature["input_ids"])  # one row per real token, padding dropped
+
+    context = " ".join(["the city of paris is the capital of france ."] * 30)
+    qa = [json.loads(line) for line in cli("predict", tiny_bundles["squad"].path, json.dumps(
+        {"question": "capital ?", "context": context}), "--logits").out.splitlines()]
+    assert qa[0]["text"] == "capital ?" and len(qa[0]["outputs"]) == qa[0]["windows"] > 1
+    assert set(qa[0]["outputs"][0]) == {"start_logits", "end_logits"}

@@ -87,6 +87,19 @@ def _text_items(texts: list[str]) -> list[tuple[str, object]]:
     return items
 
 
+ECHO_CHARS = 80
+
+
+def _echo(item) -> str | None:
+    """The input's text (a QA input: its question), cut to ECHO_CHARS characters, for the JSON line."""
+    text = item if isinstance(item, str) else (item.get("text") or item.get("question")) if isinstance(item, dict) else None
+    if text is None and isinstance(item, dict) and isinstance(item.get("tokens"), list):
+        text = " ".join(str(t) for t in item["tokens"])
+    if not isinstance(text, str):
+        return None
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS - 1] + "…"
+
+
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="An exported bundle.")],
@@ -98,6 +111,8 @@ def predict(
     provider: Annotated[str, typer.Option(help="cpu, cuda or tensorrt.")] = "cpu",
     threads: Annotated[Optional[int], typer.Option(help="Intra-op threads (default: ONNX Runtime's choice).")] = None,
     ort_format: Annotated[bool, typer.Option("--ort-format", help="Run model.ort instead of model.onnx.")] = False,
+    logits: Annotated[bool, typer.Option("--logits", help="Add the raw model outputs of each input (\"outputs\": one object per model window) to its JSON line.")] = False,
+    per_sequence: Annotated[Optional[bool], typer.Option("--per-sequence/--batched", help="Run one sequence per model call, so a prediction never depends on the batch (default: on for batch-dependent int8 bundles, off otherwise).")] = None,
 ) -> None:
     """Predict with a bundle (ONNX Runtime + tokenizers only); streams one JSON line per input."""
     from ..errors import ConfigError
@@ -110,7 +125,13 @@ def predict(
     if output is not None and (output.is_dir() or not output.absolute().parent.is_dir()):
         raise ConfigError("is a directory or its folder does not exist", where=f"--output {output}",
                           fix="Pass a file path in an existing directory")
-    model = Bundle(bundle, provider=provider, threads=threads, model_file="model.ort" if ort_format else None)
+    model = Bundle(bundle, provider=provider, threads=threads, model_file="model.ort" if ort_format else None,
+                   per_sequence=per_sequence)
+    if not model.batch_invariant and not model.per_sequence:
+        from .. import log
+
+        log.warning("this int8 bundle computes activation scales over the whole batch: with --batched a "
+                    "prediction can change with the rest of its batch (see quantization.b32_vs_b1 in bertedge.json)")
 
     def items():
         yield from _text_items(texts or [])
@@ -131,12 +152,15 @@ def predict(
 
         def flush() -> None:
             predictions = model.predict([item for _, item in chunk], batch_size=batch_size,
-                                        where=[where for where, _ in chunk])
+                                        where=[where for where, _ in chunk], logits=logits)
             for (where, item), prediction in zip(chunk, predictions):
                 record = {}
                 if isinstance(item, dict) and "id" in item:
                     record["id"] = item["id"]
                 record["input"] = where
+                text = _echo(item)
+                if text is not None:
+                    record["text"] = text
                 record.update(prediction)
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
             sink.flush()
