@@ -6,6 +6,11 @@ directory at the output path, and a leftover temp directory is never read as an 
 `load_artifact` requires the manifest's ``complete`` flag and refuses the temp directories
 themselves (``.NAME.partial-PID``, and ``.NAME.old-PID`` where ``--overwrite`` parks the
 artifact it replaces). The next stage writing NAME removes the ones of dead processes.
+
+One writer per output path at a time: while a stage writes NAME it holds the lock file
+``.NAME.lock`` beside it (created with O_EXCL, holding its PID). A second stage writing NAME is
+refused in one line naming the PID; a lock left by a dead process is cleared by the next writer.
+A write that runs out of space (ENOSPC, EDQUOT, EFBIG) is reported as such, with nothing left at NAME.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
+from .errors import ArtifactError, DiskFullError, OutputBusyError, disk_full_cause, disk_full_error
 
 MANIFEST = "bertedge.json"
 FORMAT_VERSION = 1
 PARTIAL_MARK = ".partial-"
 OLD_MARK = ".old-"  # --overwrite: the replaced artifact, between the two renames of the swap
+LOCK_MARK = ".lock"  # .NAME.lock: the PID of the process writing NAME
 _LEFTOVER = re.compile(r"^\..+(\.partial|\.old)-(\d+)$")
 
 
@@ -130,6 +136,9 @@ def check_output_path(out: str | Path, *, overwrite: bool = False) -> Path:
     if out.exists() and not out.is_dir():
         raise ArtifactError("output path exists and is a file", where=str(out),
                             fix="Choose a directory path for --out")
+    holder = lock_holder(out)
+    if holder is not None and holder != os.getpid():
+        raise _busy(out, holder)
     enclosing = _enclosing_artifact(out.parent)
     if enclosing is not None:
         raise ArtifactError(f"output path is inside the artifact {enclosing}", where=str(out),
@@ -230,7 +239,7 @@ def _clean_stale_partials(out: Path) -> None:
         prefix = f".{out.name}{mark}"
         for candidate in out.parent.glob(glob.escape(prefix) + "*"):
             pid = candidate.name[len(prefix):]
-            if not pid.isdigit() or _pid_alive(int(pid)):
+            if not pid.isdigit() or pid_alive(int(pid)):
                 continue
             if mark == OLD_MARK and not out.exists() and (candidate / MANIFEST).is_file():
                 os.replace(candidate, out)
@@ -238,7 +247,7 @@ def _clean_stale_partials(out: Path) -> None:
                 shutil.rmtree(candidate, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -248,31 +257,141 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- one writer per output path
+
+_HELD: set[Path] = set()  # the lock files this process holds
+
+
+def lock_path(out: str | Path) -> Path:
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}{LOCK_MARK}"
+
+
+def _lock_pid(lock: Path) -> int | None:
+    """The PID in a lock file; None when there is no lock file, 0 when it holds no PID (yet)."""
+    try:
+        text = lock.read_text(encoding="ascii", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else 0
+
+
+def _stale(lock: Path, pid: int) -> bool:
+    if pid == 0:  # created this instant, its PID not written yet
+        return False
+    if pid == os.getpid():  # a dead process's PID that this process was given again
+        return lock not in _HELD
+    return not pid_alive(pid)
+
+
+def lock_holder(out: str | Path) -> int | None:
+    """The PID of the live process holding the write lock of `out` (0: not known yet); None when it is free."""
+    lock = lock_path(out)
+    pid = _lock_pid(lock)
+    return None if pid is None or _stale(lock, pid) else pid
+
+
+def _busy(out: Path, pid: int) -> OutputBusyError:
+    if pid:
+        return OutputBusyError(f"another bertedge process (pid {pid}) is writing this output", where=str(out),
+                               fix="Wait for it to finish, or choose another --out")
+    return OutputBusyError("another bertedge process is writing this output", where=str(out),
+                           fix=f"Wait for it to finish, or choose another --out; if no bertedge process is "
+                               f"running, delete {lock_path(out)}")
+
+
+def _clear_stale_lock(lock: Path, pid: int) -> None:
+    """Remove a dead process's lock file, and only that one: another process may have cleared it and
+    taken the lock since `pid` was read, so the file is first moved aside and read again."""
+    aside = lock.with_name(f"{lock.name}.stale-{os.getpid()}")
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return  # someone else cleared it first
+    if _lock_pid(aside) == pid:
+        aside.unlink(missing_ok=True)
+    else:  # a live writer's fresh lock: put it back
+        os.rename(aside, lock)
+
+
+def _acquire_lock(out: Path) -> Path:
+    lock = lock_path(out)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):  # each retry follows another process's release or a stale lock cleared
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pid = _lock_pid(lock)
+            if pid is not None and not _stale(lock, pid):
+                raise _busy(out, pid) from None
+            if pid is not None:
+                _clear_stale_lock(lock, pid)
+            continue
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            if disk_full_cause(exc) is not None:
+                raise disk_full_error(exc, where=str(out)) from exc
+            raise
+        os.close(fd)
+        _HELD.add(lock)
+        return lock
+    raise _busy(out, _lock_pid(lock) or 0)
+
+
+def _release_lock(lock: Path) -> None:
+    _HELD.discard(lock)
+    if _lock_pid(lock) == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path) -> Iterator[Path]:
+    """Hold the write lock of `out` (the lock file `.NAME.lock` beside it) for the block.
+
+    Refuses with OutputBusyError when a live process holds it; clears one left by a dead process.
+    """
+    lock = _acquire_lock(Path(out).absolute())
+    try:
+        yield lock
+    finally:
+        _release_lock(lock)
+
+
 @contextlib.contextmanager
 def atomic_artifact(out: str | Path, *, stage: str, task: str, overwrite: bool = False) -> Iterator[ArtifactWriter]:
-    """Yield a writer over a temp dir; on success rename it to `out`, on failure delete it."""
-    _clean_stale_partials(Path(out).absolute())  # first: it may put back an artifact at `out`
-    out = check_output_path(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    writer = ArtifactWriter(out, tmp, stage, task)
-    try:
-        yield writer
-        writer.finish()
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    writer.path = out
+    """Yield a writer over a temp dir; on success rename it to `out`, on failure delete it.
+
+    The whole write holds the output's lock; a write that runs out of space raises DiskFullError.
+    """
+    out = check_output_path(out, overwrite=overwrite)  # before anything is written, the lock file included
+    with output_lock(out):
+        _clean_stale_partials(out)  # it may put back an artifact at `out` ...
+        out = check_output_path(out, overwrite=overwrite)  # ... so check again
+        tmp = out.parent / f".{out.name}{PARTIAL_MARK}{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        writer = ArtifactWriter(out, tmp, stage, task)
+        try:
+            yield writer
+            writer.finish()
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{os.getpid()}"
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            full = disk_full_cause(exc)
+            if full is not None and not isinstance(exc, DiskFullError):
+                raise disk_full_error(full, where=str(out)) from exc
+            raise
+        writer.path = out
 
 
 def require_task_model(artifact: Artifact) -> None:

@@ -7,6 +7,9 @@ tests and callers can tell failures apart.
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class BertEdgeError(Exception):
     """A failure the user can act on: says where, what was found, and the fix."""
@@ -43,6 +46,14 @@ class ArtifactError(BertEdgeError):
     """An artifact directory is missing, incomplete, or an output path is unusable."""
 
 
+class OutputBusyError(ArtifactError):
+    """Another live bertedge process is writing the same output path (it holds the output's lock)."""
+
+
+class DiskFullError(ArtifactError):
+    """A write failed: the disk is full, a quota is exceeded, or a file reached the file-size limit."""
+
+
 class ExportError(BertEdgeError):
     """ONNX export or its validation failed."""
 
@@ -57,3 +68,40 @@ class BenchError(BertEdgeError):
 
 class TrainingError(BertEdgeError):
     """Training diverged or cannot proceed."""
+
+
+# ENOSPC: no space left; EDQUOT: quota exceeded; EFBIG: the file-size limit (ulimit -f) or the filesystem's.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# Libraries that wrap the OSError (safetensors' Rust I/O errors, ONNX, ...) still quote its text.
+_DISK_FULL_TEXTS = tuple(os.strerror(code) for code in sorted(DISK_FULL_ERRNOS))
+
+
+def disk_full_cause(exc: BaseException) -> BaseException | None:
+    """The error in `exc`'s cause/context chain that says a write ran out of space (the OSError itself
+    when there is one, else a library error quoting its text); None if there is none."""
+    chain, pending = [], [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is not None and all(current is not seen for seen in chain):
+            chain.append(current)
+            pending += [current.__cause__, current.__context__]
+    for current in chain:
+        if isinstance(current, DiskFullError) or (isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS):
+            return current
+    return next((c for c in chain if any(text in str(c) for text in _DISK_FULL_TEXTS)), None)
+
+
+def disk_full_error(cause: BaseException, where: str | None = None) -> DiskFullError:
+    """The one-line error for a write that ran out of space; `where` defaults to the file that failed."""
+    if isinstance(cause, DiskFullError):
+        return cause
+    if isinstance(cause, OSError):
+        detail = cause.strerror or str(cause)
+        if cause.filename:
+            detail = f"{detail}: {cause.filename}"
+            where = where or str(cause.filename)
+    else:
+        detail = " ".join(str(cause).split())[:200]
+    return DiskFullError(f"disk full or file too large, a write failed ({detail})", where=where,
+                         fix="Free space on that filesystem (or raise the quota or the file-size limit, "
+                             "ulimit -f) and rerun")

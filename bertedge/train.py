@@ -240,12 +240,12 @@ TRAIN_DIR_PREFIX = "bertedge-train-"
 
 def _trainer_work_dir() -> Path:
     """The Trainer's checkpoint directory, named by PID so one left by a killed run is removed next time."""
-    from .artifacts import _pid_alive
+    from .artifacts import pid_alive
 
     tmp = Path(tempfile.gettempdir())
     for stale in tmp.glob(f"{TRAIN_DIR_PREFIX}*"):
         pid = stale.name[len(TRAIN_DIR_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{TRAIN_DIR_PREFIX}{os.getpid()}-"))
 

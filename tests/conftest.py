@@ -8,8 +8,10 @@ import io
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
+import time
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -216,6 +218,82 @@ def assert_one_line_error(result: CliResult, *fragments: str, code: int = 1) -> 
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# ----------------------------------------------------------------------------- child processes stopped at an event
+
+# Code for `python -c` (CLI_CHILD runs the CLI after it). With BLOCK_IN=STAGE (a recipe stage: finetune, distill,
+# prune, ...) the child stops at the BLOCK_STEP-th training step of that stage (default 1), before the step runs:
+# it creates the file BLOCK_MARKER, then waits for ever (the test SIGKILLs it), or with BLOCK_UNTIL=stdin until
+# the test closes the child's stdin. So a test acts on an event the child reports, never after a delay.
+BLOCK_HOOK = r"""
+import os, signal, sys
+if os.environ.get("BLOCK_IN"):
+    import importlib
+    import transformers
+    from bertedge.recipe import STAGE_MODULES
+
+    def _block():
+        open(os.environ["BLOCK_MARKER"], "x").close()
+        if os.environ.get("BLOCK_UNTIL") == "stdin":
+            sys.stdin.read()
+        else:
+            while True:
+                signal.pause()
+
+    _module_name, _function, _ = STAGE_MODULES[os.environ["BLOCK_IN"]]
+    _module = importlib.import_module(_module_name)
+    _real_stage, _real_step = getattr(_module, _function), transformers.Trainer.training_step
+    _state = {"inside": 0, "steps": 0}
+
+    def _stage(*args, **kwargs):
+        _state["inside"] += 1
+        try:
+            return _real_stage(*args, **kwargs)
+        finally:
+            _state["inside"] -= 1
+
+    def _training_step(self, *args, **kwargs):
+        if _state["inside"]:
+            _state["steps"] += 1
+            if _state["steps"] == int(os.environ.get("BLOCK_STEP", "1")):
+                _block()
+        return _real_step(self, *args, **kwargs)
+
+    setattr(_module, _function, _stage)
+    transformers.Trainer.training_step = _training_step
+"""
+CLI_MAIN = "from bertedge.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+CLI_CHILD = BLOCK_HOOK + CLI_MAIN
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def start_child(code: str, args: list[str], log: Path, *, stdin=None, **env: str) -> subprocess.Popen:
+    """`python -c CODE ARGS` in the background, stdout and stderr into `log`."""
+    with open(log, "w") as fh:
+        return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=child_env(**env), stdin=stdin,
+                                stdout=fh, stderr=subprocess.STDOUT)
+
+
+def wait_for_marker(marker: Path, child: subprocess.Popen, log: Path, guard_s: float = 300) -> None:
+    """Wait until the child creates `marker`. The time limit only stops a broken child hanging the suite."""
+    def tail() -> str:
+        return log.read_text(errors="replace")[-3000:]
+
+    deadline = time.monotonic() + guard_s
+    while not marker.exists():
+        assert child.poll() is None, f"the child exited ({child.returncode}) before the event: {tail()}"
+        assert time.monotonic() < deadline, f"no event from the child in {guard_s} s: {tail()}"
+        time.sleep(0.05)
+
+
+def stop_child(child: subprocess.Popen) -> None:
+    if child.poll() is None:
+        child.kill()
+    child.wait()
 
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
 import pytest
 
 from bertedge.artifacts import MANIFEST, atomic_artifact, check_output_path, load_artifact
-from bertedge.errors import ArtifactError
+from bertedge.errors import ArtifactError, DiskFullError
 
 
 def test_success_renames_into_place(tmp_path):
@@ -114,3 +115,13 @@ def test_next_stage_cleans_dead_leftovers_and_puts_a_parked_artifact_back(tmp_pa
     with atomic_artifact(tmp_path / "a", stage="finetune", task="t", overwrite=True) as w:
         (w.path / "w.bin").write_bytes(b"new")
     assert (tmp_path / "a" / "w.bin").read_bytes() == b"new" and live.is_dir()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
+def test_a_write_that_runs_out_of_space_is_a_disk_full_error_and_leaves_nothing(tmp_path, code):
+    with pytest.raises(DiskFullError, match=f"{tmp_path / 'a'}: disk full or file too large") as info:
+        with atomic_artifact(tmp_path / "a", stage="finetune", task="t") as w:
+            (w.path / "w.bin").write_bytes(b"x")
+            raise OSError(code, os.strerror(code), str(w.path / "big.bin"))
+    assert os.strerror(code) in str(info.value) and "big.bin" in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import subprocess
 import sys
 
@@ -105,3 +107,37 @@ def test_help_is_fast_and_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "finetune" in out.stdout
+
+
+def test_python_m_bertedge_is_the_console_script():
+    """`python -m bertedge` runs the same entry point as `bertedge`: its help, its commands, its exit codes."""
+    import typer
+
+    from bertedge.cli import app
+
+    commands = sorted(typer.main.get_command(app).commands)
+    assert {"finetune", "distill", "prune", "trim-vocab", "export", "quantize", "bench", "run"} <= set(commands)
+    helped = subprocess.run([sys.executable, "-m", "bertedge", "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("Usage: bertedge ")
+    for command in commands:
+        assert re.search(rf"^  {re.escape(command)} ", helped.stdout, re.M), (command, helped.stdout)
+    usage = subprocess.run([sys.executable, "-m", "bertedge", "finetune", "--task", "text-classification"],
+                           capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "Missing option" in usage.stderr, usage
+
+
+def test_out_of_space_anywhere_is_one_line_naming_the_file(cli, monkeypatch, tmp_path):
+    """A disk-full OSError wrapped by a library, outside any artifact write: still the one disk-full line."""
+    full = tmp_path / "state.json"
+
+    def fake_finetune(model, config, out, overwrite=False):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(full))
+        except OSError as exc:
+            raise RuntimeError("a library's own wrapper") from exc
+
+    monkeypatch.setattr(finetune_stage, "finetune", fake_finetune)
+    result = cli("finetune", "--model", "minilm-l6", "--task", "text-classification", "--data", "sst2",
+                 "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, f"{full}: disk full or file too large", "No space left on device")

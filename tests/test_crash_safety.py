@@ -1,11 +1,14 @@
 """Crash safety: a stage killed with SIGKILL at any point leaves nothing that reads as an artifact,
 and the same command run again completes and cleans up after the dead process.
 
-Kill points: during training (timed from outside); injected inside the child process by wrapping
-library functions (nothing in bertedge itself): at the final rename into place, while the manifest
-is being written, between the two renames of an --overwrite swap, half-way through writing
-model.onnx into the temp directory, during export validation, during quantize's dev evaluation and
-during static calibration.
+Kill points: during training (the child stops itself at its 3rd training step and reports it; the test
+then kills it from outside); injected inside the child process by wrapping library functions (nothing
+in bertedge itself): at the final rename into place, while the manifest is being written, between the
+two renames of an --overwrite swap, half-way through writing model.onnx into the temp directory,
+during export validation, during quantize's dev evaluation and during static calibration.
+
+A write that fails for lack of space (here: past the file-size limit) is one line, exit 1, and leaves
+nothing at --out either.
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from bertedge.artifacts import MANIFEST, PARTIAL_MARK, is_artifact, load_artifact
+from bertedge.artifacts import MANIFEST, PARTIAL_MARK, is_artifact, load_artifact, lock_path
 from bertedge.errors import ArtifactError
+from conftest import (BLOCK_HOOK, CLI_MAIN, CliResult, assert_one_line_error, child_env, start_child, stop_child,
+                      wait_for_marker)
 
-# Runs the CLI in a child process; KILL_AT=<point> makes it SIGKILL itself at that moment.
+# Runs the CLI in a child process; KILL_AT=<point> makes it SIGKILL itself at that moment, BLOCK_IN=<stage>
+# stops it at a training step of that stage (conftest.BLOCK_HOOK).
 CHILD = r"""
 import os, signal, sys
 kill_at = os.environ.get("KILL_AT", "")
@@ -85,9 +90,7 @@ if kill_at == "calibration":
             die()
         return real_next(self)
     oq.CalibrationReader.get_next = get_next
-from bertedge.cli import main
-sys.exit(main(sys.argv[1:]))
-""".replace("{mark}", PARTIAL_MARK)
+""".replace("{mark}", PARTIAL_MARK) + BLOCK_HOOK + CLI_MAIN
 
 
 def _command(model_dir: Path, data_dir: Path, out: Path, epochs: str) -> list[str]:
@@ -116,32 +119,28 @@ def _partials(out: Path) -> list[Path]:
 
 def test_kill_during_training_leaves_no_artifact_and_rerun_completes(tmp_path, tiny_model_dir, tiny_data):
     out = tmp_path / "model"
-    args = _command(tiny_model_dir, tiny_data["sst"], out, epochs="40")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, *args], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    marker, log = tmp_path / "training", tmp_path / "child.log"
+    # The child stops before its 3rd training step (2 done) and cannot go on; the kill comes after it says so.
+    child = start_child(CHILD, _command(tiny_model_dir, tiny_data["sst"], out, epochs="1"), log,
+                        BLOCK_IN="finetune", BLOCK_STEP="3", BLOCK_MARKER=str(marker))
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not _partials(out):
-            time.sleep(0.2)
-        assert _partials(out), "the stage never started writing"
-        time.sleep(3)  # well inside the 40 epochs of training
-        assert child.poll() is None, "training finished before it could be killed"
+        wait_for_marker(marker, child, log)
         child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
+        assert child.wait(timeout=60) == -signal.SIGKILL
     finally:
-        if child.poll() is None:
-            child.kill()
+        stop_child(child)
     _assert_no_artifact(out)
     leftovers = _partials(out)
     assert leftovers and not (leftovers[0] / MANIFEST).exists()
     train_dirs = list(Path(tempfile.gettempdir()).glob(f"bertedge-train-{child.pid}-*"))
+    assert train_dirs, "the trainer directory of the killed process is not there"
 
     rerun = _run(_command(tiny_model_dir, tiny_data["sst"], out, epochs="1"))
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert is_artifact(out)
     assert not _partials(out), "the dead process's temp directory was not cleaned"
     assert not any(d.exists() for d in train_dirs), "the dead process's trainer directory was not cleaned"
+    assert not lock_path(out).exists(), "the dead process's lock was not cleared"
 
 
 @pytest.mark.parametrize("kill_at", ["manifest", "rename"])
@@ -276,3 +275,31 @@ def test_quantize_overwrite_killed_mid_swap_puts_the_old_bundle_back(tmp_path, s
     assert not list(tmp_path.glob(".q.old-*")) and not _partials(out)
 
     _assert_rerun_gives_a_bundle([*args, "--overwrite"], out)
+
+
+# ----------------------------------------------------------------------------- out of space
+
+# Runs the CLI under a file-size limit (RLIMIT_FSIZE, first argument in bytes): a write past it fails with
+# EFBIG, as a full disk fails with ENOSPC (SIGXFSZ ignored, so the write raises instead of killing).
+FSIZE_CHILD = r"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from bertedge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("stage", ["export", "trim-vocab"])
+def test_a_write_that_runs_out_of_space_is_one_line_and_leaves_nothing(tmp_path, sst_artifact, stage):
+    """export fails writing the ONNX graph (inside the ONNX exporter), trim-vocab writing the weights
+    (inside safetensors); both say so in one line naming --out, and leave nothing there."""
+    out = tmp_path / "out"
+    limit = (sst_artifact.path / "model.safetensors").stat().st_size // 2  # the weights do not fit; the rest does
+    child = subprocess.run([sys.executable, "-c", FSIZE_CHILD, str(limit), stage, str(sst_artifact.path),
+                            "--out", str(out)], env=child_env(), capture_output=True, text=True, timeout=900)
+    result = CliResult(child.returncode, child.stdout, child.stderr)
+    assert_one_line_error(result, f"{out}: disk full or file too large", "File too large", "ulimit -f")
+    assert not out.exists() and not _partials(out) and not lock_path(out).exists()
+    assert list(tmp_path.iterdir()) == []

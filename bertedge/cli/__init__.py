@@ -2,7 +2,8 @@
 
 Heavy libraries (torch, transformers, onnxruntime) are imported inside command bodies so
 `bertedge --help` is instant. Every BertEdgeError is printed as one line on stderr with exit
-code 1; usage errors exit 2; `--debug` (or BERTEDGE_DEBUG=1) shows the traceback instead.
+code 1; usage errors exit 2; `--debug` (or BERTEDGE_DEBUG=1) shows the traceback instead. A write
+that ran out of space (disk full, quota, file-size limit) is one such line too, whatever raised it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ try:  # typer >= 0.22 vendors click as typer._click
 except ImportError:  # pragma: no cover - older typer with click installed
     from click import exceptions as click_exceptions
 
-from ..errors import BertEdgeError
+from ..errors import BertEdgeError, disk_full_cause, disk_full_error
 
 app = typer.Typer(
     name="bertedge",
@@ -64,14 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         return 130
-    except BertEdgeError as exc:
-        if STATE["debug"]:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line; --debug shows it
         if STATE["debug"]:
             raise
+        full = disk_full_cause(exc)
+        if full is not None:
+            exc = disk_full_error(full)
+        if isinstance(exc, BertEdgeError):
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
         detail = " ".join(str(exc).split())[:300]
         print(f"error: unexpected {type(exc).__name__}: {detail} (rerun with --debug for the traceback)",
               file=sys.stderr)

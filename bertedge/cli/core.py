@@ -110,10 +110,12 @@ def finetune(
         "classifier_dropout": classifier_dropout, "init_from": init_from, "reinit_head": reinit_head,
     })
     if seeds is not None:
+        from ..artifacts import output_lock
         from ..seeds import finetune_seeds
         from .common import parse_int_list
 
-        summary = finetune_seeds(model, config, out, parse_int_list(seeds, "--seeds"), overwrite=overwrite)
+        with output_lock(out):  # the seed-N artifacts inside have locks of their own
+            summary = finetune_seeds(model, config, out, parse_int_list(seeds, "--seeds"), overwrite=overwrite)
         if json_out:
             emit_json(summary)
         else:

@@ -32,10 +32,12 @@ def run(
     if check:
         typer.echo(f"{recipe}: valid ({' -> '.join(parsed.step_names())})")
         return
+    from ..artifacts import output_lock
     from ..pipeline import run_recipe
 
-    result = run_recipe(parsed, out or Path("runs") / parsed.name, resume=resume, from_stage=from_stage,
-                        report=report)
+    run_dir = out or Path("runs") / parsed.name
+    with output_lock(run_dir):  # one `bertedge run` per run directory at a time
+        result = run_recipe(parsed, run_dir, resume=resume, from_stage=from_stage, report=report)
     if json_out:
         emit_json(result)
         return
@@ -126,7 +128,10 @@ def optimize(
     if recover_epochs is not None:
         raw["prune_options"] = {**(raw.get("prune_options") or {}), "recover_epochs": recover_epochs}
     search = parse_search(raw, where=str(config) if config else "search")
-    result = run_optimize(teacher, search, out, resume=resume)
+    from ..artifacts import output_lock
+
+    with output_lock(out):  # one search per search directory at a time
+        result = run_optimize(teacher, search, out, resume=resume)
     if json_out:
         emit_json(result)
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -97,7 +98,10 @@ def tune(
         "space": load_space(space) if space is not None else dict(DEFAULT_SPACE),
         "pruner": pruner, "startup_trials": startup_trials, "seed": sampler_seed,
     })
-    result = run_tune(model, config, out, overwrite=overwrite)
+    from ..artifacts import output_lock
+
+    with output_lock(out) if out is not None else contextlib.nullcontext():  # one tune per --out at a time
+        result = run_tune(model, config, out, overwrite=overwrite)
     if json_out:
         emit_json(result)
         return
