@@ -6,7 +6,10 @@ runs next in that process. A deployed model runs alone in its server, so each ta
 `spawn`ed process with the session options it is deployed with (ORT's default spinning unless
 configured, torch with its defaults), and nothing else runs while it is timed.
 
-How. The parent keeps the workers and hands them the prepared batches. Timing alternates in
+How. Each worker is a fresh interpreter (`python -m bertedge.bench.isolated`, two pipes passed as
+file descriptors), not a multiprocessing child: it never re-imports the caller's main module, so a
+plain script without an `if __name__ == "__main__"` guard can call `run_bench` too. The parent keeps
+the workers and hands them the prepared batches. Timing alternates in
 blocks, A's block, B's block, ..., repeated, so that drift (thermal, a background job) still hits
 every target alike; only one worker runs at a time, the others sleep on their pipe. After its
 block a worker waits `settle_s` before answering, so its own spinning threads have gone quiet
@@ -17,9 +20,12 @@ from __future__ import annotations
 
 import gc
 import math
-import multiprocessing as mp
 import os
+import subprocess
+import sys
 import time
+from multiprocessing.connection import Connection
+from pathlib import Path
 
 from ..errors import BenchError, BertEdgeError
 from .latency import DEFAULT_RUNS, MIN_ROUNDS, BenchConfig, peak_rss_mb, rss_mb
@@ -52,6 +58,26 @@ def _timed_block(calls: list, cursor: int, calls_n: int | None, seconds: float |
         if gc_was_enabled:
             gc.enable()
     return timings, cursor
+
+
+class _Pipes:
+    """A duplex channel over two one-way pipes (what the worker gets as file descriptors)."""
+
+    def __init__(self, reader: Connection, writer: Connection):
+        self.reader, self.writer = reader, writer
+
+    def send(self, obj) -> None:
+        self.writer.send(obj)
+
+    def recv(self):
+        return self.reader.recv()
+
+    def poll(self, timeout: float) -> bool:
+        return self.reader.poll(timeout)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
 
 
 def _serve(conn, target: Target, config_json: dict, runner_kwargs: dict, warm_batch, count_flops: bool) -> None:
@@ -99,14 +125,20 @@ class TargetWorker:
     """One target loaded in its own process; `time_block` runs a block of timed calls there."""
 
     def __init__(self, target: Target, config: BenchConfig, runner_kwargs: dict, warm_batch, count_flops: bool):
-        ctx = mp.get_context("spawn")
         self.target = target
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, name=f"bertedge-bench-{target.name}", daemon=True,
-                                   args=(child, target, config.model_dump(mode="json"),
-                                         runner_kwargs if target.backend == ONNX else {}, warm_batch, count_flops))
-        self.process.start()
-        child.close()
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])  # the directory holding bertedge/
+        env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bertedge.bench.isolated", str(to_child_r), str(from_child_w)],
+            pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.conn = _Pipes(Connection(from_child_r, writable=False), Connection(to_child_w, readable=False))
+        self.conn.send((target, config.model_dump(mode="json"), runner_kwargs if target.backend == ONNX else {},
+                        warm_batch, count_flops))
         self.info: dict = {}
 
     def wait_ready(self) -> None:
@@ -129,9 +161,9 @@ class TargetWorker:
                              where=self.target.name, fix="Run with --isolation in-process to see what hangs")
         try:
             reply = self.conn.recv()
-        except EOFError:
-            self.process.join(timeout=5)
-            raise BenchError(f"the bench worker of {self.target.name} died (exit code {self.process.exitcode})",
+        except (EOFError, OSError):
+            self._reap()
+            raise BenchError(f"the bench worker of {self.target.name} died (exit code {self.process.returncode})",
                              where=self.target.name,
                              fix="Run with --isolation in-process to see the error directly") from None
         if "error" in reply:
@@ -154,17 +186,21 @@ class TargetWorker:
     def peak_rss(self) -> float:
         return self._ask("peak_rss")
 
+    def _reap(self, timeout: float = 5) -> None:
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
     def close(self) -> None:
         try:
-            if self.process.is_alive():
+            if self.process.poll() is None:
                 self._ask("close")
-        except (BenchError, OSError, EOFError, BrokenPipeError):
+        except (BenchError, OSError, EOFError):
             pass
         finally:
-            self.process.join(timeout=10)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(timeout=5)
+            self._reap(timeout=10)
             self.conn.close()
 
 
@@ -217,4 +253,13 @@ def alternating_timings(workers: list[TargetWorker], *, runs: int | None, durati
     return timings
 
 
+def _worker_main(argv: list[str]) -> None:
+    reader, writer = Connection(int(argv[0]), writable=False), Connection(int(argv[1]), readable=False)
+    conn = _Pipes(reader, writer)
+    _serve(conn, *conn.recv())
+
+
 __all__ = ["METHOD", "TargetWorker", "alternating_timings", "close_workers", "start_workers"]
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1:])
