@@ -147,6 +147,8 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
         row["metric_drop_pts"] = round((base - value) * 100, 3) if value is not None and base is not None else None
 
     final = rows[len(artifacts) - 1] if artifacts else None
+    if final is not None:
+        final["batching"] = _batching(artifacts[-1][1])
     budget = recipe.budget.model_dump(mode="json")
     budget["metric"] = metric
     if final is not None:
@@ -243,6 +245,8 @@ def markdown(report: dict) -> str:
               + (f", size ≤ {b['max_size_mb']} MB" if b.get("max_size_mb") else "")
               + f". Final: {log.points_change(b.get('final_drop_pts'))}, {_fmt(b.get('final_size_mb'))} MB — "
               + ("**met**" if b.get("met") else "**not met**") + "."]
+    if report.get("final"):
+        lines += ["", _batching_line(report["final"])]
     if report.get("speedup_grid"):
         lines += ["", "Final artifact vs PyTorch fp32 teacher and vs the peer across the grid (p50):", "",
                   "| batch | seq | final (ms) | teacher (ms) | peer (ms) | vs teacher | vs peer |",
@@ -258,6 +262,29 @@ def markdown(report: dict) -> str:
               "", f"Timing method: {_method_text(report)}. CPU ISA class: "
               f"{(report.get('machine') or {}).get('cpu', {}).get('isa', 'not recorded')}."]
     return "\n".join(lines) + "\n"
+
+
+def _batching(artifact: Artifact) -> dict:
+    """Whether the artifact's predictions depend on the rest of the batch (quantize records it)."""
+    from .runtime import batch_invariant
+
+    q = artifact.manifest.get("quantization") or {}
+    invariant = batch_invariant(artifact.manifest) if artifact.is_bundle else True
+    return {"batch_invariant": invariant, "deployed": q.get("deployed") or ("batched" if invariant else "per-sequence"),
+            "b32_vs_b1": q.get("b32_vs_b1")}
+
+
+def _batching_line(final: dict) -> str:
+    batching = final.get("batching") or {}
+    if batching.get("batch_invariant", True):
+        return "Final artifact: batch-invariant (its predictions do not depend on the rest of the batch)."
+    effect = batching.get("b32_vs_b1")
+    line = ("Final artifact: **batch-dependent** int8 (activation scales computed over the whole batch); the runtime "
+            "runs it one sequence at a time, which the dev metric and the b1 timings above measure")
+    if effect:
+        line += (f"; batched 32 at a time {effect['flips']} of {effect['n']} dev predictions would change "
+                 f"(max |diff| {effect['max_abs_diff']:.3g})")
+    return line + "."
 
 
 def _change(drop_pts) -> str:

@@ -114,6 +114,12 @@ def test_tiny_recipe_runs_end_to_end_with_the_report(tiny_run):
     assert report["bench"]["config"]["duration"] == 0.02 and report["bench"]["config"]["runs"] is None
     assert min(r["n"] for r in report["bench"]["results"]) >= 5
     assert (out / "report.md").read_text().count("|") > 20 and (out / "pareto.png").stat().st_size > 1000
+    # how the timings were taken, and whether the final artifact depends on the batch, are in the report
+    assert report["bench"]["method"]["isolation"] == "process"
+    quantized = json.loads((out / "artifacts" / "quantize" / "bertedge.json").read_text())["quantization"]
+    assert report["final"]["batching"]["batch_invariant"] is quantized["batch_invariant"] is False
+    text = (out / "report.md").read_text()
+    assert "Timing method: each target in its own worker process" in text and "**batch-dependent** int8" in text
 
 
 def test_run_refuses_an_existing_run_without_resume(cli, tiny_run):
