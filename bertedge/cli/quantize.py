@@ -71,6 +71,7 @@ def quantize(
                       calibration_split=calibration_split, calibration_samples=calibration_samples,
                       calibration_batch_size=calibration_batch_size,
                       max_accuracy_drop=1.0 if max_accuracy_drop is None else max_accuracy_drop,
+                      enforce_budget=max_accuracy_drop is not None,
                       data=data, eval_samples=eval_samples, overwrite=overwrite, json_out=json_out)
         return
     config = build(QuantizeConfig, {

@@ -47,7 +47,10 @@ class IncQuantizeConfig(StrictModel):
     calibration_split: Literal["train", "dev", "test"] = Field("train", description="Split used for calibration")
     calibration_samples: int = Field(128, ge=1, description="Most calibration samples read")
     calibration_batch_size: int = Field(8, ge=1, description="Calibration batch size")
-    max_accuracy_drop: float = Field(1.0, ge=0, description="auto: budget in points of the dev metric")
+    max_accuracy_drop: float = Field(1.0, ge=0, description="Budget in points of the dev metric: auto tunes within "
+                                                            "it; dynamic and static warn when over it")
+    enforce_budget: bool = Field(False, description="dynamic/static: fail (nothing written) instead of warning when "
+                                                    "the dev drop is over max_accuracy_drop")
     data: str | None = Field(None, description="Evaluation data (default: the data recorded in the artifact)")
     eval_samples: int | None = Field(None, ge=1, description="Evaluate on a seeded subset of the dev split")
 
@@ -157,9 +160,13 @@ def quantize_torch(src: str | Path | Artifact, config: IncQuantizeConfig, out: s
         metrics = evaluate(program_forward(quantized, inputs, program.output_names))
         exported = torch.export.export(quantized, example, dynamic_shapes=_dynamic_shapes(inputs, max_positions))
     drop = round((fp32[metric] - metrics[metric]) * 100, 4)
-    if drop > config.max_accuracy_drop:
-        log.warning(f"inc {chosen} changes dev {metric} by {log.points_change(drop)}, over the "
-                    f"{config.max_accuracy_drop} pt budget")
+    if drop > config.max_accuracy_drop + 1e-9:
+        what = (f"inc {chosen} changes dev {metric} by {log.points_change(drop)}, over the "
+                f"{config.max_accuracy_drop} pt budget")
+        if config.enforce_budget and config.mode != "auto":
+            raise QuantizationError(what, where="--max-accuracy-drop",
+                                    fix="Try --mode auto, or raise --max-accuracy-drop")
+        log.warning(what)
     log.info(f"quantize --engine inc: {chosen}: dev {metric} {fp32[metric]:.4f} -> {metrics[metric]:.4f} "
              f"({log.points_change(drop)})")
 
