@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from _common import write_results
+from _common import ROOT, write_results
+
+sys.path.insert(0, str(ROOT))
+from bertedge.report import timing_method  # noqa: E402
 
 TARGETS = {"speedup_vs_teacher": 10.0, "speedup_vs_peer": 5.0, "max_drop_pts": 1.0, "max_size_mb": 8.0}
 
@@ -55,14 +59,6 @@ def checks(report: dict) -> list[dict]:
     return out
 
 
-def method(report: dict) -> str:
-    recorded = (report.get("bench") or {}).get("method")
-    if not recorded:
-        return ("**in-process timing, understated**: every target in one process, rounds interleaved call by call "
-                "(PyTorch's spinning OpenMP threads slow the ONNX Runtime call that follows); not yet re-measured")
-    return recorded["description"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
@@ -79,7 +75,7 @@ def main() -> None:
     md = [f"# Headline: {report['recipe']} ({report['task']}) — {'all targets met' if met else 'targets NOT all met'}", "",
           (f"Run: `{args.command}`; report built {report['created_at']} (one bench of every artifact, the teacher "
            f"and the peer). Full report: benchmarks/results/recipes/{report['recipe']}/report.md."), "",
-          f"Timing method: {method(report)}.  ",
+          f"Timing method: {timing_method(report)}.  ",
           f"CPU ISA class: **{(report.get('machine') or {}).get('cpu', {}).get('isa', 'not recorded')}** "
           "(int8 gains differ a lot between AVX2 without VNNI and AVX-512 with VNNI).", "",
           "| target | want | measured | met | short by |", "|---|---|---|---|---|"]
@@ -107,7 +103,7 @@ def main() -> None:
     write_results(args.name, {"run_command": args.command, "run_dir": str(args.run_dir), "all_met": met,
                               "targets": TARGETS, "checks": verdicts, "grid": rows,
                               "final": final, "teacher": teacher, "peer": peer,
-                              "report_created_at": report["created_at"], "timing_method": method(report),
+                              "report_created_at": report["created_at"], "timing_method": timing_method(report),
                               "isa": (report.get("machine") or {}).get("cpu", {}).get("isa")},
                   "\n".join(md) + "\n")
     print("\n".join(md))

@@ -5,6 +5,11 @@ alternating blocks), so ratios are measured
 under the same conditions. Metrics come from the artifacts' manifests (dev split); an artifact whose
 manifest was evaluated on a different number of dev examples than the teacher is re-evaluated on the
 teacher's dev set, so every row compares the same examples.
+
+A recipe with a `stage: search` step: the final artifact is the (last) search step's pick, never an
+over-budget artifact. When the search found no candidate within the budget there is no final artifact; the
+report says so and names the best artifact within the budget (the teacher, the peer, ...). Every search's
+candidates (status, reason, verdict, drop, size, p50, build time), Pareto front, cost and plot are in the report.
 """
 
 from __future__ import annotations
@@ -137,6 +142,8 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
                    "n": evaluated["n"]}
         rows.append(_artifact_row(name, artifact.stage, str(artifact.path), dev, by_path.get(
             str(artifact.path.absolute()), name), timing, teacher_p50, peer_p50, artifact.manifest.get("size_bytes")))
+        if artifact.manifest.get("search"):
+            rows[-1]["search_pick"] = artifact.manifest["search"].get("pick")
     if peer_name:
         peer_size = next(a["size_bytes"] for a in bench["artifacts"] if a["artifact"] == peer_name)
         rows.append(_artifact_row(peer_name, "peer", str(run_dir / "peer"), peer_metrics, peer_name, timing,
@@ -146,18 +153,31 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
         base = teacher_dev.get(metric)
         row["metric_drop_pts"] = round((base - value) * 100, 3) if value is not None and base is not None else None
 
-    final = rows[len(artifacts) - 1] if artifacts else None
-    if final is not None:
-        final["batching"] = _batching(artifacts[-1][1])
+    searches = [(name, step) for name, step in zip(names, recipe.stages) if step.stage == "search"]
     budget = recipe.budget.model_dump(mode="json")
+    budget["from"] = "recipe"
+    if searches:  # the search's budget (the recipe's unless the step set its own) judges the final artifact
+        last_name, last_step = searches[-1]
+        budget.update(max_accuracy_drop=last_step.max_accuracy_drop, max_size_mb=last_step.max_size_mb,
+                      **{"from": f"search step {last_name}"})
+        final_index = next((i for i, (n, _) in enumerate(artifacts) if n == last_name), None)
+    else:
+        final_index = len(artifacts) - 1 if artifacts else None
+    final = rows[final_index] if final_index is not None else None
+    if final is not None:
+        final["batching"] = _batching(artifacts[final_index][1])
     budget["metric"] = metric
+    budget["final_drop_pts"] = budget["final_size_mb"] = None
+    budget["met"] = False
     if final is not None:
         drop = final["metric_drop_pts"]
         size_mb = final["size_bytes"] / 1e6 if final["size_bytes"] else None
         budget["final_drop_pts"] = drop
         budget["final_size_mb"] = round(size_mb, 3) if size_mb else None
-        budget["met"] = bool(drop is not None and drop <= recipe.budget.max_accuracy_drop
-                             and (recipe.budget.max_size_mb is None or (size_mb or 0) <= recipe.budget.max_size_mb))
+        budget["met"] = _within(final, budget)
+    within = sorted((r for r in rows if _within(r, budget) and r["p50_ms_b1_s128"] is not None),
+                    key=lambda r: r["p50_ms_b1_s128"])
+    budget["best_within_budget"] = within[0]["name"] if within else None
     report = {
         "recipe": recipe.name,
         "task": recipe.task,
@@ -171,6 +191,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
         "bench": {"config": bench["config"], "method": bench["method"], "results": results,
                   "artifacts": bench["artifacts"]},
         "speedup_grid": _speedup_grid(results, teacher_target, final["bench_name"] if final else None, peer_name),
+        "search": [_search_section(run_dir, name, step, names, recipe) for name, step in searches],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": str(run_dir),
     }
@@ -178,11 +199,56 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
         (run_dir / name).unlink(missing_ok=True)
     pareto = plot_pareto(bench, run_dir / PARETO_PNG)
     latency = plot_latency(bench, run_dir / LATENCY_PNG)
-    report["plots"] = {"pareto": str(pareto) if pareto else None, "latency": str(latency) if latency else None}
+    report["plots"] = {"pareto": str(pareto) if pareto else None, "latency": str(latency) if latency else None,
+                       "search": {s["step"]: s.get("plot") for s in report["search"]}}
     write_json_atomic(run_dir / REPORT_JSON, report)
     (run_dir / REPORT_MD).write_text(markdown(report), encoding="utf-8")
     log.info(f"report: {run_dir / REPORT_MD}")
     return str(run_dir / REPORT_JSON)
+
+
+def _within(row: dict, budget: dict) -> bool:
+    """A report row within the budget: its drop vs the teacher and (if set) its size."""
+    drop, size = row.get("metric_drop_pts"), row.get("size_bytes")
+    return bool(drop is not None and drop <= budget["max_accuracy_drop"]
+                and (budget.get("max_size_mb") is None or (size or 0) <= budget["max_size_mb"] * 1e6))
+
+
+# What the report keeps of each search candidate (search.json has everything).
+SEARCH_FIELDS = ("name", "stage", "parent", "status", "reason", "verdict", "final", "metric_value", "drop_pts",
+                 "size_bytes", "p50_ms", "speedup_vs_teacher", "within_budget", "pareto", "wall_time_s",
+                 "kept_from_earlier_run")
+
+
+def _search_section(run_dir: Path, name: str, step, names: list[str], recipe: Recipe) -> dict:
+    """A search step's candidates, verdicts, Pareto front and cost, from its search.json."""
+    from .search import SEARCH_JSON, SEARCH_MD
+
+    index = names.index(name)
+    directory = run_dir / "search" / name
+    section = {"step": name, "source": step.source or (names[index - 1] if index else None),
+               "dir": str(directory), "ran": False,
+               "budget": {"max_accuracy_drop": step.max_accuracy_drop, "max_size_mb": step.max_size_mb,
+                          "max_hours": step.max_hours}}
+    try:
+        result = json.loads((directory / SEARCH_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning(f"report: the search step {name} has no search.json ({directory}); not run yet")
+        return section
+    artifact = run_dir / "artifacts" / name
+    try:
+        picked = (load_artifact(artifact).manifest.get("search") or {}).get("pick")
+    except ArtifactError:  # no pick: the search found no candidate within the budget
+        picked = None
+    section.update(
+        ran=True, best=result.get("best"), picked=picked, artifact=str(artifact) if picked else None,
+        metric=result.get("metric"), teacher=result.get("teacher"), teacher_p50_ms=result.get("teacher_p50_ms"),
+        pareto_front=result.get("pareto_front", []), wall_time_s=result.get("wall_time_s"),
+        cost=result.get("cost"), stopped=result.get("stopped"), plot=result.get("plot"),
+        search_md=str(directory / SEARCH_MD),
+        ranking={k: (result.get("search") or {}).get(k) for k in ("batch_size", "seq_len", "runs")},
+        candidates=[{k: c.get(k) for k in SEARCH_FIELDS if k in c} for c in result.get("candidates", [])])
+    return section
 
 
 def _artifact_row(name, stage, path, dev, bench_name, timing, teacher_p50, peer_p50, size_bytes) -> dict:
@@ -241,12 +307,21 @@ def markdown(report: dict) -> str:
                      f"{_fmt(r['p50_ms_real'])} | {_fmt(r['throughput_b32'], '.1f')} | "
                      f"{_fmt(r['speedup_vs_teacher'])}x | {_fmt(r['speedup_vs_peer'])}x |")
     b = report["budget"]
-    lines += ["", f"Budget: drop ≤ {b['max_accuracy_drop']} pts on dev {metric}"
-              + (f", size ≤ {b['max_size_mb']} MB" if b.get("max_size_mb") else "")
-              + f". Final: {log.points_change(b.get('final_drop_pts'))}, {_fmt(b.get('final_size_mb'))} MB — "
-              + ("**met**" if b.get("met") else "**not met**") + "."]
+    budget_text = (f"Budget: drop ≤ {b['max_accuracy_drop']} pts on dev {metric}"
+                   + (f", size ≤ {b['max_size_mb']} MB" if b.get("max_size_mb") else "")
+                   + (f" (from the {b['from']})" if b.get("from", "recipe") != "recipe" else ""))
     if report.get("final"):
-        lines += ["", _batching_line(report["final"])]
+        final = report["final"]
+        picked = f" (the search's pick, {final['search_pick']})" if final.get("search_pick") else ""
+        lines += ["", f"{budget_text}. Final: {final['name']}{picked}, {log.points_change(b.get('final_drop_pts'))}, "
+                  f"{_fmt(b.get('final_size_mb'))} MB — " + ("**met**" if b.get("met") else "**not met**") + "."]
+        lines += ["", _batching_line(final)]
+    else:
+        what = "no candidate within budget" if report.get("search") else "no final artifact"
+        lines += ["", f"{budget_text}. **Final: none — {what}.** Best within budget: "
+                  + (f"**{b['best_within_budget']}**." if b.get("best_within_budget") else "none.")]
+    for section in report.get("search") or []:
+        lines += ["", *_search_markdown(section, metric)]
     if report.get("speedup_grid"):
         lines += ["", "Final artifact vs PyTorch fp32 teacher and vs the peer across the grid (p50):", "",
                   "| batch | seq | final (ms) | teacher (ms) | peer (ms) | vs teacher | vs peer |",
@@ -259,9 +334,37 @@ def markdown(report: dict) -> str:
     lines += ["", "Teacher = the first finetune artifact, PyTorch eager fp32. Peer = optimum's ONNX export of the "
               "teacher quantized by optimum's ORTQuantizer (dynamic int8, avx2 preset). All timings come from one "
               "bench run on this machine; speed-ups are ratios of p50 latency at batch 1, seq 128.",
-              "", f"Timing method: {_method_text(report)}. CPU ISA class: "
+              "", f"Timing method: {timing_method(report)}. CPU ISA class: "
               f"{(report.get('machine') or {}).get('cpu', {}).get('isa', 'not recorded')}."]
     return "\n".join(lines) + "\n"
+
+
+def _search_markdown(section: dict, metric: str) -> list[str]:
+    from .search import candidate_table, cost_line
+
+    lines = [f"## Search: {section['step']} (from {section['source']})", ""]
+    if not section.get("ran"):
+        return lines + [f"Not run yet (no search.json in {section['dir']})."]
+    budget = section["budget"]
+    ranking = section.get("ranking") or {}
+    teacher = section.get("teacher") or {}
+    lines += [f"Teacher {section['source']}: {teacher.get('layers')} layers, dev {section.get('metric')} "
+              f"{_fmt(teacher.get('value'), '.4f')}, p50 {_fmt(section.get('teacher_p50_ms'))} ms. Search budget: "
+              f"drop ≤ {budget['max_accuracy_drop']} pts"
+              + (f", size ≤ {budget['max_size_mb']} MB" if budget.get("max_size_mb") else "")
+              + (f", wall clock ≤ {budget['max_hours']:g} h" if budget.get("max_hours") is not None else "")
+              + f". Ranking: p50 at batch {ranking.get('batch_size')}, seq {ranking.get('seq_len')}, one bench run "
+                f"of the teacher and every final candidate.", "",
+              *candidate_table(section["candidates"]), ""]
+    if section.get("picked"):
+        lines.append(f"**Picked: {section['picked']}** (fastest within the budget) -> artifact "
+                     f"{section['step']} ({section['artifact']}).")
+    else:
+        lines.append("**No candidate within budget**: the search step wrote no artifact.")
+    lines += [f"Pareto front (dev {metric} vs p50): {', '.join(section.get('pareto_front') or []) or 'none'}.", "",
+              cost_line(section), "",
+              f"Plot: {section.get('plot') or 'none'}; details: {section.get('search_md')}."]
+    return lines
 
 
 def _batching(artifact: Artifact) -> dict:
@@ -291,11 +394,12 @@ def _change(drop_pts) -> str:
     return "-" if drop_pts is None else f"{-drop_pts + 0.0:+.2f}"
 
 
-def _method_text(report: dict) -> str:
+def timing_method(report: dict) -> str:
+    """How a run report's timings were taken, in words (reports before process isolation say so)."""
     method = (report.get("bench") or {}).get("method")
     if not method:
-        return ("not recorded: this report predates process-isolated timing (in-process, interleaved call by "
-                "call; speed-ups of ONNX targets over PyTorch understated)")
+        return ("**in-process timing, understated**: every target in one process, rounds interleaved call by call "
+                "(PyTorch's spinning OpenMP threads slow the ONNX Runtime call that follows); not yet re-measured")
     return method["description"]
 
 
