@@ -70,6 +70,10 @@ class TrainingError(BertEdgeError):
     """Training diverged or cannot proceed."""
 
 
+class BudgetError(BertEdgeError):
+    """Nothing meets the accuracy / size budget (e.g. a recipe's search step found no candidate within it)."""
+
+
 # ENOSPC: no space left; EDQUOT: quota exceeded; EFBIG: the file-size limit (ulimit -f) or the filesystem's.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # Libraries that wrap the OSError (safetensors' Rust I/O errors, ONNX, ...) still quote its text.

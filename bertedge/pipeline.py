@@ -4,11 +4,15 @@ Layout of a run directory::
 
     OUT/recipe.yaml            the validated recipe, as run (round-trips)
     OUT/artifacts/NAME/        one artifact per step (atomic, with its manifest)
+    OUT/search/NAME/           a search step's own directory (candidates/, state/, search.json|md, pareto.png)
     OUT/state/NAME.json        what --resume compares: step config hash, parent and artifact hashes
     OUT/report.json|md, pareto.png
 
 `--resume` skips a step whose artifact is complete and whose config hash and parent hash match the
-recorded state; it redoes an incomplete or mismatched step and everything after it.
+recorded state; it redoes an incomplete or mismatched step and everything after it. A redone search step
+keeps the candidates of its earlier run whose hashes match (`--from NAME` on the search step starts it over).
+A search step with no candidate within the budget writes no artifact: the run stops there, writes the report
+(which says so and names the best artifact within the budget), then fails with one BudgetError line.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from . import log
 from .artifacts import is_artifact, load_artifact, write_json_atomic
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, BudgetError, ConfigError
 from .recipe import STAGE_MODULES, Recipe, stage_config, step_hash
 
 RUN_MARK = "recipe.yaml"
@@ -75,6 +79,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, from_st
     redo = False
     total = len(recipe.stages)
     started = time.time()
+    failure: BudgetError | None = None
     for i, (step, name) in enumerate(zip(recipe.stages, names)):
         artifact_dir = out / "artifacts" / name
         state_file = out / "state" / f"{name}.json"
@@ -90,7 +95,8 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, from_st
                     and state.get("payload_sha") == load_artifact(artifact_dir).manifest.get("payload_sha256"))
         if reusable:
             log.info(f"[{i + 1}/{total}] {name}: up to date, kept ({artifact_dir})")
-            steps.append({"name": name, "stage": step.stage, "path": str(artifact_dir), "skipped": True})
+            steps.append({"name": name, "stage": step.stage, "path": str(artifact_dir), "skipped": True,
+                          **_pick(load_artifact(artifact_dir))})
             paths[name] = artifact_dir
             continue
         redo = True  # everything after a redone step is redone too
@@ -98,26 +104,51 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, from_st
         log.info(f"[{i + 1}/{total}] {name}: {step.stage}" + (f" from {source_name}" if source_name else "")
                  + f" -> {artifact_dir}")
         t0 = time.time()
-        artifact = _execute(step, recipe, source, artifact_dir, paths)
+        try:
+            artifact = _execute(step, recipe, source, artifact_dir, paths, run_dir=out, name=name,
+                                fresh=from_stage == name)
+        except BudgetError as exc:  # a search step found nothing within the budget: report it, then fail
+            log.warning(f"[{i + 1}/{total}] {name}: {exc.what}")
+            steps.append({"name": name, "stage": step.stage, "path": None, "skipped": False, "failed": exc.what,
+                          "wall_time_s": round(time.time() - t0, 1)})
+            failure = BudgetError(f"step '{name}': {exc.what}", where=exc.where, fix=exc.fix)
+            break
         write_json_atomic(state_file, {"config_hash": config_hash, "parent_sha": parent_sha,
                                        "payload_sha": artifact.manifest.get("payload_sha256"),
                                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         paths[name] = artifact_dir
         steps.append({"name": name, "stage": step.stage, "path": str(artifact_dir), "skipped": False,
-                      "wall_time_s": round(time.time() - t0, 1)})
+                      "wall_time_s": round(time.time() - t0, 1), **_pick(artifact)})
         log.info(f"[{i + 1}/{total}] {name}: done in {time.time() - t0:.0f} s (run {time.time() - started:.0f} s)")
     result = {"run_dir": str(out), "steps": steps, "report": None}
     if report:
-        from .report import build_report
+        from .report import build_report, load_report
 
         result["report"] = build_report(out, recipe)
+        if failure is not None:
+            best = (load_report(out).get("budget") or {}).get("best_within_budget")
+            rest = (failure.fix or "").removeprefix("See ")
+            failure = BudgetError(failure.what, where=failure.where,
+                                  fix=f"See {out / 'report.md'} (best within the budget: {best or 'none'}) and {rest}")
+    if failure is not None:
+        raise failure
     return result
 
 
-def _execute(step, recipe: Recipe, source: Path | None, out: Path, paths: dict[str, Path]):
+def _pick(artifact) -> dict:
+    """For a search step's artifact: which candidate the search picked."""
+    search = artifact.manifest.get("search")
+    return {"pick": search.get("pick")} if isinstance(search, dict) else {}
+
+
+def _execute(step, recipe: Recipe, source: Path | None, out: Path, paths: dict[str, Path], *,
+             run_dir: Path | None = None, name: str | None = None, fresh: bool = False):
     """Call the stage's one public function with the step's config and its source artifact."""
     config = stage_config(step)
     function = _stage_function(step.stage)
+    if step.stage == "search":  # its candidates live in OUT/search/NAME; the artifact is the pick
+        search_dir = (run_dir or out.parent.parent) / "search" / (name or out.name)
+        return function(str(source), config, out, search_dir=search_dir, fresh=fresh, overwrite=True)
     if step.stage == "finetune":
         if source is not None and step.source:  # intermediate-task transfer from an earlier step
             config = config.model_copy(update={"init_from": str(source)})

@@ -7,6 +7,10 @@ any model loads; every error carries its path (`stages.3.quantize.method: ...`).
 
 Step configs come from the stage modules (their heavy imports live inside functions, so importing
 them here is cheap).
+
+A `stage: search` step is `bertedge optimize` inside a recipe: its config is the SearchConfig, its budget
+defaults to the recipe's `budget`, and its artifact is the candidate the search chose. Its depths are
+checked against its teacher's depth, read from config.json files only (no model loads).
 """
 
 from __future__ import annotations
@@ -32,10 +36,15 @@ STAGE_MODULES: dict[str, tuple[str, str, str]] = {
     "trim-vocab": ("bertedge.stages.vocab", "trim_vocab", "bertedge.stages.vocab:TrimVocabConfig"),
     "export": ("bertedge.stages.export", "export", "bertedge.stages.export:ExportConfig"),
     "quantize": ("bertedge.stages.quantize", "quantize", "bertedge.stages.quantize:QuantizeConfig"),
+    "search": ("bertedge.search", "search_step", "bertedge.search:SearchConfig"),
 }
 PIPELINE_FIELDS = ("stage", "name", "source")
 # Fields a step inherits from the recipe's top level when it has a field of that name and leaves it unset.
 INHERITED = ("task",)
+# A search step takes these from the recipe's `budget` unless it sets its own.
+BUDGET_FIELDS = ("max_accuracy_drop", "max_size_mb", "metric")
+# What a search step can start from (bertedge optimize's teacher): a fine-tuned PyTorch artifact.
+SEARCH_SOURCES = ("finetune", "distill", "prune")
 
 
 class Budget(StrictModel):
@@ -133,6 +142,11 @@ def _inject_defaults(raw: dict, recipe: dict, stage: str) -> dict:
     for key in INHERITED:
         if key in fields and key not in raw and key in recipe:
             raw[key] = recipe[key]
+    budget = recipe.get("budget")
+    if stage == "search" and isinstance(budget, dict):
+        for key in BUDGET_FIELDS:
+            if key not in raw and budget.get(key) is not None:
+                raw[key] = budget[key]
     # Stages that train (DataConfig) take the recipe's data unless the step names its own; stages with a
     # plain `data` string (export, quantize) default to the data their source artifact records.
     annotation = fields["data"].annotation if "data" in fields else None
@@ -171,14 +185,21 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
         except (ImportError, AttributeError) as exc:  # a stage module missing from this install
             raise ConfigError(f"stages.{i}.stage: stage '{stage}' is not available ({exc})",
                               fix="Reinstall bertedge") from None
+        help_text = ("`bertedge optimize --help` and docs/optimize.md" if stage == "search"
+                     else f"`bertedge {stage} --help`")
         try:
             steps.append(model.model_validate(_inject_defaults(raw, data, stage)))
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, f"stages.{i}.{stage}"),
-                              fix="Fix the value (see `bertedge " + stage + " --help` for each field)") from None
+                              fix=f"Fix the value (see {help_text} for each field)") from None
+        if stage == "search":
+            from .search import check_blocks
+
+            check_blocks(steps[-1], f"stages.{i}.search")
     recipe = Recipe.model_construct(**Recipe.model_validate({**top, "stages": [{}]}).__dict__)
     recipe.stages = steps
     _check_flow(recipe)
+    _check_search_depths(recipe)
     return recipe
 
 
@@ -195,12 +216,22 @@ def _check_flow(recipe: Recipe) -> None:
             raise ConfigError(f"{where}.source: no earlier step named '{step.source}' (earlier steps: {have})",
                               fix="Name an earlier step, or drop `source` to use the previous one")
         source_stage = seen.get(step.source) if step.source else (recipe.stages[i - 1].stage if i else None)
+        source_name = step.source or (names[i - 1] if i else None)
         if step.stage == "distill" and source_stage is None:
             raise ConfigError(f"{where}.source: distillation needs a teacher",
                               fix="Put a finetune step before it, or name the teacher step with `source:`")
         if step.stage != "finetune" and source_stage is None:
             raise ConfigError(f"{where}: a {step.stage} step needs an earlier step to start from",
                               fix="Put a finetune step first (or set `source`)")
+        if source_stage == "search" and (step.stage != "finetune" or step.source):
+            raise ConfigError(f"{where}{'.source' if step.source else ''}: a {step.stage} step cannot start from "
+                              f"the search step '{source_name}' (its pick is a final ONNX bundle)",
+                              fix="Put the search step last, or set `source:` to an earlier step")
+        if step.stage == "search" and source_stage not in SEARCH_SOURCES:
+            raise ConfigError(f"{where}{'.source' if step.source else ''}: a search starts from a fine-tuned "
+                              f"PyTorch teacher (a finetune, distill or prune step), not the {source_stage} step "
+                              f"'{source_name}'",
+                              fix="Put the search step right after its teacher, or name the teacher with `source:`")
         if step.stage in ("distill", "prune", "trim-vocab", "export") and source_stage in ("export", "quantize"):
             raise ConfigError(f"{where}: {step.stage} needs a PyTorch artifact but its source is a "
                               f"{source_stage} bundle",
@@ -212,6 +243,67 @@ def _check_flow(recipe: Recipe) -> None:
             raise ConfigError(f"{where}.calibration: static quantization needs calibration data",
                               fix="Set `calibration: DATA` (e.g. the recipe's data name), or use mode: dynamic")
         seen[name] = step.stage
+
+
+def _step_depths(recipe: Recipe) -> dict[str, int | None]:
+    """Each step's encoder depth, from config.json files and the step configs alone (None: not known here)."""
+    names = recipe.step_names()
+    depths: dict[str, int | None] = {}
+    for i, (step, name) in enumerate(zip(recipe.stages, names)):
+        source = depths.get(step.source or (names[i - 1] if i else ""))
+        if step.stage == "finetune":  # init_from must have the base model's architecture
+            depths[name] = _model_depth(recipe.model)
+        elif step.stage == "distill":
+            if step.layer_map:
+                depths[name] = len(step.layer_map)
+            elif step.layers:
+                depths[name] = step.layers
+            elif step.student_config and "num_hidden_layers" in step.student_config:
+                value = step.student_config["num_hidden_layers"]
+                depths[name] = value if isinstance(value, int) else None
+            elif step.student:
+                depths[name] = _model_depth(step.student)
+            else:
+                depths[name] = source
+        elif step.stage == "prune":
+            depths[name] = None if source is None else source - len(set(step.drop_layers))
+        else:
+            depths[name] = source
+    return depths
+
+
+def _model_depth(reference: str) -> int | None:
+    """num_hidden_layers of a model reference, read from its config.json (no weights load); None if unknown."""
+    from .errors import BertEdgeError
+    from .models import resolve_model
+
+    try:
+        resolved = resolve_model(reference)
+    except BertEdgeError:
+        return None  # the step that loads it reports the problem
+    config_file = Path(resolved.path) / "config.json"
+    try:
+        value = json.loads(config_file.read_text(encoding="utf-8")).get("num_hidden_layers")
+    except (OSError, ValueError):
+        return None  # a hub id: its depth is checked when the search runs
+    return value if isinstance(value, int) else None
+
+
+def _check_search_depths(recipe: Recipe) -> None:
+    """A search step's depths must not exceed its teacher's (the source step's depth)."""
+    if not any(step.stage == "search" for step in recipe.stages):
+        return
+    from .search import check_depths
+
+    names = recipe.step_names()
+    depths = _step_depths(recipe)
+    for i, (step, name) in enumerate(zip(recipe.stages, names)):
+        if step.stage != "search":
+            continue
+        source = step.source or names[i - 1]
+        if depths.get(source) is not None:
+            check_depths(step, depths[source], path=f"stages.{i}.search.layers",
+                         teacher=f"its teacher '{source}'")
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -320,8 +320,6 @@ def markdown(report: dict) -> str:
         what = "no candidate within budget" if report.get("search") else "no final artifact"
         lines += ["", f"{budget_text}. **Final: none — {what}.** Best within budget: "
                   + (f"**{b['best_within_budget']}**." if b.get("best_within_budget") else "none.")]
-    for section in report.get("search") or []:
-        lines += ["", *_search_markdown(section, metric)]
     if report.get("speedup_grid"):
         lines += ["", "Final artifact vs PyTorch fp32 teacher and vs the peer across the grid (p50):", "",
                   "| batch | seq | final (ms) | teacher (ms) | peer (ms) | vs teacher | vs peer |",
@@ -331,6 +329,8 @@ def markdown(report: dict) -> str:
             lines.append(f"| {g['batch_size']} | {g['seq_len']} | {_fmt(g['final_p50_ms'])} | "
                          f"{_fmt(g['teacher_p50_ms'])} | {_fmt(g.get('peer_p50_ms'))} | {_fmt(g['speedup'])}x | "
                          + ("–" if vs_peer is None else f"{vs_peer:.2f}x") + " |")
+    for section in report.get("search") or []:
+        lines += ["", *_search_markdown(section, metric, Path(report["run_dir"]))]
     lines += ["", "Teacher = the first finetune artifact, PyTorch eager fp32. Peer = optimum's ONNX export of the "
               "teacher quantized by optimum's ORTQuantizer (dynamic int8, avx2 preset). All timings come from one "
               "bench run on this machine; speed-ups are ratios of p50 latency at batch 1, seq 128.",
@@ -339,8 +339,16 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _search_markdown(section: dict, metric: str) -> list[str]:
+def _search_markdown(section: dict, metric: str, run_dir: Path) -> list[str]:
     from .search import candidate_table, cost_line
+
+    def rel(path: str | None) -> str:
+        if not path:
+            return "none"
+        try:
+            return str(Path(path).relative_to(run_dir))
+        except ValueError:
+            return path
 
     lines = [f"## Search: {section['step']} (from {section['source']})", ""]
     if not section.get("ran"):
@@ -348,8 +356,8 @@ def _search_markdown(section: dict, metric: str) -> list[str]:
     budget = section["budget"]
     ranking = section.get("ranking") or {}
     teacher = section.get("teacher") or {}
-    lines += [f"Teacher {section['source']}: {teacher.get('layers')} layers, dev {section.get('metric')} "
-              f"{_fmt(teacher.get('value'), '.4f')}, p50 {_fmt(section.get('teacher_p50_ms'))} ms. Search budget: "
+    lines += [f"Search teacher: {section['source']} ({teacher.get('layers')} layers, dev {section.get('metric')} "
+              f"{_fmt(teacher.get('value'), '.4f')}, p50 {_fmt(section.get('teacher_p50_ms'))} ms). Search budget: "
               f"drop ≤ {budget['max_accuracy_drop']} pts"
               + (f", size ≤ {budget['max_size_mb']} MB" if budget.get("max_size_mb") else "")
               + (f", wall clock ≤ {budget['max_hours']:g} h" if budget.get("max_hours") is not None else "")
@@ -357,13 +365,14 @@ def _search_markdown(section: dict, metric: str) -> list[str]:
                 f"of the teacher and every final candidate.", "",
               *candidate_table(section["candidates"]), ""]
     if section.get("picked"):
-        lines.append(f"**Picked: {section['picked']}** (fastest within the budget) -> artifact "
-                     f"{section['step']} ({section['artifact']}).")
+        lines.append(f"**Picked: {section['picked']}** (fastest within the budget), copied to the step's artifact "
+                     f"{rel(section['artifact'])}.")
     else:
         lines.append("**No candidate within budget**: the search step wrote no artifact.")
     lines += [f"Pareto front (dev {metric} vs p50): {', '.join(section.get('pareto_front') or []) or 'none'}.", "",
               cost_line(section), "",
-              f"Plot: {section.get('plot') or 'none'}; details: {section.get('search_md')}."]
+              (f"Plot (dev {metric} vs p50 of the search's bench): {rel(section.get('plot'))}; every candidate's "
+               f"details: {rel(section.get('search_md'))}.")]
     return lines
 
 

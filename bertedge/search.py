@@ -18,15 +18,23 @@ Pareto front of dev metric against latency. What it adds over running the stages
   conditions.
 - **Resume.** Every candidate is an ordinary artifact under OUT/candidates/NAME with a state file holding
   its config hash and its parent's payload hash; a rerun keeps the ones that match.
+- **Wall-clock budget.** With `max_hours`, once the first chain has ended (a final candidate built, or a
+  candidate dropped) no new candidate is started after the budget is spent; the rest are listed as
+  `not tried` with the reason, and the best within-budget candidate so far is chosen. The clock is
+  injectable (`optimize(..., clock=)`), so `max_hours: 0` means "stop after the first candidate".
 
 Outputs: OUT/search.json (every candidate with status, reason, metric, drop, size, p50, speed-up, Pareto
-flag), OUT/search.md, OUT/pareto.png, and OUT/best (a symlink to the chosen candidate).
+flag, build wall time; the search's own cost), OUT/search.md, OUT/pareto.png, and OUT/best (a symlink to the
+chosen candidate). In a recipe, a `stage: search` step runs the same search (`search_step`) and copies the
+chosen candidate to the step's artifact.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -36,7 +44,7 @@ from pydantic import Field, ValidationError, model_validator
 from . import log
 from .artifacts import Artifact, is_artifact, load_artifact, write_json_atomic
 from .config import DataConfig, StrictModel, format_validation_error
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, BudgetError, ConfigError
 
 SEARCH_JSON = "search.json"
 SEARCH_MD = "search.md"
@@ -82,6 +90,10 @@ class SearchConfig(StrictModel):
     runs: int = Field(30, ge=3, description="Interleaved timing rounds")
     warmup: int = Field(5, ge=0, description="Untimed calls per candidate before timing")
     threads: int | None = Field(None, ge=1, description="Intra-op threads (default: the runtime's)")
+    max_hours: float | None = Field(None, ge=0, description="Wall-clock budget of the search, in hours: once spent "
+                                                            "(and the first candidate finished), no new candidate "
+                                                            "is built and the rest are listed as `not tried` "
+                                                            "(default: unlimited; 0 = stop after the first)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -119,6 +131,12 @@ def parse_search(data: Any, where: str = "search") -> SearchConfig:
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where), fix="Fix the value (see `bertedge optimize --help`)") \
             from None
+    check_blocks(config, where)
+    return config
+
+
+def check_blocks(config: SearchConfig, where: str = "search") -> None:
+    """The per-stage option blocks (distill, prune_options, ...): no field the search varies, each valid."""
     for block, model in _stage_configs().items():
         options = getattr(config, block)
         fixed = sorted(FIXED[block] & set(options))
@@ -130,27 +148,62 @@ def parse_search(data: Any, where: str = "search") -> SearchConfig:
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, f"{where}.{block}"),
                               fix="Fix the value (same fields as the stage's config)") from None
-    return config
+
+
+def check_depths(config: SearchConfig, teacher_depth: int, path: str = "layers", teacher: str = "the teacher",
+                 where: str | None = None) -> None:
+    """Refuse a student depth above the teacher's, naming the list item (`layers.1: 7 is deeper ...`)."""
+    for i, depth in enumerate(config.layers):
+        if depth > teacher_depth:
+            layers = f"{teacher_depth} layer" + ("s" if teacher_depth != 1 else "")
+            raise ConfigError(f"{path}.{i}: {depth} is deeper than {teacher} ({layers})", where=where,
+                              fix=f"Use depths from 1 to {teacher_depth} (0 = the teacher itself)")
 
 
 # ----------------------------------------------------------------------------- the search tree
 
 
 def plan_and_build(config: SearchConfig, teacher_depth: int,
-                   build: Callable[[str, str, str | None, dict], dict]) -> list[dict]:
+                   build: Callable[[str, str, str | None, dict], dict],
+                   clock: Callable[[], float] | None = None) -> list[dict]:
     """Walk the candidate tree, calling `build(name, stage, parent_name, settings)` for each candidate.
 
     `build` returns a record with at least `drop_pts` (vs the teacher; None when unknown). Candidates over
     the budget (+ slack) are not compressed further; with `monotone`, shallower depths after a failing depth
     and larger prune ratios after a failing ratio are recorded as skipped without being built. Separated from
     the stages so the dropping logic is testable with a fake `build`.
+
+    With `max_hours`, `clock()` (seconds, default time.monotonic) is read before each build once the first
+    chain has ended (a final candidate built, or a candidate dropped): when the budget is spent, that
+    candidate and every later one are recorded as `not tried` without being built.
     """
+    check_depths(config, teacher_depth, where="--layers")
     limit = config.max_accuracy_drop + config.slack
     records: list[dict] = []
+    clock = clock or time.monotonic
+    started = clock()
+    limit_s = None if config.max_hours is None else config.max_hours * 3600
+    stop: dict = {}  # set once the wall-clock budget is spent: the reason every later candidate carries
+
+    def chain_ended() -> bool:
+        return any(r["status"] == "dropped" or (r.get("final") and r["status"] == "built") for r in records)
+
+    def attempt(name: str, stage: str, parent: str | None, settings: dict) -> dict:
+        if not stop and limit_s is not None and chain_ended():
+            elapsed = clock() - started
+            if elapsed >= limit_s:
+                stop.update(elapsed_s=round(elapsed, 1),
+                            reason=f"not tried: wall-clock budget spent ({elapsed:.0f} s used of max_hours "
+                                   f"{config.max_hours:g} = {limit_s:.0f} s)")
+                log.info(f"optimize: {stop['reason'][len('not tried: '):]}; no new candidate is built")
+        if stop:
+            return {"name": name, "stage": stage, "parent": parent, "settings": settings, "status": "not tried",
+                    "reason": stop["reason"], "elapsed_s": stop["elapsed_s"]}
+        return build(name, stage, parent, settings)
 
     def build_or_drop(name: str, stage: str, parent: str, settings: dict, consequence: str) -> dict | None:
         """Build one candidate; None when it loses more than the limit (recorded as dropped)."""
-        record = build(name, stage, parent, settings)
+        record = attempt(name, stage, parent, settings)
         records.append(record)
         if record.get("drop_pts") is None or record["drop_pts"] <= limit:
             return record
@@ -162,9 +215,6 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
         records.append({"name": name, "stage": stage, "parent": parent, "status": "skipped", "reason": reason})
 
     depths = sorted({teacher_depth if d in (0, teacher_depth) else d for d in config.layers}, reverse=True)
-    if any(d > teacher_depth for d in depths):
-        raise ConfigError(f"layers: {max(depths)} is deeper than the teacher ({teacher_depth} layers)",
-                          where="--layers", fix=f"Use depths from 1 to {teacher_depth}")
     failed_depth: tuple[int, float] | None = None
     for depth in depths:
         student = "teacher" if depth == teacher_depth else f"L{depth}"
@@ -194,15 +244,15 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
                     continue
                 source = name
             bundle = f"{source}-onnx"
-            record = build(bundle, "export", source, {})
+            record = attempt(bundle, "export", source, {})
             records.append(record)
             for mode in config.quantize:
                 if mode == "none":
                     record["final"] = True
                     continue
                 left = config.max_accuracy_drop - max(record.get("drop_pts") or 0.0, 0.0)
-                records.append(build(f"{source}-{mode}", "quantize", bundle,
-                                     {"mode": mode, "max_accuracy_drop": round(max(left, 0.0), 4)}))
+                records.append(attempt(f"{source}-{mode}", "quantize", bundle,
+                                       {"mode": mode, "max_accuracy_drop": round(max(left, 0.0), 4)}))
                 records[-1]["final"] = True
     return records
 
@@ -222,8 +272,19 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *, resume: bool = False) -> dict:
-    """Run the search from the teacher artifact into `out`; returns the search.json content."""
+def _candidate_value(artifact: Artifact, metric: str) -> float | None:
+    """A candidate's dev metric as the search judges it (its manifest's). One place, so tests can force drops."""
+    from .report import _dev_metrics
+
+    return _dev_metrics(artifact).get(metric)
+
+
+def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *, resume: bool = False,
+             clock: Callable[[], float] | None = None) -> dict:
+    """Run the search from the teacher artifact into `out`; returns the search.json content.
+
+    `clock` (seconds; default time.monotonic) is what `max_hours` is checked against.
+    """
     from .pipeline import _read_state, _stage_function
     from .report import _dev_metrics
     from .tasks import get_task
@@ -244,6 +305,7 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
         raise ConfigError(f"the teacher's manifest has no dev '{metric}'", where=str(teacher.path),
                           fix=f"Choose --metric among: {', '.join(sorted(_dev_metrics(teacher))) or 'none recorded'}")
     teacher_depth = _depth(teacher)
+    check_depths(config, teacher_depth, where="--layers")  # before anything is written
     (out / "candidates").mkdir(parents=True, exist_ok=True)
     (out / "state").mkdir(exist_ok=True)
     paths: dict[str, Path] = {"teacher": teacher.path}
@@ -271,7 +333,7 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
                                            "payload_sha": artifact.manifest.get("payload_sha256")})
             kept = False
         paths[name] = dest
-        value = _dev_metrics(artifact).get(metric)
+        value = _candidate_value(artifact, metric)
         record = {"name": name, "stage": stage, "parent": parent, "settings": settings, "path": str(dest),
                   "status": "built", "metric_value": value,
                   "drop_pts": round((teacher_value - value) * 100, 3) if value is not None else None,
@@ -283,12 +345,28 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
                  f"(drop {record['drop_pts']} pts)")
         return record
 
-    records = plan_and_build(config, teacher_depth, build)
+    records = plan_and_build(config, teacher_depth, build, clock=clock)
     finals = [r for r in records if r.get("final") and r["status"] == "built"]
+    built_s = time.time() - started
+    if not finals:
+        log.warning("optimize: no final candidate was built (every branch dropped, skipped or not tried)")
     result = _rank(finals, records, teacher, metric, config, out)
+    not_tried = [r for r in records if r["status"] == "not tried"]
+    counts = {status: sum(r["status"] == status for r in records)
+              for status in ("built", "dropped", "skipped", "not tried")}
+    counts["kept_from_earlier_run"] = sum(bool(r.get("kept_from_earlier_run")) for r in records)
+    total_s = time.time() - started
     result.update(search=config.model_dump(mode="json"), teacher={"path": str(teacher.path), "metric": metric,
                                                                   "value": teacher_value, "layers": teacher_depth},
-                  wall_time_s=round(time.time() - started, 1), created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                  wall_time_s=round(total_s, 1),
+                  cost={"wall_time_s": round(total_s, 1), "build_wall_time_s": round(built_s, 1),
+                        "rank_wall_time_s": round(total_s - built_s, 1),
+                        "candidates_wall_time_s": round(sum(r.get("wall_time_s") or 0 for r in records), 1),
+                        "counts": counts},
+                  stopped=({"reason": "max_hours", "max_hours": config.max_hours,
+                            "elapsed_s": not_tried[0]["elapsed_s"], "not_tried": len(not_tried),
+                            "first_not_tried": not_tried[0]["name"]} if not_tried else None),
+                  created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     write_json_atomic(out / SEARCH_JSON, result)
     (out / SEARCH_MD).write_text(markdown(result), encoding="utf-8")
     log.info(f"optimize: {out / SEARCH_MD}")
@@ -344,6 +422,63 @@ def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: st
             "machine": bench["machine"], "timing_method": bench["method"], "plot": str(pareto) if pareto else None}
 
 
+# ----------------------------------------------------------------------------- the search as a recipe step
+
+SEARCH_RECORD_KEYS = ("payload_sha256", "size_bytes", "environment", "created_at", "wall_time_s", "complete")
+
+
+def search_step(teacher_path: str | Path, config: SearchConfig, out: str | Path, *, search_dir: str | Path,
+                fresh: bool = False, overwrite: bool = True, clock: Callable[[], float] | None = None) -> Artifact:
+    """A recipe's `stage: search`: run the search into `search_dir` (finished candidates whose hashes match are
+    kept), then copy the chosen candidate to the artifact `out`, its manifest marked with what the search chose.
+
+    With no candidate within the budget, `out` is removed (an earlier pick never stands in for this search's)
+    and BudgetError is raised after search.json / search.md are written. `fresh` starts the search over.
+    """
+    from .artifacts import MANIFEST, atomic_artifact
+
+    search_dir, out = Path(search_dir).absolute(), Path(out).absolute()
+    if fresh and search_dir.exists():
+        shutil.rmtree(search_dir)
+    result = optimize(teacher_path, config, search_dir, resume=True, clock=clock)
+    if not result["best"]:
+        if out.exists() and is_artifact(out):
+            # Moved aside as a temp dir first: a crash before the rmtree leaves one the next writer removes.
+            aside = out.with_name(f".{out.name}.partial-{os.getpid()}")
+            out.rename(aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        finals = [r for r in result["candidates"] if r.get("final") and r["status"] == "built"]
+        budget = f"drop ≤ {config.max_accuracy_drop:g} pts" + (
+            f", size ≤ {config.max_size_mb:g} MB" if config.max_size_mb is not None else "")
+        counts = result["cost"]["counts"]
+        built = (f"{len(finals)} final candidate{'s' if len(finals) != 1 else ''} built, all over it" if finals
+                 else "no final candidate built")
+        raise BudgetError(f"no candidate within budget ({budget} vs the teacher's dev {result['metric']}): {built}; "
+                          f"{counts['dropped']} dropped, {counts['skipped']} skipped, {counts['not tried']} not tried; "
+                          "no artifact written",
+                          where=str(search_dir),
+                          fix=f"See {search_dir / SEARCH_MD}; loosen the budget or widen the search, then rerun "
+                              "with --resume (built candidates are kept)")
+    pick = load_artifact(result["best_path"])
+    chosen = next(r for r in result["candidates"] if r["name"] == result["best"])
+    with atomic_artifact(out, stage=pick.stage, task=pick.task, overwrite=overwrite) as writer:
+        for item in pick.path.iterdir():
+            if item.name == MANIFEST:
+                continue
+            if item.is_dir():
+                shutil.copytree(item, writer.path / item.name)
+            else:
+                shutil.copy2(item, writer.path / item.name)
+        writer.manifest.update({k: v for k, v in pick.manifest.items() if k not in SEARCH_RECORD_KEYS})
+        writer.manifest["complete"] = False
+        writer.manifest["search"] = {
+            "pick": result["best"], "candidate": str(pick.path), "search_dir": str(search_dir),
+            "verdict": chosen.get("verdict"), "drop_pts": chosen.get("drop_pts"), "p50_ms": chosen.get("p50_ms"),
+            "candidate_sha256": pick.manifest.get("payload_sha256"), "wall_time_s": result["wall_time_s"]}
+    log.info(f"search: picked {result['best']} (fastest within the budget) -> {out}")
+    return load_artifact(out)
+
+
 def _depth(artifact: Artifact) -> int:
     config = json.loads((artifact.path / "config.json").read_text(encoding="utf-8"))
     return int(config["num_hidden_layers"])
@@ -368,6 +503,43 @@ def _make_config(stage: str, settings: dict, config: SearchConfig, teacher: Arti
     return models["quantize_options"].model_validate({**options, **settings})
 
 
+def candidate_table(candidates: list[dict]) -> list[str]:
+    """The candidates as a markdown table: status, verdict (or reason), drop, size, p50 and build wall time."""
+    from .report import _fmt
+
+    lines = [("| candidate | stage | from | status | dev metric | drop (pts) | size (MB) | p50 (ms) | vs teacher "
+              "| build (s) | Pareto | verdict |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in candidates:
+        size = r.get("size_bytes")
+        verdict = r.get("verdict") or r.get("reason") or ("intermediate" if r["status"] == "built" else r["status"])
+        build = "kept" if r.get("kept_from_earlier_run") else _fmt(r.get("wall_time_s"), ".1f")
+        speedup = r.get("speedup_vs_teacher")
+        lines.append(f"| {r['name']} | {r['stage']} | {r.get('parent') or ''} | {r['status']} "
+                     f"| {_fmt(r.get('metric_value'), '.4f')} | {_fmt(r.get('drop_pts'))} "
+                     f"| {_fmt(size / 1e6 if size else None)} | {_fmt(r.get('p50_ms'))} "
+                     f"| {_fmt(speedup)}{'x' if speedup else ''} | {build} | {'yes' if r.get('pareto') else ''} "
+                     f"| {verdict} |")
+    return lines
+
+
+def cost_line(result: dict) -> str:
+    """What the search itself cost: wall time in all, building vs ranking, and how many candidates of each status."""
+    cost = result.get("cost") or {}
+    counts = cost.get("counts") or {}
+    total = cost.get("wall_time_s", result.get("wall_time_s")) or 0.0
+    line = (f"Search cost: {total / 60:.1f} min wall time ({cost.get('build_wall_time_s', 0):.0f} s building "
+            f"candidates, {cost.get('rank_wall_time_s', 0):.0f} s ranking); {counts.get('built', 0)} built"
+            f" ({counts.get('kept_from_earlier_run', 0)} kept from an earlier run), {counts.get('dropped', 0)} "
+            f"dropped, {counts.get('skipped', 0)} skipped, {counts.get('not tried', 0)} not tried.")
+    stopped = result.get("stopped")
+    if stopped:
+        line += (f" **Stopped by the wall-clock budget** (max_hours {stopped['max_hours']:g}) after "
+                 f"{stopped['elapsed_s']:.0f} s: {stopped['not_tried']} candidates from {stopped['first_not_tried']} "
+                 "on were not tried.")
+    return line
+
+
 def markdown(result: dict) -> str:
     from .report import _fmt
 
@@ -380,23 +552,16 @@ def markdown(result: dict) -> str:
              f"{_fmt(result['teacher_p50_ms'])} ms (PyTorch fp32, batch {s['batch_size']}, seq {s['seq_len']}).  ",
              f"Budget: drop ≤ {s['max_accuracy_drop']} pts" + (f", size ≤ {s['max_size_mb']} MB" if s['max_size_mb']
                                                                else "")
+             + (f", wall clock ≤ {s['max_hours']:g} h" if s.get("max_hours") is not None else "")
              + f". Search: layers {s['layers']}, prune {[(p['ffn'], p['heads']) for p in s['prune']]}, "
                f"quantize {s['quantize']}.  ",
              f"CPU: {cpu.get('model')} ({cpu.get('usable_cores')} cores), threads {m.get('threads')}; "
-             f"wall time {result['wall_time_s'] / 60:.1f} min.", "",
-             "| candidate | stage | from | dev metric | drop (pts) | size (MB) | p50 (ms) | vs teacher | Pareto | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["candidates"]:
-        size = r.get("size_bytes")
-        verdict = r.get("verdict") or r.get("reason") or ("intermediate" if r["status"] == "built" else r["status"])
-        lines.append(f"| {r['name']} | {r['stage']} | {r.get('parent') or ''} | {_fmt(r.get('metric_value'), '.4f')} "
-                     f"| {_fmt(r.get('drop_pts'))} | {_fmt(size / 1e6 if size else None)} | {_fmt(r.get('p50_ms'))} "
-                     f"| {_fmt(r.get('speedup_vs_teacher'))}{'x' if r.get('speedup_vs_teacher') else ''} "
-                     f"| {'yes' if r.get('pareto') else ''} | {verdict} |")
+             f"wall time {result['wall_time_s'] / 60:.1f} min.", "", *candidate_table(result["candidates"])]
     lines += ["", (f"**Best: {result['best']}** ({result['best_path']})." if result["best"]
                    else "**No candidate meets the budget.**"),
               f"Pareto front (dev metric vs p50): {', '.join(result['pareto_front']) or 'none'}.", "",
+              cost_line(result), "",
               "Intermediate candidates (students, pruned models; fp32 bundles unless `none` is a quantize mode) carry "
               "their dev metric; only final candidates are timed, all in one bench run with the teacher (each target "
-              "in its own worker process, alternating blocks)."]
+              "in its own worker process, alternating blocks). Build (s) is each candidate's own wall time."]
     return "\n".join(lines) + "\n"

@@ -42,7 +42,9 @@ def run(
         emit_json(result)
         return
     for step in result["steps"]:
-        typer.echo(f"{step['name']:<12} {step['stage']:<9} {'kept' if step['skipped'] else 'done'}  {step['path']}")
+        picked = f"  (picked {step['pick']})" if step.get("pick") else ""
+        typer.echo(f"{step['name']:<12} {step['stage']:<9} {'kept' if step['skipped'] else 'done'}  {step['path']}"
+                   + picked)
     if result["report"]:
         typer.echo(f"report: {Path(result['report']).with_suffix('.md')}")
 
@@ -95,6 +97,7 @@ def optimize(
     max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Budget: dev-metric drop vs the teacher, in points.")] = None,
     max_size_mb: Annotated[Optional[float], typer.Option(help="Budget: largest bundle size in MB.")] = None,
     metric: Annotated[Optional[str], typer.Option(help="Dev metric of the budget (default: the task's primary).")] = None,
+    max_hours: Annotated[Optional[float], typer.Option(help="Wall-clock budget in hours: then no new candidate is built (0 = stop after the first).")] = None,
     data: Annotated[Optional[str], typer.Option(help="Transfer data (default: the teacher's).")] = None,
     max_train_samples: Annotated[Optional[int], typer.Option(help="Train students on a seeded subset.")] = None,
     max_eval_samples: Annotated[Optional[int], typer.Option(help="Evaluate every candidate on a seeded dev subset.")] = None,
@@ -117,7 +120,8 @@ def optimize(
             raise ConfigError("a search config must be a mapping", where=str(config), fix="See docs/optimize.md")
     flags = {"layers": parse_int_list(layers, "--layers"), "prune": _parse_prune(prune),
              "quantize": [q.strip() for q in quantize.split(",")] if quantize else None,
-             "max_accuracy_drop": max_accuracy_drop, "max_size_mb": max_size_mb, "metric": metric}
+             "max_accuracy_drop": max_accuracy_drop, "max_size_mb": max_size_mb, "metric": metric,
+             "max_hours": max_hours}
     raw.update({k: v for k, v in flags.items() if v is not None})
     data_flags = {"data": data, "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples}
     if any(v is not None for v in data_flags.values()):
@@ -141,5 +145,9 @@ def optimize(
                        f"p50 {r.get('p50_ms') or 0:7.2f} ms  {r.get('verdict', '')}")
         elif r["status"] != "built":
             typer.echo(f"{r['name']:<22} {r['reason']}")
+    if result.get("stopped"):
+        stopped = result["stopped"]
+        typer.echo(f"stopped by the wall-clock budget (max_hours {stopped['max_hours']:g}) after "
+                   f"{stopped['elapsed_s']:.0f} s: {stopped['not_tried']} candidates not tried")
     typer.echo(f"best: {result['best_path'] or 'none within the budget'}")
     typer.echo(f"report: {out / 'search.md'}")
