@@ -11,6 +11,10 @@ One writer per output path at a time: while a stage writes NAME it holds the loc
 ``.NAME.lock`` beside it (created with O_EXCL, holding its PID). A second stage writing NAME is
 refused in one line naming the PID; a lock left by a dead process is cleared by the next writer.
 A write that runs out of space (ENOSPC, EDQUOT, EFBIG) is reported as such, with nothing left at NAME.
+
+Under torchrun / accelerate launch (WORLD_SIZE > 1) rank 0 alone writes: it takes the lock, fills the
+temp directory and renames it; the other ranks create no lock, no temp directory and no file, and wait
+until the artifact is in place (see bertedge/distributed.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .errors import ArtifactError, DiskFullError, OutputBusyError, disk_full_cause, disk_full_error
 
 MANIFEST = "bertedge.json"
@@ -136,7 +141,8 @@ def check_output_path(out: str | Path, *, overwrite: bool = False) -> Path:
     if out.exists() and not out.is_dir():
         raise ArtifactError("output path exists and is a file", where=str(out),
                             fix="Choose a directory path for --out")
-    holder = lock_holder(out)
+    # Under torchrun only rank 0 takes the lock: the others do not look at it (rank 0 may hold it already).
+    holder = lock_holder(out) if distributed.is_main() else None
     if holder is not None and holder != os.getpid():
         raise _busy(out, holder)
     enclosing = _enclosing_artifact(out.parent)
@@ -201,9 +207,12 @@ def derived_record(parent: Artifact, settings, metric: str, config) -> dict[str,
 
 
 class ArtifactWriter:
-    """The temp directory a stage writes into, and the manifest it will finish with."""
+    """The temp directory a stage writes into, and the manifest it will finish with.
 
-    def __init__(self, out: Path, tmp: Path, stage: str, task: str):
+    `path` is None on the ranks of a torchrun launch other than 0: they write nothing (`writes` is False).
+    """
+
+    def __init__(self, out: Path, tmp: Path | None, stage: str, task: str):
         self.out = out
         self.path = tmp
         self.started = time.time()
@@ -213,6 +222,11 @@ class ArtifactWriter:
             "task": task,
             "complete": False,
         }
+
+    @property
+    def writes(self) -> bool:
+        """False on a torchrun rank other than 0: rank 0 evaluates and writes the artifact."""
+        return self.path is not None
 
     def finish(self) -> None:
         from .env import environment
@@ -352,7 +366,11 @@ def output_lock(out: str | Path) -> Iterator[Path]:
     """Hold the write lock of `out` (the lock file `.NAME.lock` beside it) for the block.
 
     Refuses with OutputBusyError when a live process holds it; clears one left by a dead process.
+    Under torchrun only rank 0 takes it (the other ranks are part of the same writer).
     """
+    if not distributed.is_main():
+        yield lock_path(out)
+        return
     lock = _acquire_lock(Path(out).absolute())
     try:
         yield lock
@@ -365,7 +383,15 @@ def atomic_artifact(out: str | Path, *, stage: str, task: str, overwrite: bool =
     """Yield a writer over a temp dir; on success rename it to `out`, on failure delete it.
 
     The whole write holds the output's lock; a write that runs out of space raises DiskFullError.
+    Under torchrun the other ranks get a writer with `writes` False (no path): they run the training
+    collectives in the block, write nothing, and on leaving it wait until rank 0 has renamed the artifact.
     """
+    if not distributed.is_main():
+        writer = ArtifactWriter(Path(out).absolute(), None, stage, task)
+        yield writer
+        distributed.barrier()  # rank 0 has renamed the artifact into place
+        writer.path = Path(out).absolute()
+        return
     out = check_output_path(out, overwrite=overwrite)  # before anything is written, the lock file included
     with output_lock(out):
         _clean_stale_partials(out)  # it may put back an artifact at `out` ...
@@ -392,6 +418,7 @@ def atomic_artifact(out: str | Path, *, stage: str, task: str, overwrite: bool =
                 raise disk_full_error(full, where=str(out)) from exc
             raise
         writer.path = out
+    distributed.barrier()  # the other ranks of a torchrun launch may read the artifact now
 
 
 def require_task_model(artifact: Artifact) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 logger = logging.getLogger("bertedge")
@@ -19,10 +20,17 @@ def setup(verbose: bool = False) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
     if logger.handlers:
         return
+    from . import distributed
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Under torchrun rank 0 tells the progress; the other ranks only warn (else every line shows N times).
+    level = logging.DEBUG if verbose else logging.INFO
+    logger.setLevel(level if distributed.is_main() else max(level, logging.WARNING))
+    if not distributed.is_main() and not verbose:  # transformers' load notes: rank 0 prints them once
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers configures its logger
+        logging.getLogger("transformers").setLevel(logging.ERROR)
     logger.propagate = False
 
 

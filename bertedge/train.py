@@ -1,9 +1,11 @@
 """The one training loop shared by finetune, distill, prune recovery: a transformers Trainer.
 
-Using the Trainer keeps multi-GPU (torchrun / accelerate launch) working unchanged. What
-bertedge adds: evaluation through the task's own metric code (the same code the ONNX
-runtime path uses), layer-wise LR decay, freezing, length-grouped dynamic-padding batches
-(5x faster on CPU than padding random batches), a NaN guard, and a pluggable loss.
+Using the Trainer keeps multi-process training (torchrun / accelerate launch, CPU with gloo or GPUs
+with NCCL) working: the Trainer wraps the model in DDP and shards the batches; bertedge shares one
+checkpoint directory between the ranks, evaluates on rank 0 only and sends the metrics to the others
+(bertedge/distributed.py, docs/distributed.md). What bertedge adds: evaluation through the task's own
+metric code (the same code the ONNX runtime path uses), layer-wise LR decay, freezing, length-grouped
+dynamic-padding batches (5x faster on CPU than padding random batches), a NaN guard, and a pluggable loss.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
     import torch
     from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
+    from . import distributed
+
     history: list[dict] = []
 
     class GuardCallback(TrainerCallback):
@@ -137,10 +141,18 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
             if logs:
                 history.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
 
+    class SyncExtraModules(TrainerCallback):
+        """Under DDP: average the gradients of the extra modules, which DDP does not wrap, before each step."""
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            distributed.average_gradients(extra_modules or [])
+
     class BertEdgeTrainer(Trainer):
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             self.model.eval()
-            metrics = evaluate(self.model)
+            # Under torchrun rank 0 evaluates and every rank gets its metrics: best-checkpoint selection and
+            # early stopping then agree on every rank (and the dev set is not evaluated N times).
+            metrics = distributed.on_main(lambda: evaluate(self.model))
             self.model.train()
             flat = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
             flat["epoch"] = self.state.epoch
@@ -177,7 +189,17 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
     if precision in ("fp16", "bf16") and not cuda:
         raise TrainingError(f"{precision} training needs a GPU", where="--precision", fix="Use --precision fp32 on CPU")
 
-    work = _trainer_work_dir()
+    if distributed.launched():
+        distributed.init()
+        if extra_modules:
+            distributed.sync_parameters(extra_modules)
+        from . import log
+
+        global_batch = config.batch_size * config.grad_accum * distributed.world_size()
+        log.info(f"train: {distributed.describe()}, per-device batch {config.batch_size} x grad accum "
+                 f"{config.grad_accum} -> global batch {global_batch}")
+    # Every rank must see the same checkpoint directory: rank 0 saves the checkpoints, all ranks load the best.
+    work = Path(distributed.on_main(lambda: str(_trainer_work_dir())))
     strategy = "steps" if config.eval_steps else "epoch"
     args = TrainingArguments(
         output_dir=str(work),
@@ -211,6 +233,8 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         use_cpu=not cuda,
     )
     callbacks = [GuardCallback()]
+    if distributed.launched() and extra_modules:
+        callbacks.append(SyncExtraModules())
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     # eval_dataset is only a token for the Trainer's checks: `evaluate` above runs the task's own loop.
@@ -220,9 +244,11 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         # The Trainer prints its log dicts on stdout; stdout belongs to --json output.
         with contextlib.redirect_stdout(sys.stderr):
             result = trainer.train()
+        distributed.barrier()  # every rank has loaded the best checkpoint before rank 0 removes it
     finally:
         _close_progress_bars(trainer)
-        shutil.rmtree(work, ignore_errors=True)
+        if distributed.is_main():
+            shutil.rmtree(work, ignore_errors=True)
     best = trainer.state.best_metric
     return {
         "history": history,
@@ -232,6 +258,7 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
+        "world_size": distributed.world_size(),
     }
 
 

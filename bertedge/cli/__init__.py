@@ -1,9 +1,11 @@
 """The `bertedge` command line. Thin: flags -> config -> stage call.
 
 Heavy libraries (torch, transformers, onnxruntime) are imported inside command bodies so
-`bertedge --help` is instant. Every BertEdgeError is printed as one line on stderr with exit
-code 1; usage errors exit 2; `--debug` (or BERTEDGE_DEBUG=1) shows the traceback instead. A write
-that ran out of space (disk full, quota, file-size limit) is one such line too, whatever raised it.
+`bertedge --help` is instant. Under torchrun / accelerate launch only finetune, distill and prune run
+(the others are refused in one line) and only rank 0 prints results (docs/distributed.md). Every
+BertEdgeError is printed as one line on stderr with exit code 1; usage errors exit 2; `--debug` (or
+BERTEDGE_DEBUG=1) shows the traceback instead. A write that ran out of space (disk full, quota,
+file-size limit) is one such line too, whatever raised it.
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ app = typer.Typer(
 STATE = {"debug": bool(os.environ.get("BERTEDGE_DEBUG"))}
 
 
+# The commands that train on several processes under torchrun / accelerate launch (docs/distributed.md).
+DISTRIBUTED_COMMANDS = ("finetune", "distill", "prune")
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More log output on stderr."),
 ) -> None:
@@ -41,6 +48,26 @@ def _root(
 
     STATE["debug"] = STATE["debug"] or debug
     log.setup(verbose)
+    _check_launcher(ctx.invoked_subcommand)
+
+
+def _check_launcher(command: str | None) -> None:
+    """Under torchrun (WORLD_SIZE > 1) only the training commands run; the others are refused in one line."""
+    from .. import distributed
+    from ..errors import ConfigError
+
+    if not distributed.launched() or command in (*DISTRIBUTED_COMMANDS, "info", None):
+        return
+    launch = f"torchrun / accelerate launch (world size {distributed.world_size()})"
+    if command in ("run", "optimize"):
+        raise ConfigError(f"`bertedge {command}` does not run under {launch}: its export, quantize and bench steps "
+                          "would run once per process and race on the same outputs", where=command,
+                          fix="Train with the launcher one stage at a time (torchrun ... -m bertedge finetune / "
+                              "distill / prune), then run the rest in one process, e.g. `bertedge optimize "
+                              "--teacher ARTIFACT`; see docs/distributed.md")
+    raise ConfigError(f"`bertedge {command}` does not run under {launch}; only "
+                      f"{', '.join(DISTRIBUTED_COMMANDS)} train on several processes", where=command,
+                      fix="Run it without the launcher, as one process")
 
 
 # Command modules register themselves on `app` when imported.
@@ -72,13 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         if full is not None:
             exc = disk_full_error(full)
         if isinstance(exc, BertEdgeError):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_rank_tag()}{exc}", file=sys.stderr)
             return exc.exit_code
         detail = " ".join(str(exc).split())[:300]
-        print(f"error: unexpected {type(exc).__name__}: {detail} (rerun with --debug for the traceback)",
+        print(f"error: {_rank_tag()}unexpected {type(exc).__name__}: {detail} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _rank_tag() -> str:
+    """'rank 1: ' on the ranks of a torchrun launch other than 0, whose errors would otherwise read as rank 0's."""
+    from .. import distributed
+
+    return f"rank {distributed.rank()}: " if not distributed.is_main() else ""
 
 
 def entry() -> None:

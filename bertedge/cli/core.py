@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import distributed
 from . import app
 from .common import (BatchSize, Epochs, EvalBatchSize, EvalSteps, GradAccum, Lr, MaxEvalSamples, MaxTrainSamples,
                      Metric, Overwrite, Precision, Scheduler, Seed, WarmupRatio, WeightDecay, data_options, emit_json,
@@ -110,6 +111,12 @@ def finetune(
         "classifier_dropout": classifier_dropout, "init_from": init_from, "reinit_head": reinit_head,
     })
     if seeds is not None:
+        if distributed.launched():
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--seeds does not run under torchrun / accelerate launch (world size "
+                              f"{distributed.world_size()})", where="--seeds",
+                              fix="Launch one finetune per seed with --seed N, or drop the launcher")
         from ..artifacts import output_lock
         from ..seeds import finetune_seeds
         from .common import parse_int_list
@@ -123,6 +130,8 @@ def finetune(
                        f"{','.join(map(str, summary['seeds']))}; wrote {out}")
         return
     artifact = run_finetune(model, config, out, overwrite=overwrite)
+    if not distributed.is_main():  # torchrun: rank 0 reports the artifact it wrote
+        return
     if json_out:
         emit_json({"artifact": str(artifact.path), "task": artifact.task, "metrics": artifact.metrics})
     else:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from .. import distributed
 from ..errors import ConfigError
 from . import app
 from .common import (BatchSize, Epochs, EvalBatchSize, EvalSteps, GradAccum, Lr, MaxEvalSamples, MaxTrainSamples,
@@ -111,6 +112,8 @@ def distill(
     # The transformers Trainer prints its log dicts to stdout (tqdm.write); keep stdout for --json.
     with contextlib.redirect_stdout(sys.stderr):
         artifact = run_distill(teacher, config, out, overwrite=overwrite)
+    if not distributed.is_main():  # torchrun: rank 0 reports the artifact it wrote
+        return
     if json_out:
         m = artifact.manifest
         emit_json({"artifact": str(artifact.path), "task": artifact.task, "metrics": artifact.metrics,

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from .. import distributed
 from . import app
 from .common import (BatchSize, EvalSteps, GradAccum, MaxEvalSamples, MaxTrainSamples, Metric, Overwrite, Precision,
                      Scheduler, Seed, WarmupRatio, WeightDecay, data_options, emit_json, parse_int_list, train_options)
@@ -75,6 +76,8 @@ def prune(
     # The training loop's progress lines go to stdout; stdout belongs to --json.
     with contextlib.redirect_stdout(sys.stderr):
         result = run_prune(artifact, config, out, overwrite=overwrite)
+    if not distributed.is_main():  # torchrun: rank 0 reports the artifact it wrote
+        return
     record = result.manifest.get("pruning") or {}
     if json_out:
         emit_json({"artifact": str(result.path), "task": result.task, "metrics": result.metrics,

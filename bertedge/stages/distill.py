@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from .. import log
+from .. import distributed, log
 from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record, require_task_model
 from ..config import DataConfig, StrictModel, Task, TrainConfig
 from ..data import Columns, TaskData, data_fingerprint, subsample
@@ -407,8 +407,13 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
 
     cache, cache_record = None, None
     if config.alpha < 1 and not config.live_teacher:
-        cache, cache_record = teacher_outputs(teacher_model, teacher, encoder, features, cache_root(config),
-                                              config.train.eval_batch_size)
+        # Under torchrun rank 0 computes (or finds) the cache; the other ranks read it once it is in place.
+        for computes in (True, False):
+            if distributed.is_main() == computes:
+                cache, cache_record = teacher_outputs(teacher_model, teacher, encoder, features, cache_root(config),
+                                                      config.train.eval_batch_size)
+            if computes:
+                distributed.barrier()
     projection = None
     if config.hidden_weight > 0 and student.config.hidden_size != teacher_model.config.hidden_size:
         projection = torch.nn.Linear(student.config.hidden_size, teacher_model.config.hidden_size)
@@ -460,65 +465,67 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
         return evaluate_split(m, student_encoder, config.task, dev_examples, settings, data.labels,
                               config.train.eval_batch_size)
 
-    teacher_dev = evaluate_split(teacher_model, encoder, config.task, dev_examples, settings, data.labels,
-                                 config.train.eval_batch_size)
+    teacher_dev = distributed.on_main(lambda: evaluate_split(teacher_model, encoder, config.task, dev_examples,
+                                                             settings, data.labels, config.train.eval_batch_size))
     require_metric(teacher_dev, metric, config.task)  # before training: the metric names do not depend on the model
     with atomic_artifact(out, stage="distill", task=config.task, overwrite=overwrite) as writer:
         result = train_model(student, features, encoder, config.train, evaluate, metric, compute_loss=compute_loss,
                              extra_modules=[projection] if projection is not None else None)
-        student.eval()
-        metrics = {"dev": evaluate(student)}
-        teacher_metrics = {"dev": teacher_dev}
-        test = data.splits.get("test")
-        if test and all(_has_gold(config.task, ex) for ex in test):  # e.g. CoNLL-2003: both on the same settings
-            metrics["test"] = evaluate_split(student, student_encoder, config.task, test, settings, data.labels,
-                                             config.train.eval_batch_size)
-            teacher_metrics["test"] = evaluate_split(teacher_model, encoder, config.task, test, settings, data.labels,
-                                                     config.train.eval_batch_size)
-        student.save_pretrained(writer.path, safe_serialization=True)
-        student_tokenizer.save_pretrained(writer.path)
-        student_params, teacher_params = count_parameters(student), count_parameters(teacher_model)
-        writer.manifest.update({
-            "labels": data.labels,
-            "settings": settings.record(),
-            "primary_metric": metric,
-            "config": config.model_dump(mode="json"),
-            "model": {"reference": str(teacher.path), "path": str(teacher.path.absolute()),
-                      "model_type": student.config.model_type, "source": "distill"},
-            "parent": parent_record(teacher),
-            "teacher": {**parent_record(teacher), "task": teacher.task,
-                        "layers": teacher_model.config.num_hidden_layers,
-                        "hidden_size": teacher_model.config.hidden_size, "parameters": teacher_params,
-                        "metrics": teacher_metrics},
-            "student": {**init, "layers": student.config.num_hidden_layers,
-                        "hidden_size": student.config.hidden_size,
-                        "intermediate_size": getattr(student.config, "intermediate_size", None),
-                        "attention_heads": student.config.num_attention_heads},
-            "layer_map": init.get("layer_map"),
-            "transfer_layer_map": transfer_map if config.live_teacher else None,
-            "loss": {"alpha": config.alpha, "temperature": config.temperature,
-                     "hidden_weight": config.hidden_weight, "attention_weight": config.attention_weight,
-                     "teacher_outputs": "live" if config.live_teacher else ("cached" if cache is not None else "none"),
-                     "hidden_projection": projection is not None},
-            "teacher_cache": cache_record,
-            "init": {"head": "copied from the teacher" if init["kind"] == "teacher-layers" else "new head",
-                     "student": init["kind"]},
-            "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples),
-                     "unlabeled_examples": len(unlabeled), "unlabeled_file": config.unlabeled,
-                     "augmented_examples": len(augmented),
-                     "fingerprint": data_fingerprint(data)},
-            "tokenizer": tokenizer_record(student_tokenizer),
-            "parameters": student_params,
-            "compression": {"parameters_ratio": round(teacher_params / student_params, 3)},
-            "metrics": metrics,
-            "training": {k: v for k, v in result.items() if k != "history"},
-            "history": result["history"],
-            "torch_threads": torch.get_num_threads(),
-        })
-        t_value = teacher_dev.get(metric)
-        log.info(f"distill: dev {metric} {metrics['dev'][metric]:.4f} (teacher {t_value:.4f}), "
-                 + (f"test {metric} {metrics['test'][metric]:.4f} (teacher {teacher_metrics['test'][metric]:.4f}), "
-                    if "test" in metrics else "")
-                 + f"{student_params / 1e6:.1f}M vs {teacher_params / 1e6:.1f}M parameters")
+        if writer.writes:  # torchrun: rank 0 evaluates and writes; the other ranks only train
+            student.eval()
+            metrics = {"dev": evaluate(student)}
+            teacher_metrics = {"dev": teacher_dev}
+            test = data.splits.get("test")
+            if test and all(_has_gold(config.task, ex) for ex in test):  # e.g. CoNLL-2003: both on the same settings
+                metrics["test"] = evaluate_split(student, student_encoder, config.task, test, settings, data.labels,
+                                                 config.train.eval_batch_size)
+                teacher_metrics["test"] = evaluate_split(teacher_model, encoder, config.task, test, settings,
+                                                         data.labels, config.train.eval_batch_size)
+            student.save_pretrained(writer.path, safe_serialization=True)
+            student_tokenizer.save_pretrained(writer.path)
+            student_params, teacher_params = count_parameters(student), count_parameters(teacher_model)
+            writer.manifest.update({
+                "labels": data.labels,
+                "settings": settings.record(),
+                "primary_metric": metric,
+                "config": config.model_dump(mode="json"),
+                "model": {"reference": str(teacher.path), "path": str(teacher.path.absolute()),
+                          "model_type": student.config.model_type, "source": "distill"},
+                "parent": parent_record(teacher),
+                "teacher": {**parent_record(teacher), "task": teacher.task,
+                            "layers": teacher_model.config.num_hidden_layers,
+                            "hidden_size": teacher_model.config.hidden_size, "parameters": teacher_params,
+                            "metrics": teacher_metrics},
+                "student": {**init, "layers": student.config.num_hidden_layers,
+                            "hidden_size": student.config.hidden_size,
+                            "intermediate_size": getattr(student.config, "intermediate_size", None),
+                            "attention_heads": student.config.num_attention_heads},
+                "layer_map": init.get("layer_map"),
+                "transfer_layer_map": transfer_map if config.live_teacher else None,
+                "loss": {"alpha": config.alpha, "temperature": config.temperature,
+                         "hidden_weight": config.hidden_weight, "attention_weight": config.attention_weight,
+                         "teacher_outputs": ("live" if config.live_teacher
+                                             else "cached" if cache is not None else "none"),
+                         "hidden_projection": projection is not None},
+                "teacher_cache": cache_record,
+                "init": {"head": "copied from the teacher" if init["kind"] == "teacher-layers" else "new head",
+                         "student": init["kind"]},
+                "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples),
+                         "unlabeled_examples": len(unlabeled), "unlabeled_file": config.unlabeled,
+                         "augmented_examples": len(augmented),
+                         "fingerprint": data_fingerprint(data)},
+                "tokenizer": tokenizer_record(student_tokenizer),
+                "parameters": student_params,
+                "compression": {"parameters_ratio": round(teacher_params / student_params, 3)},
+                "metrics": metrics,
+                "training": {k: v for k, v in result.items() if k != "history"},
+                "history": result["history"],
+                "torch_threads": torch.get_num_threads(),
+            })
+            t_value = teacher_dev.get(metric)
+            log.info(f"distill: dev {metric} {metrics['dev'][metric]:.4f} (teacher {t_value:.4f}), "
+                     + (f"test {metric} {metrics['test'][metric]:.4f} (teacher {teacher_metrics['test'][metric]:.4f}), "
+                        if "test" in metrics else "")
+                     + f"{student_params / 1e6:.1f}M vs {teacher_params / 1e6:.1f}M parameters")
     return load_artifact(out)
 

@@ -169,32 +169,33 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
                                   config.train.eval_batch_size), metric, config.task)
     with atomic_artifact(out, stage="finetune", task=config.task, overwrite=overwrite) as writer:
         result = train_model(net, train_features, encoder, config.train, evaluate_during_training, metric)
-        net.eval()
-        metrics = {"dev": evaluate(net)}
-        test = data.splits.get("test")
-        if test and all(_has_gold(config.task, ex) for ex in test):
-            metrics["test"] = evaluate_split(net, encoder, config.task, test, settings, data.labels,
-                                             config.train.eval_batch_size)
-        net.save_pretrained(writer.path, safe_serialization=True)
-        hf_tokenizer.save_pretrained(writer.path)
-        writer.manifest.update({
-            "labels": data.labels,
-            "settings": settings.record(),
-            "primary_metric": metric,
-            "config": config.model_dump(mode="json"),
-            "model": resolved.record(),
-            "parent": parent_record(parent),
-            "init": {"head": head_note, "frozen_tensors": frozen},
-            "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples)},
-            "tokenizer": tokenizer_record(hf_tokenizer),
-            "parameters": count_parameters(net),
-            "metrics": metrics,
-            "training": {k: v for k, v in result.items() if k != "history"},
-            "history": result["history"],
-            "torch_threads": torch.get_num_threads(),
-        })
-        log.info(f"finetune: dev {metric} {metrics['dev'][metric]:.4f}"
-                 + (f", test {metric} {metrics['test'][metric]:.4f}" if "test" in metrics else ""))
+        if writer.writes:  # torchrun: rank 0 evaluates and writes; the other ranks only train
+            net.eval()
+            metrics = {"dev": evaluate(net)}
+            test = data.splits.get("test")
+            if test and all(_has_gold(config.task, ex) for ex in test):
+                metrics["test"] = evaluate_split(net, encoder, config.task, test, settings, data.labels,
+                                                 config.train.eval_batch_size)
+            net.save_pretrained(writer.path, safe_serialization=True)
+            hf_tokenizer.save_pretrained(writer.path)
+            writer.manifest.update({
+                "labels": data.labels,
+                "settings": settings.record(),
+                "primary_metric": metric,
+                "config": config.model_dump(mode="json"),
+                "model": resolved.record(),
+                "parent": parent_record(parent),
+                "init": {"head": head_note, "frozen_tensors": frozen},
+                "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples)},
+                "tokenizer": tokenizer_record(hf_tokenizer),
+                "parameters": count_parameters(net),
+                "metrics": metrics,
+                "training": {k: v for k, v in result.items() if k != "history"},
+                "history": result["history"],
+                "torch_threads": torch.get_num_threads(),
+            })
+            log.info(f"finetune: dev {metric} {metrics['dev'][metric]:.4f}"
+                     + (f", test {metric} {metrics['test'][metric]:.4f}" if "test" in metrics else ""))
     return load_artifact(out)
 
 

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .. import log
+from .. import distributed, log
 from ..artifacts import (Artifact, atomic_artifact, check_output_path, derived_record, load_artifact,
                          parent_record, require_task_model)
 from ..config import DataConfig, StrictModel, TrainConfig
@@ -258,7 +258,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
     log.info(f"prune: {parent.path} — train {len(train_examples)}, dev {len(dev_examples)}"
              + (f", distilling from {teacher_artifact.path}" if teacher is not None else ""))
     params_before = count_parameters(model)
-    dev_before = evaluate(model)
+    dev_before = distributed.on_main(lambda: evaluate(model))  # torchrun: rank 0 evaluates, every rank gets it
     with atomic_artifact(out, stage="prune", task=parent.task, overwrite=overwrite) as writer:
         if config.structured:
             record, rounds = _structured(model, config, schedule, train_features, encoder, evaluate, metric, base_loss,
@@ -266,27 +266,28 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
         else:
             record, rounds = _unstructured(model, config, train_features, encoder, evaluate, metric, base_loss,
                                            train_model)
-        model.eval()
-        metrics = {"dev": evaluate(model), "dev_before": dev_before}
-        model.save_pretrained(writer.path, safe_serialization=True)
-        hf_tokenizer.save_pretrained(writer.path)
-        if not config.structured:
-            record["compressed_bytes"] = _compressed(parent.path, writer.path)
-        record["structure"] = pruning.structure(model) if config.structured else None
-        record["parameters_before"], record["parameters_after"] = params_before, count_parameters(model)
-        writer.manifest.update({
-            **derived_record(parent, settings, metric, config),
-            "distilled_from": parent_record(teacher_artifact),
-            "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples)},
-            "tokenizer": parent.manifest.get("tokenizer") or {},
-            "parameters": count_parameters(model),
-            "metrics": metrics,
-            "pruning": record,
-            "training": rounds,
-            "torch_threads": torch.get_num_threads(),
-        })
-        log.info(f"prune: dev {metric} {dev_before.get(metric, float('nan')):.4f} -> {metrics['dev'][metric]:.4f}, "
-                 f"parameters {params_before:,} -> {count_parameters(model):,}")
+        if writer.writes:  # torchrun: rank 0 evaluates and writes; the other ranks only train
+            model.eval()
+            metrics = {"dev": evaluate(model), "dev_before": dev_before}
+            model.save_pretrained(writer.path, safe_serialization=True)
+            hf_tokenizer.save_pretrained(writer.path)
+            if not config.structured:
+                record["compressed_bytes"] = _compressed(parent.path, writer.path)
+            record["structure"] = pruning.structure(model) if config.structured else None
+            record["parameters_before"], record["parameters_after"] = params_before, count_parameters(model)
+            writer.manifest.update({
+                **derived_record(parent, settings, metric, config),
+                "distilled_from": parent_record(teacher_artifact),
+                "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples)},
+                "tokenizer": parent.manifest.get("tokenizer") or {},
+                "parameters": count_parameters(model),
+                "metrics": metrics,
+                "pruning": record,
+                "training": rounds,
+                "torch_threads": torch.get_num_threads(),
+            })
+            log.info(f"prune: dev {metric} {dev_before.get(metric, float('nan')):.4f} -> {metrics['dev'][metric]:.4f}, "
+                     f"parameters {params_before:,} -> {count_parameters(model):,}")
     return load_artifact(out)
 
 
@@ -315,14 +316,17 @@ def _structured(model, config: PruneConfig, schedule: dict, train_features, enco
         entry = {"round": k + 1}
         if keep_heads is not None or keep_ffn is not None:
             batches = [collate(sample[i:i + batch_size]) for i in range(0, len(sample), batch_size)]
-            scores = pruning.importance_scores(model, batches, heads=keep_heads is not None, ffn=keep_ffn is not None)
+            # Under torchrun every rank removes rank 0's choice: the DDP replicas must keep the same shapes.
+            heads, ffn = keep_heads is not None, keep_ffn is not None
+            scores = distributed.on_main(lambda b=batches, h=heads, f=ffn: pruning.importance_scores(model, b, heads=h,
+                                                                                                      ffn=f))
             importance.append(scores)
             if keep_heads is not None:
                 entry["heads_removed"] = pruning.prune_heads(model, _to_remove(scores["heads"], keep_heads, config.scope))
             if keep_ffn is not None:
                 entry["ffn_removed"] = pruning.prune_ffn(model, _to_remove(scores["ffn"], keep_ffn, config.scope))
         entry["structure"] = pruning.structure(model)
-        entry["dev_after_pruning"] = evaluate(model)
+        entry["dev_after_pruning"] = distributed.on_main(lambda: evaluate(model))
         log.info(f"prune: round {k + 1}/{config.iterations}: heads {entry['structure']['heads_per_layer']}, "
                  f"FFN {entry['structure']['intermediate_sizes']}, dev {metric} "
                  f"{entry['dev_after_pruning'].get(metric, float('nan')):.4f} before recovery")
