@@ -16,16 +16,17 @@ A search space is a mapping from parameter to one of:
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from . import log
 from .artifacts import check_output_path
@@ -67,7 +68,18 @@ class TuneConfig(StrictModel):
                                   description="Search space: parameter -> value, [choices] or {low, high, log, step}")
     pruner: Literal["median", "none"] = Field("median", description="Stop trials whose dev metric falls below the median")
     startup_trials: int = Field(2, ge=0, description="Trials that run in full before the pruner acts")
-    seed: int = Field(0, description="Sampler seed")
+    seed: int = Field(0, description="Sampler seed (with a storage, each worker mixes in its host and PID)")
+    storage: str | None = Field(None, description="Optuna RDB storage URL (postgresql://USER@HOST/DB, "
+                                "sqlite:///FILE): the study is kept there and shared by every worker started on it")
+    study: str | None = Field(None, description="Study name in the storage (create it, or join it)")
+    heartbeat_s: int = Field(60, ge=1, description="With a storage: seconds between a running trial's heartbeats; "
+                             "a trial silent for 3 heartbeats (its worker's machine died) is failed and run again")
+
+    @model_validator(mode="after")
+    def _storage_and_study(self):
+        if (self.storage is None) != (self.study is None):
+            raise ValueError("give --storage and --study together (a shared study needs both)")
+        return self
 
 
 # ----------------------------------------------------------------------------- search space
@@ -193,36 +205,217 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the search
 
+WORKER_ATTR = "worker"  # trial user attr: {"host", "pid", "started"} of the process running it
+SEARCH_ATTR = "bertedge_search"  # study user attr: what the study searches (workers must agree on it)
 
-def tune(model: str | None, config: TuneConfig, out: str | Path | None, *, overwrite: bool = False) -> dict:
-    """Run the search; write the fragment, the trial table and the best artifact to `out`."""
+
+def _worker() -> dict:
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+
+
+def _worker_alive(worker: dict) -> bool:
+    """Whether the process that ran a trial on this host still runs (a reused PID is another process)."""
+    import psutil
+
+    try:
+        process = psutil.Process(int(worker["pid"]))
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return abs(process.create_time() - float(worker["started"])) < 1.0
+    except (psutil.NoSuchProcess, KeyError, ValueError, TypeError):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def _requeue(study, trial) -> None:
+    """Queue a failed trial again with its parameters (a WAITING trial the next worker picks up first).
+
+    Like Optuna's RetryHeartbeatStaleTrialCallback, but the new trial does not inherit the dead worker's
+    identity (another worker could otherwise take the retry for a dead trial as soon as it starts).
+    """
     import optuna
+
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k not in (WORKER_ATTR, "failed_because", "error")},
+        system_attrs={"failed_trial": history[0], "retry_history": history}))
+
+
+def fail_dead_trials(study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker process on this host is gone (killed, crashed), and queue each
+    again with the same parameters. Optuna would leave them RUNNING for ever; trials of workers on other hosts
+    are failed by the storage's heartbeat instead. Returns the numbers of the trials this call failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    host, failed = socket.gethostname(), []
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER_ATTR)
+        if not isinstance(worker, dict) or worker.get("host") != host or _worker_alive(worker):
+            continue
+        try:  # the reason first: a finished trial takes no more attributes
+            storage.set_trial_user_attr(trial._trial_id, "failed_because",
+                                        f"worker pid {worker['pid']} on {host} died during the trial")
+            # One worker wins this transition (row lock / write lock); only the winner queues the retry.
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        _requeue(study, storage.get_trial(trial._trial_id))
+        failed.append(trial.number)
+        log.warning(f"tune: trial {trial.number} failed: its worker (pid {worker['pid']}) died; queued again "
+                    "with the same parameters")
+    return failed
+
+
+def _heartbeat_retry(study, trial) -> None:
+    """Storage callback for a trial whose heartbeat stopped (its worker on another host died): run it again."""
+    _requeue(study, trial)
+
+
+def study_progress(study) -> dict:
+    """Logical trials of a study: a failed trial that was queued again counts once, as its retry."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    logical = [t for t in trials if t.number not in retried]
+    return {"logical": len(logical),
+            "waiting": sum(t.state == TrialState.WAITING for t in logical),
+            "running": sum(t.state == TrialState.RUNNING for t in logical),
+            "finished": sum(t.state.is_finished() for t in logical),
+            "retried": sorted(retried)}
+
+
+def _search_record(model: str | None, base: FinetuneConfig, space: dict, metric: str) -> dict:
+    data = base.data.model_dump(mode="json", exclude_none=True)
+    return json.loads(json.dumps({"model": model, "task": base.task, "data": data, "metric": metric,
+                                  "max_length": base.max_length, "space": space, "direction": "maximize"}))
+
+
+def safe_url(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL that does not parse is reported by the storage itself
+        return url
+
+
+def open_study(config: TuneConfig, search: dict, *, resume: bool):
+    """The Optuna study: in memory, or shared through an RDB storage (create, join or --resume)."""
+    import warnings
+
+    import optuna
+
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=0)
+              if config.pruner == "median" else optuna.pruners.NopPruner())
+    if config.storage is None:
+        sampler = optuna.samplers.TPESampler(seed=config.seed)
+        return optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    # Workers sharing a study must not draw the same random values: each seeds from --sampler-seed, host and PID.
+    seed = int(hashlib.sha256(f"{config.seed}:{socket.gethostname()}:{os.getpid()}".encode()).hexdigest()[:8], 16)
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    where = f"--storage {safe_url(config.storage)}"
+    engine_kwargs = {"pool_pre_ping": True}
+    if config.storage.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers wait for SQLite's write lock
+    try:
+        for attempt in range(3):  # workers started together race to create the tables; the loser finds them made
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: no note per worker
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = optuna.storages.RDBStorage(
+                        config.storage, engine_kwargs=engine_kwargs, heartbeat_interval=config.heartbeat_s,
+                        grace_period=3 * config.heartbeat_s, heartbeat_stale_trial_callback=_heartbeat_retry)
+                break
+            except ImportError:
+                raise
+            except Exception:  # retried, then reported below
+                if attempt == 2:
+                    raise
+    except ImportError as exc:
+        raise ConfigError(f"no database driver for this storage ({exc})", where=where,
+                          fix="pip install 'bertedge[tune]' (psycopg2-binary for PostgreSQL)") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors: one line, the cause quoted
+        detail = " ".join(str(exc).split())[:240]
+        raise ConfigError(f"cannot open the study storage ({type(exc).__name__}: {detail})", where=where,
+                          fix="Check the URL, that the database server runs and accepts this user") from None
+    names = {s.study_name for s in optuna.study.get_all_study_summaries(storage)}
+    if resume and config.study not in names:
+        have = ", ".join(sorted(names)) or "none"
+        raise ConfigError(f"no study named '{config.study}' to resume (studies there: {have})", where="--study",
+                          fix="Check the name, or drop --resume to create the study")
+    study = optuna.create_study(storage=storage, study_name=config.study, direction="maximize", sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    recorded = study.user_attrs.get(SEARCH_ATTR)
+    if recorded is None:
+        study.set_user_attr(SEARCH_ATTR, search)
+        recorded = study.user_attrs.get(SEARCH_ATTR) or search
+    if recorded != search:
+        key = next(k for k in sorted({*recorded, *search}) if recorded.get(k) != search.get(k))
+        raise ConfigError(f"study '{config.study}' searches another {key} ({_short(recorded.get(key))}, this worker: "
+                          f"{_short(search.get(key))})", where="--study",
+                          fix="Start every worker of a study with the same model, task, data, metric and space, "
+                              "or choose another --study")
+    return study
+
+
+def _short(value: Any) -> str:
+    return " ".join(json.dumps(value, sort_keys=True, default=str).split())[:120]
+
+
+def tune(model: str | None, config: TuneConfig, out: str | Path | None, *, overwrite: bool = False,
+         resume: bool = False) -> dict:
+    """Run the search; write the fragment, the trial table and the best artifact to `out`.
+
+    With `config.storage` the study is shared: several workers (processes, machines) run this on the same
+    study and the worker that finishes it writes `out` (see docs/distributed.md).
+    """
+    import warnings
+
+    import optuna
+    from optuna.trial import TrialState
 
     from .stages.finetune import finetune
 
-    out_path = _check_tune_out(out, overwrite) if out is not None else None
+    shared = config.storage is not None
+    if resume and not shared:
+        raise ConfigError("--resume continues a study kept in a database", where="--resume",
+                          fix="Pass --storage URL --study NAME (the ones the interrupted search used)")
     base = config.finetune
     space = validate_space(config.space, "space", base)
     metric = base.train.metric or _primary_metric(base.task)
+    out_path = _check_tune_out(out, overwrite, study=config.study if shared else None) if out is not None else None
     # Optuna logs a failed trial with its traceback; bertedge reports failures as one line itself.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=config.startup_trials, n_warmup_steps=0)
-              if config.pruner == "median" else optuna.pruners.NopPruner())
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed),
-                                pruner=pruner)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = open_study(config, _search_record(model, base, space, metric), resume=resume)
+
     parent = (out_path.parent if out_path is not None else Path(tempfile.gettempdir()))
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name if out_path else 'tune'}.partial-", dir=parent))
-    best_dir = staging / "best"
-    best = {"value": -math.inf}
-    rows: list[dict] = []
+    if shared and out_path is not None:  # every worker writing this --out keeps its trials here
+        trials_dir = parent / f".{out_path.name}.trials"
+        trials_dir.mkdir(exist_ok=True)
+    else:
+        trials_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name if out_path else 'tune'}.partial-", dir=parent))
+    me = _worker()
+    ran: list[int] = []
+    started_at = time.time()
 
     def objective(trial) -> float:
         params = suggest(trial, space)
+        trial.set_user_attr(WORKER_ATTR, me)
+        trial.set_user_attr("params", params)
+        ran.append(trial.number)
         trial_config = apply_params(base, params)
-        trial_out = staging / f"trial-{trial.number}"
+        trial_out = trials_dir / f"trial-{trial.number}"
         curve: list[float] = []
-        started = time.time()
 
         def on_evaluate(metrics: dict) -> None:
             value = metrics.get(metric)
@@ -233,36 +426,33 @@ def tune(model: str | None, config: TuneConfig, out: str | Path | None, *, overw
             if trial.should_prune():
                 raise optuna.TrialPruned(f"{metric} {value:.4f} after evaluation {len(curve)} is below the median")
 
-        row = {"trial": trial.number, "params": params, "state": "RUNNING", "value": None, "curve": curve}
-        rows.append(row)
-        log.info(f"tune: trial {trial.number} " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+        retry = study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        log.info(f"tune: trial {trial.number} " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+                 + (f" (trial {retry} again: its worker died)" if retry is not None else ""))
         try:
             artifact = finetune(model, trial_config, trial_out, on_evaluate=on_evaluate)
         except optuna.TrialPruned:
-            row.update(state="PRUNED", wall_time_s=round(time.time() - started, 1))
             log.info(f"tune: trial {trial.number} pruned after {len(curve)} evaluation(s) ({metric} {curve[-1]:.4f})")
             raise
         except TrainingError as exc:  # a diverged trial is a result (lr too high), not a failed search
-            row.update(state="FAIL", error=str(exc), wall_time_s=round(time.time() - started, 1))
+            trial.set_user_attr("error", str(exc))
             log.warning(f"tune: trial {trial.number} failed: {exc}")
             raise
-        value = float(artifact.metrics["dev"][metric])
-        row.update(state="COMPLETE", value=value, wall_time_s=round(time.time() - started, 1),
-                   dev={k: v for k, v in artifact.metrics["dev"].items() if isinstance(v, (int, float))})
-        if value > best["value"]:
-            shutil.rmtree(best_dir, ignore_errors=True)
-            os.replace(trial_out, best_dir)
-            best.update(value=value, trial=trial.number, params=params, config=trial_config)
-        else:
-            shutil.rmtree(trial_out, ignore_errors=True)
-        return value
+        trial.set_user_attr("dev", {k: v for k, v in artifact.metrics["dev"].items() if isinstance(v, (int, float))})
+        return float(artifact.metrics["dev"][metric])
 
     try:
-        study.optimize(objective, n_trials=config.trials, timeout=config.timeout_s, catch=(TrainingError,),
-                       gc_after_trial=True)
-        if "trial" not in best:
-            raise TrainingError(f"no trial completed ({_state_counts(rows)})", where="tune",
-                                fix="Widen the space, lower the learning-rate range, add --trials, or use --pruner none")
+        while True:
+            fail_dead_trials(study)
+            progress = study_progress(study)
+            if progress["logical"] >= config.trials and not progress["waiting"]:
+                break
+            if config.timeout_s is not None and time.time() - started_at >= config.timeout_s:
+                break
+            study.optimize(objective, n_trials=1, catch=(TrainingError,), gc_after_trial=True)
+            _keep_best_only(study, trials_dir, shared=shared)
+        progress = study_progress(study)
+        rows = trial_rows(study)
         result = {
             "model": model,
             "task": base.task,
@@ -270,33 +460,148 @@ def tune(model: str | None, config: TuneConfig, out: str | Path | None, *, overw
             "metric": metric,
             "direction": "maximize",
             "trials": rows,
-            "best": {"trial": best["trial"], "value": best["value"], "params": best["params"]},
             "space": space,
             "counts": _state_counts(rows),
             "pruner": config.pruner,
             "seed": config.seed,
+            "worker": {**me, "ran": ran},
         }
-        fragment = recipe_fragment(best["config"], result)
+        if shared:
+            result["study"] = {"name": config.study, "storage": safe_url(config.storage), **progress}
+            if progress["running"] or progress["waiting"]:  # other workers are still at it; the last one writes
+                result.update(finished=False, out=None)
+                log.info(f"tune: study {config.study}: {progress['finished']} of {progress['logical']} trials "
+                         f"finished, {progress['running']} running and {progress['waiting']} queued in other "
+                         f"workers; the worker that finishes the study writes the result")
+                return result
+        result["finished"] = True
+        complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        if not complete:
+            raise TrainingError(f"no trial completed ({_state_counts(rows)})", where="tune",
+                                fix="Widen the space, lower the learning-rate range, add --trials, or use --pruner none")
+        best = max(complete, key=lambda t: (t.value, -t.number))
+        best_params = best.user_attrs.get("params") or dict(best.params)
+        result["best"] = {"trial": best.number, "value": best.value, "params": best_params}
+        fragment = recipe_fragment(apply_params(base, best_params), result)
         result["fragment"] = fragment
         if out_path is not None:
-            (staging / "best-config.yaml").write_text(fragment, encoding="utf-8")
-            (staging / "trials.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-            (staging / "trials.md").write_text(trial_table(result) + "\n", encoding="utf-8")
-            for leftover in staging.glob("trial-*"):
-                shutil.rmtree(leftover, ignore_errors=True)
-            if out_path.exists():
-                shutil.rmtree(out_path)
-            os.replace(staging, out_path)
-            result["out"] = str(out_path)
-            result["best"]["artifact"] = str(out_path / "best")
+            _write_result(result, out_path, trials_dir / f"trial-{best.number}", shared=shared)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        if not shared or out_path is None:
+            shutil.rmtree(trials_dir, ignore_errors=True)
     return result
 
 
-def _check_tune_out(out: str | Path, overwrite: bool) -> Path:
+def _keep_best_only(study, trials_dir: Path, *, shared: bool) -> None:
+    """Delete the artifacts of finished trials that are not the study's best (a running trial's are left alone)."""
+    from optuna.trial import TrialState
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: (t.value, -t.number)).number if complete else None
+    for directory in trials_dir.glob("trial-*"):
+        number = directory.name[len("trial-"):]
+        trial = trials.get(int(number)) if number.isdigit() else None
+        if trial is not None and trial.state.is_finished() and trial.number != best:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _write_result(result: dict, out_path: Path, best_dir: Path, *, shared: bool) -> None:
+    """OUT = best-config.yaml, trials.json, trials.md and best/ (the best trial's artifact, moved, not copied)."""
+    from .artifacts import output_lock
+    from .errors import OutputBusyError
+
+    def write(best_src: Path | None) -> None:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.partial-", dir=out_path.parent))
+        try:
+            if best_src is not None:
+                os.replace(best_src, staging / "best")
+                result["best"]["artifact"] = str(out_path / "best")
+            else:  # trained by a worker that kept its trials elsewhere (another machine, no --out)
+                result["best"]["artifact"] = None
+                log.warning(f"tune: the best trial's artifact is not in {best_dir.parent} (its worker kept it "
+                            "elsewhere); best-config.yaml has its config")
+            result["out"] = str(out_path)
+            (staging / "best-config.yaml").write_text(result["fragment"], encoding="utf-8")
+            (staging / "trials.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+            (staging / "trials.md").write_text(trial_table(result) + "\n", encoding="utf-8")
+            if out_path.exists():
+                shutil.rmtree(out_path)
+            os.replace(staging, out_path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    if not shared:
+        write(best_dir if best_dir.is_dir() else None)
+        return
+    study = result["study"]["name"]
+    try:
+        with output_lock(out_path):  # workers that finish together: one writes
+            written = _result_record(out_path)
+            same_study = (written.get("study") or {}).get("name") == study
+            if same_study and _trial_states(written) == _trial_states(result):
+                result.update(out=str(out_path), already_written=True)
+                result["best"]["artifact"] = str(out_path / "best") if (out_path / "best").is_dir() else None
+                return
+            best_src = best_dir if best_dir.is_dir() else None
+            if best_src is None and same_study and (written.get("best") or {}).get("trial") == result["best"]["trial"]:
+                best_src = out_path / "best" if (out_path / "best").is_dir() else None  # --resume added trials
+            write(best_src)
+            shutil.rmtree(best_dir.parent, ignore_errors=True)  # the shared trials directory: the study is done
+    except OutputBusyError:
+        result.update(out=None, already_written=True)
+        log.info(f"tune: another worker is writing the result of study {study} to {out_path}")
+
+
+def _result_record(out: Path) -> dict:
+    try:
+        record = json.loads((out / "trials.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _trial_states(result: dict) -> list:
+    return [(row.get("trial"), row.get("state")) for row in result.get("trials") or []]
+
+
+def _result_of_study(out: Path) -> str | None:
+    return (_result_record(out).get("study") or {}).get("name")
+
+
+def trial_rows(study) -> list[dict]:
+    """One row per trial of the study (every worker's), in trial order."""
+    from optuna.trial import TrialState
+
+    retried_as = {n: t.number for t in study.get_trials(deepcopy=False)
+                  for n in t.system_attrs.get("retry_history", [])[-1:]}
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        row = {"trial": t.number, "params": t.user_attrs.get("params") or dict(t.params), "state": t.state.name,
+               "value": t.value if t.state == TrialState.COMPLETE else None,
+               "curve": [t.intermediate_values[k] for k in sorted(t.intermediate_values)]}
+        if t.datetime_start and t.datetime_complete:
+            row["wall_time_s"] = round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
+        error = t.user_attrs.get("failed_because") or t.user_attrs.get("error")
+        if error:
+            row["error"] = error
+        if "dev" in t.user_attrs:
+            row["dev"] = t.user_attrs["dev"]
+        if t.number in retried_as:
+            row["retried_as"] = retried_as[t.number]
+        if "failed_trial" in t.system_attrs:
+            row["retry_of"] = t.system_attrs["retry_history"][-1]
+        worker = t.user_attrs.get(WORKER_ATTR)
+        if isinstance(worker, dict):
+            row["worker"] = f"{worker.get('host')}:{worker.get('pid')}"
+        rows.append(row)
+    return rows
+
+
+def _check_tune_out(out: str | Path, overwrite: bool, study: str | None = None) -> Path:
     out = Path(out).absolute()
+    if study is not None and out.is_dir() and _result_of_study(out) == study:
+        return out  # a shared study's result, written by its last worker: a late worker or --resume may rewrite it
     if out.is_dir() and any(out.iterdir()) and overwrite and not (out / "trials.json").is_file():
         raise ArtifactError("refusing to overwrite a non-empty directory that is not a tune result", where=str(out),
                             fix="Choose another --out")

@@ -81,9 +81,20 @@ def tune(
     init_from: Annotated[Optional[str], typer.Option(help="Start every trial from this fine-tuned artifact.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write best-config.yaml, trials.json, trials.md and best/ here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier tune result at --out.")] = False,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna RDB storage URL (postgresql://USER@HOST/DB or "
+                                                        "sqlite:///FILE): workers started on the same --storage and "
+                                                        "--study share one search.")] = None,
+    study: Annotated[Optional[str], typer.Option(help="Study name in --storage (created, or joined when it exists).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an existing --study: trials of dead workers are marked failed "
+                                              "and run again, then the search goes on to --trials.")] = False,
+    heartbeat: Annotated[int, typer.Option(help="With --storage: seconds between a running trial's heartbeats.")] = 60,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Hyperparameter search (Optuna) over finetune; weak trials are pruned on the dev metric."""
+    """Hyperparameter search (Optuna) over finetune; weak trials are pruned on the dev metric.
+
+    With --storage and --study several workers (processes or machines) share one study; --trials is the study's
+    total, and the worker that finishes the study writes --out (give every worker the same --out).
+    """
     from ..config import FinetuneConfig, build
     from ..tune import DEFAULT_SPACE, TuneConfig, load_space, trial_table
     from ..tune import tune as run_tune
@@ -97,15 +108,26 @@ def tune(
         "finetune": base.model_dump(), "trials": trials, "timeout_s": timeout,
         "space": load_space(space) if space is not None else dict(DEFAULT_SPACE),
         "pruner": pruner, "startup_trials": startup_trials, "seed": sampler_seed,
+        "storage": storage, "study": study, "heartbeat_s": heartbeat,
     })
     from ..artifacts import output_lock
 
-    with output_lock(out) if out is not None else contextlib.nullcontext():  # one tune per --out at a time
-        result = run_tune(model, config, out, overwrite=overwrite)
+    # One tune per --out at a time; the workers of a shared study share --out and take its lock only to write it.
+    with output_lock(out) if out is not None and storage is None else contextlib.nullcontext():
+        result = run_tune(model, config, out, overwrite=overwrite, resume=resume)
     if json_out:
         emit_json(result)
         return
+    if not result["finished"]:
+        s = result["study"]
+        typer.echo(f"study {s['name']}: this worker ran trials {', '.join(map(str, result['worker']['ran'])) or 'none'}; "
+                   f"{s['finished']} of {s['logical']} finished, {s['running']} running and {s['waiting']} queued in "
+                   "other workers (the worker that finishes the study writes the result)")
+        return
     typer.echo(trial_table(result))
+    if result.get("already_written"):
+        typer.echo(f"\nstudy {result['study']['name']} is finished; its result is already in {result['out'] or out}")
+        return
     if out is None:
         typer.echo("")
         typer.echo(result["fragment"], nl=False)
