@@ -72,12 +72,19 @@ def provider_list(provider: str, *, trt_cache_dir: str | Path | None = None,
 
 def make_session(model_path: str | Path, provider: str = "cpu", *, threads: int | None = None,
                  optimization: str = "all", trt_cache_dir: str | Path | None = None,
-                 trt_options: dict | None = None, spinning: bool | None = None):
+                 trt_options: dict | None = None, spinning: bool | None = None,
+                 cpu_mem_arena: bool | None = None, mem_pattern: bool | None = None):
     """An InferenceSession on `provider`, verified to be active; `threads` sets intra-op threads.
 
     `optimization` is the graph optimisation level ONNX Runtime applies when loading:
     "all" (default), "extended", "basic" or "disabled". `spinning=False` stops idle intra-op threads
     from busy-waiting (ORT's default spins), which matters when several sessions share the cores.
+
+    Memory under inputs of many shapes (a server seeing every batch x length): `cpu_mem_arena=False`
+    allocates each call's tensors from the system allocator instead of ORT's CPU arena, which grows to
+    the largest shape seen and keeps that memory (onnxruntime#11627); `mem_pattern=False` stops ORT
+    planning (and caching) one memory layout per input shape. None leaves ORT's default (both on).
+    benchmarks/results/soak-rss.md measures them on 10,000 calls of random lengths.
     """
     import onnxruntime as ort
 
@@ -95,6 +102,10 @@ def make_session(model_path: str | Path, provider: str = "cpu", *, threads: int 
         options.inter_op_num_threads = 1
     if spinning is not None:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if cpu_mem_arena is not None:
+        options.enable_cpu_mem_arena = bool(cpu_mem_arena)
+    if mem_pattern is not None:
+        options.enable_mem_pattern = bool(mem_pattern)
     providers = provider_list(provider, trt_cache_dir=trt_cache_dir, trt_options=trt_options)
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=providers)

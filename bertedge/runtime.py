@@ -103,10 +103,16 @@ class Bundle:
     prediction never depends on the rest of the batch. Default (None): on for bundles whose graph
     computes activation scales at run time (dynamic int8, see `batch_invariant`), off otherwise
     (their outputs do not depend on the batch, and batching is faster).
+
+    `spinning`, `cpu_mem_arena`, `mem_pattern`: ONNX Runtime session options (`providers.make_session`);
+    None keeps ORT's default (spinning, arena and memory patterns on). Measured over 10,000 one-text
+    predictions of random lengths 3-512 (benchmarks/results/soak-rss.md, tests/test_soak.py), ORT's
+    defaults stop growing after warm-up and use the least memory; the arena off alone costs ~30 MB more.
     """
 
     def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
-                 model_file: str | None = None, optimization: str = "all", per_sequence: bool | None = None):
+                 model_file: str | None = None, optimization: str = "all", per_sequence: bool | None = None,
+                 spinning: bool | None = None, cpu_mem_arena: bool | None = None, mem_pattern: bool | None = None):
         from .providers import make_session
 
         self.artifact = load_artifact(path)
@@ -125,7 +131,9 @@ class Bundle:
                                 else "Re-export the bundle")
         if not (self.path / "tokenizer.json").is_file():
             raise ArtifactError("bundle has no tokenizer.json", where=str(self.path), fix="Re-export the bundle")
-        self.session = make_session(model_path, provider, threads=threads, optimization=optimization)
+        self.session_options = {"spinning": spinning, "cpu_mem_arena": cpu_mem_arena, "mem_pattern": mem_pattern}
+        self.session = make_session(model_path, provider, threads=threads, optimization=optimization,
+                                    **self.session_options)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         tokenizer = self.manifest.get("tokenizer") or {}

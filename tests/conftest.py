@@ -42,7 +42,7 @@ def write_vocab(path: Path) -> Path:
 
 
 def build_tiny_bert(directory: Path, *, layers: int = 2, hidden: int = 32, heads: int = 4,
-                    intermediate: int = 64, seed: int = 0) -> Path:
+                    intermediate: int = 64, seed: int = 0, max_position: int = 256) -> Path:
     """Save a randomly initialised BertModel + fast tokenizer as a transformers directory."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -52,7 +52,8 @@ def build_tiny_bert(directory: Path, *, layers: int = 2, hidden: int = 32, heads
     tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
     tokenizer.save_pretrained(directory)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=256)
+                        num_attention_heads=heads, intermediate_size=intermediate,
+                        max_position_embeddings=max_position)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(directory)
     return directory

@@ -39,7 +39,7 @@ class OrtRunner:
 
     def __init__(self, target: Target, provider: str, threads: int | None, *, max_batch: int = 1,
                  max_seq: int = 128, trt_cache_dir: str | Path | None = None, io_binding: bool | None = None,
-                 spinning: bool = False):
+                 spinning: bool | None = False, cpu_mem_arena: bool | None = None, mem_pattern: bool | None = None):
         import onnxruntime as ort
 
         self.ort = ort
@@ -49,7 +49,9 @@ class OrtRunner:
             names = _onnx_input_names(target.model_file)
             trt_options = trt_profile_options(names, max_batch, max_seq)
         self.session = make_session(target.model_file, provider, threads=threads, trt_cache_dir=trt_cache_dir,
-                                    trt_options=trt_options, spinning=spinning)
+                                    trt_options=trt_options, spinning=spinning, cpu_mem_arena=cpu_mem_arena,
+                                    mem_pattern=mem_pattern)
+        self.session_options = {"spinning": spinning, "cpu_mem_arena": cpu_mem_arena, "mem_pattern": mem_pattern}
         self.inputs = {i.name: ORT_DTYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.active_providers = list(self.session.get_providers())

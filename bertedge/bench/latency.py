@@ -54,6 +54,12 @@ class BenchConfig(StrictModel):
     spinning: bool | None = Field(None, description="ONNX Runtime's idle intra-op threads busy-wait between calls: "
                                                     "true/false, or null for ORT's own default (spinning on), "
                                                     "which is how a deployed session runs")
+    cpu_mem_arena: bool | None = Field(None, description="ONNX Runtime's CPU memory arena: true/false, or null for "
+                                                         "ORT's default (on). Off: every call allocates from the "
+                                                         "system allocator, and the arena cannot keep the memory of "
+                                                         "the largest shape seen (benchmarks/results/soak-rss.md)")
+    mem_pattern: bool | None = Field(None, description="ONNX Runtime's memory-pattern planning (one cached plan per "
+                                                       "input shape): true/false, or null for ORT's default (on)")
     isolation: Literal["process", "in-process"] = Field(
         "process", description="process: every target in its own worker process, timed in alternating blocks "
                                "(what a deployed model sees); in-process: all targets in this process, interleaved "

@@ -23,8 +23,10 @@ def _worker(target: Target, batches: list, config_json: dict, barrier, results) 
         from .backends import make_runner
 
         config = BenchConfig.model_validate(config_json)
+        ort_kwargs = {"spinning": config.spinning, "cpu_mem_arena": config.cpu_mem_arena,
+                      "mem_pattern": config.mem_pattern}
         runner = make_runner(target, config.provider, config.threads,
-                             **({"spinning": config.spinning} if target.backend == "onnxruntime" else {}))
+                             **(ort_kwargs if target.backend == "onnxruntime" else {}))
         calls = [runner.prepare(b) for b in batches]
         for k in range(config.warmup):
             calls[k % len(calls)]()

@@ -147,7 +147,7 @@ def run_bench(artifacts: list, config: BenchConfig | None = None, *,
     encoders = [TextEncoder.from_dir(t.tokenizer_dir, model_input_names=DEFAULT_INPUT_NAMES) for t in targets]
     warm = [synthetic_batch(enc, 1, min([16, *config.seq_lens]), config.seed) for enc in encoders]
     ort_kwargs = {"max_batch": max_batch, "max_seq": max_seq, "trt_cache_dir": config.trt_cache_dir,
-                  "spinning": config.spinning}
+                  "spinning": config.spinning, "cpu_mem_arena": config.cpu_mem_arena, "mem_pattern": config.mem_pattern}
     isolated = config.isolation == "process"
     if isolated:
         from .isolated import start_workers

@@ -29,6 +29,8 @@ def bench(
     pareto: Annotated[bool, typer.Option("--pareto/--no-pareto", help="Draw accuracy vs latency (needs one task).")] = True,
     trt_cache_dir: Annotated[Path | None, typer.Option("--trt-cache-dir", help="TensorRT engine cache directory.")] = None,
     spinning: Annotated[bool | None, typer.Option("--spinning/--no-spinning", help="Let ONNX Runtime threads busy-wait between calls (default: ORT's own, which spins).")] = None,
+    cpu_mem_arena: Annotated[bool | None, typer.Option("--cpu-mem-arena/--no-cpu-mem-arena", help="ONNX Runtime's CPU memory arena (default: ORT's own, on).")] = None,
+    mem_pattern: Annotated[bool | None, typer.Option("--mem-pattern/--no-mem-pattern", help="ONNX Runtime's per-shape memory-pattern planning (default: ORT's own, on).")] = None,
     isolation: Annotated[str, typer.Option("--isolation", help="process: each target in its own worker process, alternating blocks; in-process: all in this process (distorted, for comparison).")] = "process",
     seed: Annotated[int, typer.Option(help="Seed of synthetic inputs and real-length sampling.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Write bench.json, bench.md and PNG plots here.")] = None,
@@ -47,7 +49,7 @@ def bench(
         "real_batch_sizes": parse_int_list(real_batch_sizes, "--real-batch-sizes"),
         "runs": runs, "duration": duration, "torch_int8": torch_int8, "instances": instances,
         "trt_cache_dir": str(trt_cache_dir) if trt_cache_dir else None, "seed": seed, "spinning": spinning,
-        "isolation": isolation,
+        "cpu_mem_arena": cpu_mem_arena, "mem_pattern": mem_pattern, "isolation": isolation,
     })
     from ..providers import provider_name
 

@@ -113,6 +113,9 @@ def predict(
     ort_format: Annotated[bool, typer.Option("--ort-format", help="Run model.ort instead of model.onnx.")] = False,
     logits: Annotated[bool, typer.Option("--logits", help="Add the raw model outputs of each input (\"outputs\": one object per model window) to its JSON line.")] = False,
     per_sequence: Annotated[Optional[bool], typer.Option("--per-sequence/--batched", help="Run one sequence per model call, so a prediction never depends on the batch (default: on for batch-dependent int8 bundles, off otherwise).")] = None,
+    spinning: Annotated[Optional[bool], typer.Option("--spinning/--no-spinning", help="Let ONNX Runtime's idle threads busy-wait between calls (default: ORT's own, which spins).")] = None,
+    cpu_mem_arena: Annotated[Optional[bool], typer.Option("--cpu-mem-arena/--no-cpu-mem-arena", help="ONNX Runtime's CPU memory arena (default: ORT's own, on; see benchmarks/results/soak-rss.md).")] = None,
+    mem_pattern: Annotated[Optional[bool], typer.Option("--mem-pattern/--no-mem-pattern", help="ONNX Runtime's per-shape memory-pattern planning (default: ORT's own, on).")] = None,
 ) -> None:
     """Predict with a bundle (ONNX Runtime + tokenizers only); streams one JSON line per input."""
     from ..errors import ConfigError
@@ -126,7 +129,7 @@ def predict(
         raise ConfigError("is a directory or its folder does not exist", where=f"--output {output}",
                           fix="Pass a file path in an existing directory")
     model = Bundle(bundle, provider=provider, threads=threads, model_file="model.ort" if ort_format else None,
-                   per_sequence=per_sequence)
+                   per_sequence=per_sequence, spinning=spinning, cpu_mem_arena=cpu_mem_arena, mem_pattern=mem_pattern)
     if not model.batch_invariant and not model.per_sequence:
         from .. import log
 
