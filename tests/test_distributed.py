@@ -167,11 +167,12 @@ def test_torchrun_refuses_bertedge_run_in_one_line(tmp_path):
     code, log, tmpdir = torchrun(["run", recipe, "--out", tmp_path / "run"], tmp_path, "run")
     assert code != 0
     errors = [line for line in log.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2, log[-3000:]  # rank 0's line, and rank 1's named as such
-    assert errors[0].startswith("error: run: `bertedge run` does not run under torchrun / accelerate launch "
-                                "(world size 2)") or errors[1].startswith("error: run: ")
-    assert any(line.startswith("error: rank 1: run: ") for line in errors)
-    assert all("docs/distributed.md" in line for line in errors)
+    # Rank 0's line, and rank 1's (named as such) unless torchrun stopped rank 1 first when rank 0 failed:
+    # on one core that race goes either way, so one or two lines, each whole and each the refusal.
+    assert 1 <= len(errors) <= 2 and log.count("error:") == len(errors), log[-3000:]
+    refusal = "run: `bertedge run` does not run under torchrun / accelerate launch (world size 2)"
+    assert all(line.startswith((f"error: {refusal}", f"error: rank 1: {refusal}")) for line in errors), errors
+    assert all(line.endswith("see docs/distributed.md") for line in errors), errors
     assert not (tmp_path / "run").exists() and not [p for p in tmpdir.rglob("*") if p.is_file()]
 
 

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        print("error: interrupted", file=sys.stderr)
+        _error_line("error: interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line; --debug shows it
         if STATE["debug"]:
@@ -99,13 +99,20 @@ def main(argv: list[str] | None = None) -> int:
         if full is not None:
             exc = disk_full_error(full)
         if isinstance(exc, BertEdgeError):
-            print(f"error: {_rank_tag()}{exc}", file=sys.stderr)
+            _error_line(f"error: {_rank_tag()}{exc}")
             return exc.exit_code
         detail = " ".join(str(exc).split())[:300]
-        print(f"error: {_rank_tag()}unexpected {type(exc).__name__}: {detail} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        _error_line(f"error: {_rank_tag()}unexpected {type(exc).__name__}: {detail} (rerun with --debug for the "
+                    "traceback)")
         return 1
     return 0
+
+
+def _error_line(text: str) -> None:
+    """The line and its newline in ONE write: the ranks of a torchrun launch share stderr, and with two
+    writes (print's text, then its end) their lines interleave mid-line."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _rank_tag() -> str:
