@@ -419,7 +419,8 @@ class _FakeWorker:
     def __init__(self, name: str, log: list):
         self.name, self.log = name, log
 
-    def time_block(self, *, calls=None, seconds=None, settle_s=0.0):
+    def time_block(self, *, calls=None, seconds=None, settle_s=0.0, warm=0):
+        assert warm == 3  # every block re-warms its target first
         self.log.append((self.name, calls))
         return [1.0] * (calls or 2)
 
@@ -429,11 +430,11 @@ def test_alternating_blocks_run_one_target_at_a_time_in_turn():
 
     log: list = []
     workers = [_FakeWorker("A", log), _FakeWorker("B", log)]
-    timings = alternating_timings(workers, runs=7, duration=None, blocks=3, settle_s=0)
+    timings = alternating_timings(workers, runs=7, duration=None, blocks=3, settle_s=0, block_warmup=3)
     assert log == [("A", 3), ("B", 3), ("A", 3), ("B", 3), ("A", 1), ("B", 1)]  # A's block, B's block, ...
     assert [len(t) for t in timings] == [7, 7]
     log.clear()
-    timings = alternating_timings(workers, runs=None, duration=0.01, blocks=2, settle_s=0)
+    timings = alternating_timings(workers, runs=None, duration=0.01, blocks=2, settle_s=0, block_warmup=3)
     assert [n for n, _ in log] == ["A", "B", "A", "B", "A", "B"]  # 2 blocks, then until MIN_ROUNDS (5) calls
     assert [len(t) for t in timings] == [6, 6]
 

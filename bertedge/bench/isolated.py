@@ -36,8 +36,12 @@ METHOD = ("each target in its own worker process (spawn), with its deployed sess
           "alternating blocks (A's block, B's block, ... repeated), one process running at a time")
 
 
-def _timed_block(calls: list, cursor: int, calls_n: int | None, seconds: float | None) -> tuple[list[float], int]:
-    """Run calls[cursor], calls[cursor + 1], ... (cycling): `calls_n` of them, or for `seconds` (at least one)."""
+def _timed_block(calls: list, cursor: int, calls_n: int | None, seconds: float | None,
+                 warm: int = 0) -> tuple[list[float], int]:
+    """Run calls[cursor], calls[cursor + 1], ... (cycling): `calls_n` of them, or for `seconds` (at least one),
+    after `warm` untimed calls that bring this target's weights back into the caches the others used."""
+    for k in range(warm):
+        calls[(cursor + k) % len(calls)]()
     clock = time.perf_counter_ns
     timings: list[float] = []
     gc_was_enabled = gc.isenabled()
@@ -108,7 +112,7 @@ def _serve(conn, target: Target, config_json: dict, runner_kwargs: dict, warm_ba
                     calls[k % len(calls)]()
                 conn.send({"ok": None})
             elif command == "time":
-                timings, cursor = _timed_block(calls, cursor, arg["calls"], arg["seconds"])
+                timings, cursor = _timed_block(calls, cursor, arg["calls"], arg["seconds"], arg.get("warm", 0))
                 time.sleep(arg["settle_s"])  # our own idle threads stop spinning before the next worker runs
                 conn.send({"ok": timings})
             elif command == "peak_rss":
@@ -180,8 +184,9 @@ class TargetWorker:
     def prepare(self, batches: list, warmup: int) -> None:
         self._ask("prepare", {"batches": batches, "warmup": warmup})
 
-    def time_block(self, *, calls: int | None = None, seconds: float | None = None, settle_s: float = 0.0) -> list[float]:
-        return self._ask("time", {"calls": calls, "seconds": seconds, "settle_s": settle_s})
+    def time_block(self, *, calls: int | None = None, seconds: float | None = None, settle_s: float = 0.0,
+                   warm: int = 0) -> list[float]:
+        return self._ask("time", {"calls": calls, "seconds": seconds, "settle_s": settle_s, "warm": warm})
 
     def peak_rss(self) -> float:
         return self._ask("peak_rss")
@@ -223,7 +228,7 @@ def close_workers(workers: list[TargetWorker]) -> None:
 
 
 def alternating_timings(workers: list[TargetWorker], *, runs: int | None, duration: float | None, blocks: int,
-                        settle_s: float) -> list[list[float]]:
+                        settle_s: float, block_warmup: int = 0) -> list[list[float]]:
     """Milliseconds per call, worker by worker, timed in alternating blocks.
 
     With `runs`: that many calls per target, in `blocks` blocks (the last may be shorter). With
@@ -239,7 +244,7 @@ def alternating_timings(workers: list[TargetWorker], *, runs: int | None, durati
         while done < runs:
             n = min(per_block, runs - done)
             for i, worker in enumerate(workers):
-                timings[i].extend(worker.time_block(calls=n, settle_s=settle_s))
+                timings[i].extend(worker.time_block(calls=n, settle_s=settle_s, warm=block_warmup))
             done += n
         return timings
     block_s = duration / blocks
@@ -248,7 +253,7 @@ def alternating_timings(workers: list[TargetWorker], *, runs: int | None, durati
         for i, worker in enumerate(workers):
             if rounds >= blocks and len(timings[i]) >= MIN_ROUNDS:
                 continue  # only the slow targets need more rounds
-            timings[i].extend(worker.time_block(seconds=block_s, settle_s=settle_s))
+            timings[i].extend(worker.time_block(seconds=block_s, settle_s=settle_s, warm=block_warmup))
         rounds += 1
     return timings
 

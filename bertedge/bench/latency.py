@@ -65,6 +65,8 @@ class BenchConfig(StrictModel):
                                "(what a deployed model sees); in-process: all targets in this process, interleaved "
                                "call by call (distorted by the other targets' spinning threads; for comparison only)")
     blocks: int = Field(5, ge=1, description="Alternating blocks per target per grid point (process isolation)")
+    block_warmup: int = Field(3, ge=0, description="Untimed calls at the start of every block (process isolation): "
+                                                   "the target's weights back in the caches the others used")
     settle_s: float = Field(0.05, ge=0, description="Seconds a worker waits after its block before the next "
                                                     "worker starts, so its spinning threads go quiet")
     seed: int = Field(0, description="Seed of synthetic inputs and of the real-length sample/order")

@@ -228,7 +228,7 @@ def _measure_grid(targets, runners, encoders, features, real_batches, model_rss,
             for runner, batches in zip(runners, batches_per_target):
                 runner.prepare(batches, config.warmup)
             timings = alternating_timings(runners, runs=config.runs, duration=config.duration, blocks=config.blocks,
-                                          settle_s=config.settle_s)
+                                          settle_s=config.settle_s, block_warmup=config.block_warmup)
             peaks = [runner.peak_rss() for runner in runners]
         else:
             calls = [[runner.prepare(b) for b in batches] for runner, batches in zip(runners, batches_per_target)]
@@ -258,7 +258,8 @@ def method_record(config: BenchConfig) -> dict:
         return {"isolation": "process", "description": f"{config.instances} worker processes per target, "
                 "targets one after another (multi-instance throughput)"}
     if config.isolation == "process":
-        return {"isolation": "process", "blocks": config.blocks, "settle_s": config.settle_s, "description": METHOD}
+        return {"isolation": "process", "blocks": config.blocks, "settle_s": config.settle_s,
+                "block_warmup": config.block_warmup, "description": METHOD}
     return {"isolation": "in-process", "description": "every target in one process, rounds interleaved call by "
             "call; PyTorch's and ORT's spinning threads distort the call that follows (understated speed-ups)"}
 
