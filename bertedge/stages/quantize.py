@@ -209,6 +209,7 @@ class _Session:
         self.baseline: dict | None = None
         self.sensitivity: oq.Sensitivity | None = None
         self._count = 0
+        self._eval_batch: dict[Path, int] = {}  # candidate graph -> dev batch size (1: run-time scales)
 
     # -- one candidate
     def build(self, scheme: oq.Scheme) -> dict:
@@ -227,6 +228,7 @@ class _Session:
                                     fix="Exclude the failing op type with --exclude-op-types, or try another --mode") \
                 from None
         counts = oq.op_counts(path)
+        self._eval_batch[path] = 1 if oq.runtime_scale_ops(counts) else 64
         quantized = oq.quantized_node_counts(counts)
         if scheme.mode == "fp16":
             quantized = {"fp16_initializers": oq.fp16_initializers(path), "Cast": counts.get("Cast", 0)}
@@ -264,7 +266,9 @@ class _Session:
         from ..tasks.base import evaluate_examples
 
         forward = session_forward(make_session(path, self.config.provider))
-        batch = 1 if oq.runtime_scale_ops(oq.op_counts(path)) else 64
+        batch = self._eval_batch.get(path)
+        if batch is None:  # the fp32 source (candidates were counted when built)
+            batch = self._eval_batch[path] = 1 if oq.runtime_scale_ops(oq.op_counts(path)) else 64
         metrics, _ = evaluate_examples(self.task, self.dev, self.encoder, forward, self.settings,
                                        self.parent.labels or None, batch)
         return metrics
