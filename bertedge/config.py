@@ -26,6 +26,22 @@ class DataConfig(StrictModel):
     label_column: str | None = Field(None, description="Label column (auto-detected: label, Quality, ...)")
     max_train_samples: int | None = Field(None, ge=1, description="Train on a seeded random subset of this size")
     max_eval_samples: int | None = Field(None, ge=1, description="Evaluate on a seeded random subset of this size")
+    text_columns: list[str] | None = Field(
+        None, min_length=1, description="Join these text columns (two and no separator: a sentence pair)")
+    text_separator: str | None = Field(None, description="Join text_columns into one text with this (default: a space)")
+    label_names: list[str] | dict[str, str] | None = Field(
+        None, description="Names for the labels in label order (numeric labels sorted), or {value: name}")
+    dev_split: float | None = Field(None, gt=0, lt=1, description="Carve this fraction of train out as the dev split "
+                                                                 "(seeded; stratified for classification)")
+    split_seed: int = Field(42, description="Seed of the dev split carved with dev_split")
+
+    @model_validator(mode="after")
+    def _one_text_spec(self):
+        if self.text_columns and (self.text_column or self.text_pair_column):
+            raise ValueError("text_columns replaces text_column and text_pair_column; give one or the other")
+        if self.text_separator is not None and not self.text_columns:
+            raise ValueError("text_separator needs text_columns")
+        return self
 
 
 class TrainConfig(StrictModel):

@@ -33,14 +33,14 @@ SPLIT_ALIASES = {
 }
 EXTENSIONS = {
     "text-classification": (".tsv", ".csv", ".jsonl", ".txt"),
-    "token-classification": (".txt", ".conll", ".iob", ".jsonl"),
+    "token-classification": (".txt", ".conll", ".iob", ".tsv", ".jsonl"),
     "question-answering": (".json", ".jsonl"),
 }
 # Known column layouts, tried in order: GLUE SST-2, MRPC, RTE/MNLI-style, QQP, QNLI, generic.
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("#1 String", "#2 String"), ("question1", "question2"),
                 ("question", "sentence"), ("premise", "hypothesis"), ("text", "text_pair"))
 SINGLE_COLUMNS = ("sentence", "text", "review", "content", "document")
-LABEL_COLUMNS = ("label", "Quality", "labels", "gold_label", "class", "target")
+LABEL_COLUMNS = ("label", "Quality", "labels", "gold_label", "class", "target", "category", "intent")
 
 SQUAD_EVAL_EVERY = 5  # by-article split: article i goes to dev when i % 5 == 4 (20%)
 
@@ -62,9 +62,42 @@ class TaskData:
 
 @dataclass(frozen=True)
 class Columns:
+    """How to read a dataset beyond its files: which columns hold the text and the label, label names,
+    and a dev split carved out of train. The same object is rebuilt from a manifest's `data` record
+    (`from_record`), so every later stage reads the data exactly as the first one did."""
+
     text: str | None = None
     text_pair: str | None = None
     label: str | None = None
+    # Several text columns joined into one text with `text_separator`; with two columns and no separator
+    # they become a sentence pair (the tokenizer's [SEP] between them).
+    text_columns: tuple[str, ...] | None = None
+    text_separator: str | None = None
+    # Names for the label values in label order (numeric labels sorted numerically), or an explicit
+    # {raw value: name} mapping, as manifests record it.
+    label_names: tuple[str, ...] | dict[str, str] | None = None
+    dev_split: float | None = None  # fraction of train held out as dev (seeded; stratified for classification)
+    split_seed: int = 42
+
+    @classmethod
+    def from_config(cls, d) -> Columns:
+        """From a DataConfig."""
+        return cls(d.text_column, d.text_pair_column, d.label_column,
+                   tuple(d.text_columns) if d.text_columns else None, d.text_separator,
+                   tuple(d.label_names) if d.label_names else None, d.dev_split, d.split_seed)
+
+    @classmethod
+    def from_record(cls, recorded: dict) -> Columns:
+        """From the `data` record of a manifest (what load_data put in TaskData.source)."""
+        columns = recorded.get("columns") or {}
+        split = recorded.get("dev_split") or {}
+        joined = columns.get("text_columns")
+        return cls(None if joined else columns.get("text"), None if joined else columns.get("text_pair"),
+                   columns.get("label"), tuple(joined) if joined else None, columns.get("text_separator"),
+                   recorded.get("label_names") or None, split.get("fraction"), split.get("seed", 42))
+
+    def joined_pair(self) -> bool:
+        return bool(self.text_columns) and len(self.text_columns) == 2 and self.text_separator is None
 
 
 # ----------------------------------------------------------------------------- locating data
@@ -193,13 +226,18 @@ def read_table(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]
 # ----------------------------------------------------------------------------- per-task readers
 
 
-def _pick_columns(header: list[str], columns: Columns, path: Path) -> Columns:
+def pick_columns(header: list[str], columns: Columns, path: Path) -> Columns:
     def require(name: str, what: str) -> str:
         if name not in header:
             raise DataError(f"{what} column '{name}' not found (columns: {', '.join(header)})", where=str(path),
                             fix=f"Pass --{what}-column with one of: {', '.join(header)}")
         return name
 
+    if columns.text_columns:
+        joined = tuple(require(name, "text") for name in columns.text_columns)
+        label = require(columns.label, "label") if columns.label else next(
+            (c for c in LABEL_COLUMNS if c in header and c not in joined), None)
+        return Columns(None, None, label, joined, columns.text_separator)
     text = require(columns.text, "text") if columns.text else None
     pair = require(columns.text_pair, "text-pair") if columns.text_pair else None
     if text is None:
@@ -216,16 +254,36 @@ def _pick_columns(header: list[str], columns: Columns, path: Path) -> Columns:
     return Columns(text, pair, label)
 
 
+def join_columns(row: dict, cols: Columns, where: str) -> tuple[str, str | None]:
+    """(text, text_pair) of a row read with `text_columns`: two columns and no separator make a pair,
+    otherwise the columns are joined into one text with the separator (default: a space)."""
+    values = []
+    for name in cols.text_columns or ():
+        value = row.get(name)
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise DataError(f"field '{name}' is not a string", where=where, fix="Every text column needs text")
+        values.append(value.strip())
+    if cols.joined_pair():
+        return values[0], values[1]
+    separator = " " if cols.text_separator is None else cols.text_separator
+    return separator.join(v for v in values if v), None
+
+
 def read_classification(path: Path, columns: Columns) -> tuple[list[dict], Columns, list[tuple[int, str]]]:
     header, rows = read_table(path)
-    cols = _pick_columns(header, columns, path)
+    cols = pick_columns(header, columns, path)
     examples, raw_labels = [], []
     for number, row in rows:
-        text = row.get(cols.text)
-        if not isinstance(text, str):
-            raise DataError(f"field '{cols.text}' is missing or not a string", where=f"{path}:{number}",
-                            fix="Every row needs its text")
-        pair = row.get(cols.text_pair) if cols.text_pair else None
+        if cols.text_columns:
+            text, pair = join_columns(row, cols, f"{path}:{number}")
+        else:
+            text = row.get(cols.text)
+            if not isinstance(text, str):
+                raise DataError(f"field '{cols.text}' is missing or not a string", where=f"{path}:{number}",
+                                fix="Every row needs its text")
+            pair = row.get(cols.text_pair) if cols.text_pair else None
         label = row.get(cols.label) if cols.label else None
         if label is not None:
             label = str(label).strip()
@@ -413,6 +471,9 @@ def load_data(spec: str, task: str, *, columns: Columns | None = None, need: tup
         if task == "text-classification":
             examples, cols, raw = read_classification(file, columns)
             source["columns"] = {"text": cols.text, "text_pair": cols.text_pair, "label": cols.label}
+            if cols.text_columns:
+                source["columns"].update({"text_columns": list(cols.text_columns),
+                                          "text_separator": cols.text_separator})
             line_numbers[split] = [n for n, _ in raw]
         elif task == "token-classification":
             examples = read_token_jsonl(file) if file.suffix == ".jsonl" else read_conll(file)
@@ -423,15 +484,39 @@ def load_data(spec: str, task: str, *, columns: Columns | None = None, need: tup
     # Only a dev file (SQuAD here): train and dev are always its disjoint article sets, so
     # evaluating an artifact later sees the same held-out articles it was selected on.
     if task == "question-answering" and "train" not in splits and "dev" in splits and path.is_dir():
-        splits["train"], splits["dev"], source["split"] = split_by_article(splits["dev"])
         source["files"]["train"] = source["files"]["dev"]
+        if columns.dev_split is not None:  # the fraction asked for, by article, instead of the fixed 20%
+            splits["train"] = splits.pop("dev")
+            del source["files"]["dev"]
+        else:
+            splits["train"], splits["dev"], source["split"] = split_by_article(splits["dev"])
+
+    if columns.dev_split is not None:
+        if "train" not in splits:
+            raise DataError("--dev-split carves dev out of train, but there is no train split", where=str(path),
+                            fix="Add a train file, or drop --dev-split")
+        if "dev" in splits:
+            raise DataError(f"the data already has a dev split ({Path(source['files']['dev']).name}); --dev-split "
+                            "only carves one out of train when there is none", where=str(path),
+                            fix="Drop --dev-split to use the dev file")
+        splits["train"], splits["dev"], source["dev_split"] = carve_dev_split(
+            splits["train"], task, columns.dev_split, columns.split_seed)
+        source["files"]["dev"] = source["files"]["train"]
+        if line_numbers:
+            kept = source["dev_split"].pop("_train_index"), source["dev_split"].pop("_dev_index")
+            numbers = line_numbers["train"]
+            line_numbers["train"], line_numbers["dev"] = [numbers[i] for i in kept[0]], [numbers[i] for i in kept[1]]
+        else:
+            source["dev_split"].pop("_train_index"), source["dev_split"].pop("_dev_index")
 
     for split in need:
         if split not in splits:
             have = ", ".join(f"{k}={Path(v).name}" for k, v in source["files"].items()) or "no split files"
             aliases = "/".join(SPLIT_ALIASES[split])
+            hint = " or carve one out of train with --dev-split 0.1" if split == "dev" and "train" in splits else ""
             raise DataError(f"no {split} split found (found: {have})", where=str(path),
-                            fix=f"Add a file named {aliases} with one of the extensions {', '.join(EXTENSIONS[task])}")
+                            fix=f"Add a file named {aliases} with one of the extensions {', '.join(EXTENSIONS[task])}"
+                                + hint)
 
     if task != "question-answering":
         key = "label" if task == "text-classification" else "tags"
@@ -442,15 +527,116 @@ def load_data(spec: str, task: str, *, columns: Columns | None = None, need: tup
             values = set()
             for ex in splits["train"]:
                 if ex[key] is None:
+                    if task == "text-classification" and not (source.get("columns") or {}).get("label"):
+                        raise DataError("no label column found in the train split", where=str(files["train"]),
+                                        fix="Pass --label-column NAME")
                     raise DataError("train split has an example without a label", where=str(files["train"]),
                                     fix="Label every training example")
                 values.update(ex[key] if isinstance(ex[key], list) else [ex[key]])
             labels = ner_label_order(values) if task == "token-classification" else class_label_order(values)
+        if columns.label_names is not None:
+            if task != "text-classification":
+                raise DataError("label names apply to classification labels only", where="--label-names",
+                                fix="Drop --label-names (NER tags are names already)")
+            labels = _apply_label_names(splits, labels, columns.label_names, files, source)
         if task == "text-classification" and len(labels) < 2:
             raise DataError(f"only one label ({labels[0] if labels else 'none'}) in the train split",
                             where=str(files.get("train", path)), fix="Classification needs at least two labels")
         _map_labels(splits, labels, key, files, line_numbers or None)
     return TaskData(task=task, splits=splits, labels=labels, source=source)
+
+
+def _apply_label_names(splits: dict[str, list[dict]], labels: list[str], names, files: dict[str, Path],
+                       source: dict) -> list[str]:
+    """Rename raw label values (e.g. 1..4) to `names` in label order, or by an explicit {raw: name} map.
+
+    Returns the label list in names; `labels` may already be names (an artifact's) when `names` is a map.
+    """
+    if isinstance(names, dict):
+        mapping = {str(k): str(v) for k, v in names.items()}
+    else:
+        names = [str(n) for n in names]
+        raw = {ex["label"] for ex in splits.get("train", []) if ex["label"] is not None}
+        if raw and not raw & set(names):  # `labels` may be an artifact's names: name the raw values in order
+            labels = class_label_order(raw)
+        if len(names) != len(labels):
+            raise DataError(f"--label-names gives {len(names)} names but the train split has {len(labels)} labels "
+                            f"({', '.join(labels)})", where="--label-names",
+                            fix=f"Give exactly {len(labels)} names, in the order {', '.join(labels)}")
+        if len(set(names)) != len(names):
+            dupe = next(n for n in names if names.count(n) > 1)
+            raise DataError(f"label name '{dupe}' is given twice", where="--label-names", fix="Give distinct names")
+        mapping = dict(zip(labels, names))
+    for split, examples in splits.items():
+        for ex in examples:
+            value = ex["label"]
+            if value is None:
+                continue
+            if value not in mapping:
+                if value in mapping.values():  # already a name
+                    continue
+                raise DataError(f"label '{value}' has no name (named: {', '.join(mapping)})",
+                                where=f"{files.get(split, 'data')}", fix="Name every label value in --label-names")
+            ex["label"] = mapping[value]
+    source["label_names"] = mapping
+    return [mapping.get(v, v) for v in labels]
+
+
+def carve_dev_split(train: list[dict], task: str, fraction: float, seed: int) -> tuple[list[dict], list[dict], dict]:
+    """Hold out `fraction` of train as dev, seeded: stratified by label for classification (every label with
+    two or more examples keeps at least one in each part), by sentence for NER, by article for QA (so no
+    context is in both parts, as the SQuAD split does)."""
+    if not 0 < fraction < 1:
+        raise DataError(f"--dev-split must be a fraction between 0 and 1, got {fraction}", where="--dev-split",
+                        fix="Pass e.g. --dev-split 0.1")
+    rng = random.Random(seed)
+    if task == "question-answering":
+        def group_of(ex):  # the article when the reader knows it, else the title, else the context
+            for key in ("article", "title"):
+                if ex.get(key) not in (None, ""):
+                    return key, ex[key]
+            return "context", ex["context"]
+        groups: dict = {}
+        for i, ex in enumerate(train):
+            groups.setdefault(group_of(ex), []).append(i)
+        order = sorted(groups, key=lambda g: min(groups[g]))
+        rng.shuffle(order)
+        target, dev_index = fraction * len(train), []
+        for g in order:
+            if len(dev_index) >= target:
+                break
+            dev_index.extend(groups[g])
+        held_groups = {group_of(train[i]) for i in dev_index}
+        kind, extra = "by article", {"dev_articles": len(held_groups), "train_articles": len(groups) - len(held_groups)}
+    elif task == "text-classification":
+        by_label: dict = {}
+        for i, ex in enumerate(train):
+            by_label.setdefault(ex["label"], []).append(i)
+        dev_index = []
+        for label in sorted(by_label, key=str):
+            members = by_label[label]
+            rng.shuffle(members)
+            take = round(fraction * len(members))
+            if len(members) >= 2:
+                take = min(max(take, 1), len(members) - 1)
+            dev_index.extend(members[:take])
+        kind, extra = "stratified by label", {}
+    else:
+        indices = list(range(len(train)))
+        rng.shuffle(indices)
+        dev_index = indices[:round(fraction * len(train))]
+        kind, extra = "random by sentence", {}
+    if not dev_index or len(dev_index) == len(train):
+        raise DataError(f"--dev-split {fraction} of {len(train)} training examples leaves an empty split",
+                        where="--dev-split", fix="Use a fraction that leaves examples on both sides, e.g. 0.1")
+    held = set(dev_index)
+    train_index = [i for i in range(len(train)) if i not in held]
+    dev_index = sorted(held)
+    info = {"kind": kind, "fraction": fraction, "seed": seed, "train_examples": len(train_index),
+            "dev_examples": len(dev_index), **extra,
+            "note": "dev carved out of the train file with --dev-split; later stages re-derive the same split",
+            "_train_index": train_index, "_dev_index": dev_index}
+    return [train[i] for i in train_index], [train[i] for i in dev_index], info
 
 
 def split_by_article(examples: list[dict]) -> tuple[list[dict], list[dict], dict]:
@@ -507,7 +693,7 @@ def load_hub(name: str, task: str, *, columns: Columns, need: tuple[str, ...], l
         rows = ds[theirs]
         if task == "text-classification":
             header = list(rows.column_names)
-            cols = _pick_columns(header, columns, Path(f"hub:{name}[{theirs}]"))
+            cols = pick_columns(header, columns, Path(f"hub:{name}[{theirs}]"))
             names = rows.features[cols.label].names if cols.label and hasattr(rows.features[cols.label], "names") else None
             splits[ours] = [{"text": r[cols.text], "text_pair": r[cols.text_pair] if cols.text_pair else None,
                              "label": (names[r[cols.label]] if names else str(r[cols.label]))

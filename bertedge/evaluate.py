@@ -18,13 +18,34 @@ def artifact_settings(artifact: Artifact) -> TaskSettings:
 
 
 def artifact_data_spec(artifact: Artifact, data: str | None) -> tuple[str, Columns]:
+    """(data spec, how to read it): the given data, else the artifact's recorded one. The recorded columns,
+    label names and dev split apply either way, so a later stage sees the splits the artifact was trained on."""
     recorded = artifact.manifest.get("data") or {}
-    columns = recorded.get("columns") or {}
     spec = data or recorded.get("hub") and f"hub:{recorded['hub']}" or recorded.get("path")
     if not spec:
         raise ConfigError("the artifact records no data and none was given", where=str(artifact.path),
                           fix="Pass --data")
-    return spec, Columns(columns.get("text"), columns.get("text_pair"), columns.get("label"))
+    return spec, Columns.from_record(recorded)
+
+
+def recorded_data_config(recorded: dict, data):
+    """`data` (a DataConfig) with what it leaves unset taken from a manifest's data record: the columns, the
+    label names and the dev split."""
+    columns = recorded.get("columns") or {}
+    split = recorded.get("dev_split") or {}
+    update: dict = {}
+    if not (data.text_column or data.text_pair_column or data.text_columns):
+        if columns.get("text_columns"):
+            update.update(text_columns=columns["text_columns"], text_separator=columns.get("text_separator"))
+        else:
+            update.update(text_column=columns.get("text"), text_pair_column=columns.get("text_pair"))
+    if not data.label_column:
+        update["label_column"] = columns.get("label")
+    if data.label_names is None and recorded.get("label_names"):
+        update["label_names"] = recorded["label_names"]
+    if data.dev_split is None and split.get("fraction"):
+        update.update(dev_split=split["fraction"], split_seed=split.get("seed", 42))
+    return data.model_validate({**data.model_dump(), **update})
 
 
 def artifact_view(artifact: Artifact, data, train=None):
@@ -33,10 +54,8 @@ def artifact_view(artifact: Artifact, data, train=None):
     artifact's data (prune, trim-vocab) needs to load and featurize it as the artifact was trained."""
     from .config import FinetuneConfig
 
-    spec, columns = artifact_data_spec(artifact, data.data)
-    data_cfg = data.model_copy(update={"data": spec, "text_column": data.text_column or columns.text,
-                                       "text_pair_column": data.text_pair_column or columns.text_pair,
-                                       "label_column": data.label_column or columns.label})
+    spec, _ = artifact_data_spec(artifact, data.data)
+    data_cfg = recorded_data_config(artifact.manifest.get("data") or {}, data.model_copy(update={"data": spec}))
     recorded = artifact.manifest.get("settings") or {}
     return FinetuneConfig.model_validate({
         "task": artifact.task, "data": data_cfg.model_dump(), **({"train": train.model_dump()} if train else {}),

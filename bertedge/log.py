@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 logger = logging.getLogger("bertedge")
@@ -14,10 +15,58 @@ logger = logging.getLogger("bertedge")
 NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
-def setup(verbose: bool = False) -> None:
-    if not verbose:
-        for name in NOISY_LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
+# Warnings we understand, filtered at the source (--verbose and --debug show them all):
+# (message regex, why it says nothing to a bertedge user).
+KNOWN_WARNINGS = (
+    (r"mtime may not be reliable", "the Trainer's checkpoint ordering; bertedge keeps one checkpoint"),
+    (r"Converting a tensor to a Python", "TracerWarning: the export checks the traced graph against PyTorch"),
+    (r"torch\.tensor results are registered as constants", "TracerWarning, as above"),
+    (r"Iterating over a tensor might cause the trace", "TracerWarning, as above"),
+    (r"(?s).*torch\.ao\.quantization.* deprecated", "torch.ao's deprecation notes: bertedge uses them knowingly"),
+    (r"`torch_dtype` is deprecated", "transformers' rename of torch_dtype to dtype"),
+)
+# Log records dropped for the same reason: (logger, message regex).
+KNOWN_LOG_RECORDS = (
+    ("transformers.modeling_utils", r"(?s)Some weights of .* were not initialized .*newly initialized: "
+                                    r"\[(('(classifier|qa_outputs)\.(weight|bias)'(, )?)+)\]"),
+    ("transformers.modeling_utils", r"`torch_dtype` is deprecated"),
+    ("fusion_embedlayer", r"word_embedding_table .* <= position_embedding_table"),
+)
+
+
+class _DropKnown(logging.Filter):
+    def __init__(self, patterns: list[str]):
+        super().__init__()
+        self.patterns = [re.compile(p) for p in patterns]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is shown as it is
+            return True
+        return not any(p.search(message) for p in self.patterns)
+
+
+def quiet_known_noise() -> None:
+    """Filter the library warnings and log notes listed above (idempotent)."""
+    import warnings
+
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for message, _why in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    by_logger: dict[str, list[str]] = {}
+    for name, pattern in KNOWN_LOG_RECORDS:
+        by_logger.setdefault(name, []).append(pattern)
+    for name, patterns in by_logger.items():
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnown) for f in target.filters):
+            target.addFilter(_DropKnown(patterns))
+
+
+def setup(verbose: bool = False, debug: bool = False) -> None:
+    if not (verbose or debug):
+        quiet_known_noise()
     if logger.handlers:
         return
     from . import distributed

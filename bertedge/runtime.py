@@ -300,12 +300,50 @@ POSITIONAL = {"single-sentence": ("text",), "sentence-pair": ("text", "text_pair
               "question-context": ("question", "context")}
 
 
-def iter_input_file(path: str | Path, input_kind: str) -> Iterator[tuple[str, Any]]:
+def _tsv_header(cells: list[str], input_kind: str, recorded: dict | None) -> dict[str, str] | None:
+    """{column: field} when `cells` is a header row, else None.
+
+    A header of the input fields themselves (text, text_pair, question, context, id) maps one to one. For
+    classification a header of dataset columns works too (sentence, #1 String / #2 String, the columns the
+    bundle was trained on, ...), and the columns it does not need (a label, an index) are ignored.
+    """
+    names = [c.strip() for c in cells]
+    if all(n in FIELDS for n in names):
+        return {n: n for n in names}
+    if input_kind not in ("single-sentence", "sentence-pair"):
+        return None
+    from .data import Columns, pick_columns
+
+    attempts = []
+    if recorded:
+        attempts.append(Columns.from_record(recorded))
+    attempts.append(Columns())
+    for columns in attempts:
+        try:
+            picked = pick_columns(names, columns, Path("input"))
+        except DataError:
+            continue
+        if picked.text_columns:
+            return {"__join__": ",".join(picked.text_columns), "__separator__": picked.text_separator}  # type: ignore[dict-item]
+        mapping = {picked.text: "text"}
+        if picked.text_pair and input_kind == "sentence-pair":
+            mapping[picked.text_pair] = "text_pair"
+        if "id" in names:
+            mapping["id"] = "id"
+        return mapping
+    return None
+
+
+def iter_input_file(path: str | Path, input_kind: str, recorded: dict | None = None,
+                    label_column: str | None = None) -> Iterator[tuple[str, Any]]:
     """(file:line, raw item) for every input in a .jsonl, .tsv or .txt file, streamed.
 
     JSONL: one object per line (fields text/text_pair, question/context, tokens, optional id) or a
-    JSON string. TSV: columns named by a header row from those fields, or positional (text[, text_pair];
-    question, context). Anything else: one text per line. Blank lines are skipped in JSONL and TSV.
+    JSON string; other fields are ignored. TSV: columns named by a header row (those fields, or for
+    classification the dataset's own columns, e.g. sentence and label: the columns not needed are
+    ignored), or positional (text[, text_pair]; question, context). Anything else: one text per line.
+    Blank lines are skipped in JSONL and TSV. With `label_column`, each item carries that column's value
+    as "_gold" (for scoring); `recorded` is the bundle's data record (its columns).
     """
     path = Path(path)
     if not path.is_file():
@@ -337,18 +375,55 @@ def iter_input_file(path: str | Path, input_kind: str) -> Iterator[tuple[str, An
                 if not isinstance(item, (dict, str)):
                     raise DataError(f"expected a JSON object or string, found {type(item).__name__}", where=where,
                                     fix='Write e.g. {"text": "..."} per line')
+                if label_column is not None:
+                    if not isinstance(item, dict) or item.get(label_column) is None:
+                        raise DataError(f"no '{label_column}' field to score against", where=where,
+                                        fix=f"Give every line a \"{label_column}\" field, or drop --label-column")
+                    item = {**item, "_gold": str(item[label_column])}
                 yield where, item
             elif suffix == ".tsv":
                 if not line.strip():
                     continue
                 cells = line.split("\t")
-                if header is None and number == 1 and all(c.strip() in FIELDS for c in cells):
-                    header = tuple(c.strip() for c in cells)
+                if header is None and number == 1:
+                    mapping = _tsv_header(cells, input_kind, recorded)
+                    if mapping is not None:
+                        header = tuple(c.strip() for c in cells)
+                        if label_column is not None and label_column not in header:
+                            raise DataError(f"no column '{label_column}' to score against (columns: "
+                                            f"{', '.join(header)})", where=where,
+                                            fix="Pass --label-column with one of the header's columns")
+                        continue
+                if header is not None:
+                    if len(cells) != len(header):
+                        raise DataError(f"expected {len(header)} tab-separated columns as in the header, found "
+                                        f"{len(cells)}", where=where, fix="Fix the tabs on that line")
+                    row = dict(zip(header, cells))
+                    if "__join__" in mapping:
+                        from .data import Columns, join_columns
+
+                        joined = Columns(text_columns=tuple(mapping["__join__"].split(",")),
+                                         text_separator=mapping["__separator__"])
+                        text, pair = join_columns(row, joined, where)
+                        item = {"text": text, **({"text_pair": pair} if pair is not None else {})}
+                    else:
+                        item = {field: row[column] for column, field in mapping.items()}
+                    if label_column is not None:
+                        item["_gold"] = row[label_column].strip()
+                    yield where, item
                     continue
-                names = header or POSITIONAL[input_kind]
+                if label_column is not None:
+                    raise DataError("--label-column needs a header row naming the columns", where=where,
+                                    fix="Add a header row (e.g. sentence<TAB>label)")
+                names = POSITIONAL[input_kind]
                 if len(cells) > len(names):
                     raise DataError(f"expected at most {len(names)} tab-separated columns ({', '.join(names)}), "
-                                    f"found {len(cells)}", where=where, fix="Fix the tabs on that line")
+                                    f"found {len(cells)}", where=where,
+                                    fix="Fix the tabs on that line, or add a header row naming the columns "
+                                        "(extra columns are then ignored)")
                 yield where, dict(zip(names, cells))
             else:
+                if label_column is not None:
+                    raise DataError("--label-column needs a .tsv or .jsonl input", where=str(path),
+                                    fix="Use a .tsv with a header row, or .jsonl with the label field")
                 yield where, line

@@ -225,7 +225,7 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         group_by_length=True,
         logging_steps=50,
         report_to=[],
-        disable_tqdm=False,
+        disable_tqdm=not progress_bars(),  # a bar in a log file is carriage-return spam: log lines instead
         dataloader_num_workers=0,
         remove_unused_columns=False,
         fp16=precision == "fp16",
@@ -240,6 +240,11 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
     # eval_dataset is only a token for the Trainer's checks: `evaluate` above runs the task's own loop.
     trainer = BertEdgeTrainer(model=model, args=args, train_dataset=train_features, eval_dataset=train_features[:1],
                               data_collator=_Collator(encoder), callbacks=callbacks)
+    if not progress_bars():
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # its raw dicts; LogLines writes one readable line instead
+        trainer.add_callback(LogLines(log_line))
     try:
         # The Trainer prints its log dicts on stdout; stdout belongs to --json output.
         with contextlib.redirect_stdout(sys.stderr):
@@ -260,6 +265,47 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         "stopped_early": trainer.state.global_step < trainer.state.max_steps,
         "world_size": distributed.world_size(),
     }
+
+
+def progress_bars() -> bool:
+    """Progress bars only on a terminal (BERTEDGE_PROGRESS=1/0 forces them on/off)."""
+    forced = os.environ.get("BERTEDGE_PROGRESS")
+    if forced is not None:
+        return forced not in ("", "0", "false", "no")
+    return sys.stderr.isatty()
+
+
+def log_line(message: str) -> None:
+    from . import log
+
+    log.info(message)
+
+
+class LogLines:
+    """A TrainerCallback (duck-typed, so this module imports without transformers) that logs one line per
+    Trainer log event when there is no progress bar: `train: step 50/1317 (epoch 0.11) loss 0.4958 lr 7.5e-05`."""
+
+    def __init__(self, write: Callable[[str], None]):
+        self.write = write
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        if not state.is_world_process_zero or not logs:
+            return
+        head = f"step {state.global_step}/{state.max_steps} (epoch {state.epoch or 0:.2f})"
+        if any(k.startswith("eval_") for k in logs):
+            scores = " ".join(f"{k[5:]} {v:.4f}" for k, v in logs.items()
+                              if k.startswith("eval_") and isinstance(v, float))
+            self.write(f"eval: {head} {scores}")
+        elif "loss" in logs:
+            self.write(f"train: {head} loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.3g}")
+        elif "train_runtime" in logs:
+            self.write(f"train: done in {logs['train_runtime']:.0f}s, mean loss {logs.get('train_loss', 0):.4f}")
 
 
 TRAIN_DIR_PREFIX = "bertedge-train-"

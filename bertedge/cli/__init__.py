@@ -47,7 +47,7 @@ def _root(
     from .. import log
 
     STATE["debug"] = STATE["debug"] or debug
-    log.setup(verbose)
+    log.setup(verbose, STATE["debug"])
     _check_launcher(ctx.invoked_subcommand)
 
 

@@ -9,9 +9,10 @@ import typer
 
 from .. import distributed
 from . import app
-from .common import (BatchSize, Epochs, EvalBatchSize, EvalSteps, GradAccum, Lr, MaxEvalSamples, MaxTrainSamples,
-                     Metric, Overwrite, Precision, Scheduler, Seed, WarmupRatio, WeightDecay, data_options, emit_json,
-                     fmt_metric, train_options)
+from .common import (BatchSize, DevSplit, Epochs, EvalBatchSize, EvalSteps, GradAccum, LabelNames, Lr,
+                     MaxEvalSamples, MaxTrainSamples, Metric, Overwrite, Precision, Scheduler, Seed, SplitSeed,
+                     TextColumns, TextSeparator, WarmupRatio, WeightDecay, data_options, emit_json, fmt_metric,
+                     train_options)
 
 
 @app.command()
@@ -58,8 +59,11 @@ def finetune(
     task: Annotated[str, typer.Option("--task", help=TASK_HELP)],
     data: Annotated[str, typer.Option("--data", help="Data directory, name under the data root (sst2), or hub:NAME[/CONFIG].")],
     model: Annotated[Optional[str], typer.Option("--model", help="Alias (minilm-l6), model directory or hub id.")] = None,
-    epochs: Epochs = 3.0,
-    lr: Lr = 5e-5,
+    epochs: Annotated[Optional[float], typer.Option(
+        help="Training epochs (default: auto, ceil(2000 / steps per epoch) within 3..10, with early stopping on "
+             "dev after 2 evaluations without gain).")] = None,
+    lr: Annotated[Optional[float], typer.Option(
+        help="Peak learning rate (default: auto, 1e-4 under 60M parameters, 5e-5 under 200M, else 2e-5).")] = None,
     batch_size: BatchSize = 32,
     eval_batch_size: EvalBatchSize = 64,
     grad_accum: GradAccum = 1,
@@ -87,6 +91,11 @@ def finetune(
     text_column: Annotated[Optional[str], typer.Option(help="Text column (auto-detected for GLUE).")] = None,
     text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column for pairs.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column.")] = None,
+    text_columns: TextColumns = None,
+    text_separator: TextSeparator = None,
+    label_names: LabelNames = None,
+    dev_split: DevSplit = None,
+    split_seed: SplitSeed = 42,
     init_from: Annotated[Optional[str], typer.Option(help="Start from another fine-tuned artifact (transfer).")] = None,
     reinit_head: Annotated[str, typer.Option(help="With --init-from: auto, always or never.")] = "auto",
     overwrite: Overwrite = False,
@@ -99,7 +108,9 @@ def finetune(
     config = build(FinetuneConfig, {
         "task": task,
         "data": data_options(data, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
-                             text_column=text_column, text_pair_column=text_pair_column, label_column=label_column),
+                             text_column=text_column, text_pair_column=text_pair_column, label_column=label_column,
+                             text_columns=text_columns, text_separator=text_separator, label_names=label_names,
+                             dev_split=dev_split, split_seed=split_seed),
         "train": train_options(epochs=epochs, lr=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
                                grad_accum=grad_accum, warmup_ratio=warmup_ratio, scheduler=scheduler,
                                weight_decay=weight_decay, early_stopping=early_stopping, eval_steps=eval_steps,
@@ -157,6 +168,28 @@ def eval_cmd(
         emit_json(result)
         return
     typer.echo(f"{result['task']} · {result['split']} · n={result['n']} · {result['backend']}")
-    for key, value in result["metrics"].items():
-        if isinstance(value, (int, float)):
-            typer.echo(f"  {key:<16} {fmt_metric(value)}")
+    for line in metric_lines(result["metrics"]):
+        typer.echo(line)
+
+
+def metric_lines(metrics: dict) -> list[str]:
+    """The plain-text view of a task's metrics: the scalars, then a per-class table (classification, with how
+    often each class was predicted, so a class never predicted stands out) or per-entity-type scores (NER)."""
+    lines = [f"  {key:<16} {fmt_metric(value)}" for key, value in metrics.items()
+             if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    table = metrics.get("per_class") or metrics.get("per_type")
+    if not table:
+        return lines
+    kind = "class" if "per_class" in metrics else "entity type"
+    confusion = metrics.get("confusion_matrix")
+    width = max(len(kind), *(len(str(name)) for name in table))
+    head = f"  {kind:<{width}}  precision  recall      f1  support" + ("  predicted" if confusion else "")
+    lines += ["", head]
+    for c, (name, row) in enumerate(table.items()):
+        line = (f"  {str(name):<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  "
+                f"{row['support']:7d}")
+        if confusion:
+            predicted = sum(r[c] for r in confusion)
+            line += f"  {predicted:9d}" + ("  <- never predicted" if predicted == 0 and row["support"] else "")
+        lines.append(line)
+    return lines

@@ -116,6 +116,7 @@ def predict(
     spinning: Annotated[Optional[bool], typer.Option("--spinning/--no-spinning", help="Let ONNX Runtime's idle threads busy-wait between calls (default: ORT's own, which spins).")] = None,
     cpu_mem_arena: Annotated[Optional[bool], typer.Option("--cpu-mem-arena/--no-cpu-mem-arena", help="ONNX Runtime's CPU memory arena (default: ORT's own, on; see benchmarks/results/soak-rss.md).")] = None,
     mem_pattern: Annotated[Optional[bool], typer.Option("--mem-pattern/--no-mem-pattern", help="ONNX Runtime's per-shape memory-pattern planning (default: ORT's own, on).")] = None,
+    label_column: Annotated[Optional[str], typer.Option("--label-column", help="Score the predictions against this column of --input (a .tsv with a header, or a .jsonl field): adds \"gold\" to each line and prints the accuracy. Without it, extra columns are ignored.")] = None,
 ) -> None:
     """Predict with a bundle (ONNX Runtime + tokenizers only); streams one JSON line per input."""
     from ..errors import ConfigError
@@ -136,16 +137,34 @@ def predict(
         log.warning("this int8 bundle computes activation scales over the whole batch: with --batched a "
                     "prediction can change with the rest of its batch (see quantization.b32_vs_b1 in bertedge.json)")
 
+    if label_column is not None:
+        if model.task.name != "text-classification":
+            raise ConfigError(f"scores classification bundles only (this one is {model.task.name})",
+                              where="--label-column", fix="Score other tasks with `bertedge eval BUNDLE --data ...`")
+        if input_file is None:
+            raise ConfigError("needs an --input file with that column", where="--label-column",
+                              fix="Pass --input FILE.tsv (with a header row) or FILE.jsonl")
+    recorded = model.manifest.get("data") or {}
+    names = {str(k): str(v) for k, v in (recorded.get("label_names") or {}).items()}
+
     def items():
         yield from _text_items(texts or [])
         if input_file is not None:
-            yield from iter_input_file(input_file, model.input_kind)
+            yield from iter_input_file(input_file, model.input_kind, recorded, label_column)
 
     # First pass: read and check every input, so a bad line fails before anything is written.
     count = 0
     for where, item in items():
-        model.normalize(item, where)
+        model.normalize(_without_gold(item), where)
+        if isinstance(item, dict) and "_gold" in item:
+            gold = names.get(item["_gold"], item["_gold"])
+            if model.labels and gold not in model.labels:
+                from ..errors import DataError
+
+                raise DataError(f"label '{item['_gold']}' is not one the model predicts ({', '.join(model.labels)})",
+                                where=where, fix="Score against the label column of the data the model was trained on")
         count += 1
+    scored = {"n": 0, "correct": 0}
 
     start = time.perf_counter()
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output is not None else None
@@ -154,10 +173,15 @@ def predict(
         chunk: list[tuple[str, object]] = []
 
         def flush() -> None:
-            predictions = model.predict([item for _, item in chunk], batch_size=batch_size,
+            predictions = model.predict([_without_gold(item) for _, item in chunk], batch_size=batch_size,
                                         where=[where for where, _ in chunk], logits=logits)
             for (where, item), prediction in zip(chunk, predictions):
                 record = {}
+                if isinstance(item, dict) and "_gold" in item:
+                    gold = names.get(item["_gold"], item["_gold"])
+                    prediction = {**prediction, "gold": gold, "correct": prediction["label"] == gold}
+                    scored["n"] += 1
+                    scored["correct"] += prediction["correct"]
                 if isinstance(item, dict) and "id" in item:
                     record["id"] = item["id"]
                 record["input"] = where
@@ -185,3 +209,10 @@ def predict(
         raise
     elapsed = time.perf_counter() - start
     typer.echo(f"predicted {count} input(s) in {elapsed:.2f}s" + (f" -> {output}" if output else ""), err=True)
+    if scored["n"]:
+        typer.echo(f"accuracy {scored['correct'] / scored['n']:.4f} ({scored['correct']} of {scored['n']} against "
+                   f"column '{label_column}')", err=True)
+
+
+def _without_gold(item):
+    return {k: v for k, v in item.items() if k != "_gold"} if isinstance(item, dict) else item

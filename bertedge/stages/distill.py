@@ -22,6 +22,7 @@ from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artif
 from ..config import DataConfig, StrictModel, Task, TrainConfig
 from ..data import Columns, TaskData, data_fingerprint, subsample
 from ..errors import ConfigError, DataError, ModelError
+from ..evaluate import recorded_data_config
 from ..tasks import TASKS, get_task
 from ..tasks.base import run_forward
 from .finetune import _has_gold, evaluate_split, load_task_data, task_settings
@@ -82,13 +83,21 @@ def _data_spec(config: DistillConfig, teacher: Artifact) -> DataConfig:
     if not spec:
         raise ConfigError("the teacher records no data and none was given", where="--data",
                           fix="Pass --data DIR, a name under the data root, or hub:NAME")
-    explicit = d.data is not None
-    return d.model_copy(update={
-        "data": spec,
-        "text_column": d.text_column or (None if explicit else columns.get("text")),
-        "text_pair_column": d.text_pair_column or (None if explicit else columns.get("text_pair")),
-        "label_column": d.label_column or (None if explicit else columns.get("label")),
-    })
+    if d.data is not None and not _same_data(d.data, recorded):  # other data: read as given
+        return d.model_copy(update={"data": spec})
+    return recorded_data_config(recorded, d.model_copy(update={"data": spec}))
+
+
+def _same_data(spec: str, recorded: dict) -> bool:
+    """Whether `spec` names the data the teacher recorded (then its columns, names and dev split apply)."""
+    if spec.startswith("hub:"):
+        return spec == f"hub:{recorded.get('hub')}"
+    from ..data import resolve_data_path
+
+    try:
+        return str(resolve_data_path(spec).absolute()) == recorded.get("path")
+    except DataError:
+        return False
 
 
 def _load_checked(config: DistillConfig, teacher: Artifact) -> TaskData:
@@ -103,7 +112,7 @@ def _load_checked(config: DistillConfig, teacher: Artifact) -> TaskData:
             if other == teacher.task:
                 continue
             try:
-                load_data(d.data, other, columns=Columns(d.text_column, d.text_pair_column, d.label_column),
+                load_data(d.data, other, columns=Columns.from_config(d),
                           need=("train",))
             except Exception:  # noqa: BLE001,S112 - only probing which task the data belongs to
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,8 +28,7 @@ def load_task_data(config: FinetuneConfig, need=("train", "dev"), labels=None) -
     if not config.data.data:
         raise ConfigError("no data given", where="--data", fix="Pass --data DIR, a name under the data root, or hub:NAME")
     d = config.data
-    return load_data(d.data, config.task, columns=Columns(d.text_column, d.text_pair_column, d.label_column),
-                     need=need, labels=labels)
+    return load_data(d.data, config.task, columns=Columns.from_config(d), need=need, labels=labels)
 
 
 def evaluate_split(model, encoder, task_name: str, examples: list[dict], settings: TaskSettings,
@@ -152,6 +152,9 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
 
     train_features = task.train_features(train_examples, encoder, settings)
     metric = config.train.metric or task.primary_metric
+    config, schedule = resolve_schedule(config, count_parameters(net), len(train_features))
+    if schedule["auto"]:
+        log.info(f"finetune: {schedule['summary']}")
 
     def evaluate(m) -> dict:
         return evaluate_split(m, encoder, config.task, dev_examples, settings, data.labels,
@@ -191,11 +194,14 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
                 "parameters": count_parameters(net),
                 "metrics": metrics,
                 "training": {k: v for k, v in result.items() if k != "history"},
+                "schedule": schedule,
                 "history": result["history"],
                 "torch_threads": torch.get_num_threads(),
             })
             log.info(f"finetune: dev {metric} {metrics['dev'][metric]:.4f}"
                      + (f", test {metric} {metrics['test'][metric]:.4f}" if "test" in metrics else ""))
+            for hint in training_hints(result["history"], metric, metrics["dev"], config):
+                log.info(f"hint: {hint}")
     return load_artifact(out)
 
 
@@ -205,3 +211,86 @@ def _has_gold(task: str, example: dict) -> bool:
     if task == "token-classification":
         return example["tags"] is not None
     return bool(example["answers"]["text"])
+
+
+def training_hints(history: list[dict], metric: str, dev: dict, config: FinetuneConfig) -> list[str]:
+    """One-line hints after training: the dev metric still rising at the end, a class never predicted."""
+    hints = []
+    scores = [h[f"eval_{metric}"] for h in history if isinstance(h.get(f"eval_{metric}"), (int, float))]
+    if len(scores) >= 2 and scores[-1] >= max(scores) and scores[-1] - scores[-2] > 0.002:
+        more = max(2.0, round(config.train.epochs * 2))
+        hints.append(f"dev {metric} was still rising at the last evaluation ({scores[-2]:.4f} -> {scores[-1]:.4f}); "
+                     f"more training may help (--epochs {more:g})")
+    confusion = dev.get("confusion_matrix")
+    if confusion:
+        names = list(dev.get("per_class") or {})
+        never = [names[c] for c in range(len(names))
+                 if sum(row[c] for row in confusion) == 0 and sum(confusion[c]) > 0]
+        if never:
+            shown = ", ".join(never[:5]) + (f" and {len(never) - 5} more" if len(never) > 5 else "")
+            hints.append(f"{len(never)} class(es) never predicted on dev ({shown}); train longer or with a higher "
+                         f"--lr (now {config.train.lr:g}), or check their training examples")
+    per_type = dev.get("per_type") or {}
+    missed = [t for t, v in per_type.items() if v.get("support") and not v.get("f1")]
+    if missed:
+        hints.append(f"entity type(s) {', '.join(missed)} never found on dev; train longer or with a higher --lr "
+                     f"(now {config.train.lr:g})")
+    return hints
+
+
+# The default schedule (issue #27; benchmarks/results/finetune-defaults.md measures it against the old fixed
+# 3 epochs at 5e-5): small models want a higher peak LR, small datasets more epochs, and early stopping on
+# dev decides when to stop within a generous cap.
+AUTO_TARGET_STEPS = 2000  # optimizer steps the epoch count aims for
+AUTO_EPOCHS = (3, 10)  # the epoch count's floor and cap
+AUTO_PATIENCE = 2  # evaluations without a better dev metric before stopping (with auto epochs)
+AUTO_LR = ((60e6, 1e-4), (200e6, 5e-5), (float("inf"), 2e-5))  # (parameters below, peak LR)
+
+
+def auto_lr(parameters: int) -> float:
+    return next(lr for limit, lr in AUTO_LR if parameters < limit)
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    low, high = AUTO_EPOCHS
+    return int(min(high, max(low, math.ceil(AUTO_TARGET_STEPS / max(steps_per_epoch, 1)))))
+
+
+def resolve_schedule(config: FinetuneConfig, parameters: int, train_features: int) -> tuple[FinetuneConfig, dict]:
+    """The config with the LR and epochs the user left unset chosen from the model's size and the train set's
+    size (early stopping on with auto epochs), and a record of what was chosen and why."""
+    train = config.train
+    given = train.model_fields_set
+    from .. import distributed
+
+    per_step = train.batch_size * train.grad_accum * distributed.world_size()
+    steps_per_epoch = max(1, math.ceil(train_features / per_step))
+    auto, update, reasons = [], {}, []
+    if "lr" not in given:
+        update["lr"] = auto_lr(parameters)
+        auto.append("lr")
+        reasons.append(f"lr {update['lr']:g} ({parameters / 1e6:.1f}M parameters)")
+    if "epochs" not in given:
+        update["epochs"] = float(auto_epochs(steps_per_epoch))
+        auto.append("epochs")
+        reasons.append(f"up to {update['epochs']:g} epochs ({steps_per_epoch} steps an epoch; aims at "
+                       f"{AUTO_TARGET_STEPS} steps, {AUTO_EPOCHS[0]} to {AUTO_EPOCHS[1]} epochs)")
+        if "early_stopping_patience" not in given or train.early_stopping_patience is None:
+            update["early_stopping_patience"] = AUTO_PATIENCE
+            auto.append("early_stopping_patience")
+            reasons.append(f"early stopping after {AUTO_PATIENCE} evaluations without a better dev metric")
+    if update:
+        fields = set(given) | set(update)
+        new_train = train.model_copy(update=update)
+        object.__setattr__(new_train, "__pydantic_fields_set__", fields)
+        config = config.model_copy(update={"train": new_train})
+    resolved = config.train
+    record = {"auto": auto, "lr": resolved.lr, "epochs": resolved.epochs,
+              "early_stopping_patience": resolved.early_stopping_patience, "steps_per_epoch": steps_per_epoch,
+              "parameters": parameters,
+              "rule": f"lr: {', '.join(f'{lr:g} under {limit / 1e6:g}M parameters' for limit, lr in AUTO_LR[:-1])}, "
+                      f"else {AUTO_LR[-1][1]:g}; epochs: ceil({AUTO_TARGET_STEPS} / steps per epoch) within "
+                      f"{AUTO_EPOCHS[0]}..{AUTO_EPOCHS[1]}, with early stopping (patience {AUTO_PATIENCE})",
+              "summary": ("auto schedule: " + "; ".join(reasons) + " (pass --lr / --epochs to fix them)")
+              if reasons else "schedule as given"}
+    return config, record
