@@ -1,0 +1,774 @@
+"""early-exit: exit classifiers after every encoder layer of a text classifier, trained and calibrated.
+
+Training (FastBERT-style self-distillation, encoder frozen): the fine-tuned model's encoder and classifier
+stay as they are; one exit head per layer 1 .. L-1 (dense + tanh + linear on the [CLS] state, the shape of
+BERT's pooler + classifier, initialised from them) learns to match the final classifier's logits: a KL
+term at a temperature, plus optional cross-entropy on the gold labels. Layer L's exit is the model's own
+classifier, so "never exit early" is exactly the plain model. With the encoder frozen, every layer's
+[CLS] state and the final logits are computed once, and the heads train on them (seconds, not hours).
+
+Calibration: on dev, the threshold of the exit rule (normalised entropy, max probability, or PABEE
+patience) with the fewest layers run whose accuracy is within `max_accuracy_drop` points of full depth.
+
+The output is a PyTorch artifact (the parent's weights + exit_heads.safetensors); `bertedge export` turns
+it into a bundle of segment graphs (`export_early_exit`), `bertedge quantize` quantizes each segment
+(`quantize_early_exit`), and `bertedge.runtime.Bundle` runs it, stopping at the first confident exit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from .. import log
+from ..artifacts import Artifact, atomic_artifact, check_output_path, derived_record, load_artifact, parent_record
+from ..config import DataConfig, StrictModel
+from ..early_exit import (
+    EXIT_OUT,
+    FINAL_OUT,
+    HIDDEN_IN,
+    HIDDEN_OUT,
+    MASK_IN,
+    RULE_TEXT,
+    Rule,
+    calibrate,
+    check_threshold,
+    evaluate_rule,
+    exit_layers,
+    histogram,
+    protocol_record,
+    run_segments,
+)
+from ..errors import ArtifactError, ConfigError, ExportError, QuantizationError
+
+HEADS_FILE = "exit_heads.safetensors"
+SEGMENT_FILE = "segment_{}.onnx"
+
+
+class EarlyExitConfig(StrictModel):
+    mode: Literal["frozen"] = Field("frozen", description="frozen: the encoder and final classifier stay fixed and "
+                                                          "only the exit heads train (self-distillation)")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the KL term (teacher: the final "
+                                                      "classifier)")
+    kd_weight: float = Field(1.0, ge=0, description="Weight of KL(final classifier || exit head) at the temperature "
+                                                    "(scaled by T^2)")
+    ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the gold labels")
+    epochs: float = Field(5.0, gt=0, description="Epochs over the train split (heads only: cheap)")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the exit heads")
+    batch_size: int = Field(64, ge=1, description="Training batch size")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    seed: int = Field(42, description="Random seed (data order, dropout)")
+    rule: Rule = Field("entropy", description="Exit rule: entropy (normalised entropy < threshold), max-prob "
+                                              "(largest probability > threshold) or patience (PABEE)")
+    threshold: float | None = Field(None, description="Fixed threshold of the rule (default: calibrated on dev)")
+    max_accuracy_drop: float = Field(0.5, ge=0, le=100, description="Calibration budget: largest dev accuracy drop "
+                                                                    "vs full depth, in points")
+    eval_batch_size: int = Field(64, ge=1, description="Batch size of the teacher pass and dev evaluation")
+    data: DataConfig = Field(default_factory=DataConfig)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kd_weight == 0 and self.ce_weight == 0:
+            raise ValueError("kd_weight and ce_weight are both 0, so the exit heads would learn nothing")
+        if self.threshold is not None:
+            try:
+                check_threshold(self.rule, self.threshold)
+            except ConfigError as exc:
+                raise ValueError(exc.what) from None
+        return self
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def require_early_exit_task(artifact: Artifact, where: str = "bertedge early-exit") -> None:
+    """Early exit is for text classification; a token-classification or QA artifact is refused in one line."""
+    if artifact.task != "text-classification":
+        raise ConfigError(f"early exit needs a text-classification model (single sentences or pairs); this artifact "
+                          f"is {artifact.task}", where=where,
+                          fix="Pass a text-classification artifact, or drop the early-exit step for this task")
+
+
+def _bert_parts(model):
+    base = getattr(model, "base_model", None)
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if (base is None or layers is None or getattr(base, "embeddings", None) is None
+            or getattr(base, "pooler", None) is None or not hasattr(model, "classifier")):
+        kind = getattr(model.config, "model_type", type(model).__name__)
+        raise ConfigError(f"early exit supports BERT-architecture classifiers (embeddings, encoder.layer, pooler, "
+                          f"classifier); this model is {kind}", where="bertedge early-exit",
+                          fix="Use a BERT-family artifact (bert, MiniLM, a distilled or pruned BERT)")
+    return base.embeddings, list(layers), base.pooler, model.classifier
+
+
+@cache
+def _torch_modules():
+    """The torch classes (built on first use, so importing this module stays cheap)."""
+    import torch
+    from torch import nn
+
+    def extended(mask: torch.Tensor, dtype) -> torch.Tensor:
+        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+    class ExitHead(nn.Module):
+        """BERT's pooler + classifier on one layer's [CLS] state."""
+
+        def __init__(self, hidden: int, num_labels: int, dropout: float):
+            super().__init__()
+            self.dense = nn.Linear(hidden, hidden)
+            self.dropout = nn.Dropout(dropout)
+            self.classifier = nn.Linear(hidden, num_labels)
+
+        def forward(self, cls: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.dropout(torch.tanh(self.dense(cls))))
+
+    class Segment(nn.Module):
+        """Layer k (+ the embeddings for k = 0) and its exit: exit head k, or the model's own head at the end."""
+
+        def __init__(self, model, k: int, heads, input_names: list[str]):
+            super().__init__()
+            embeddings, layers, pooler, classifier = _bert_parts(model)
+            self.k, self.last = k, k == len(layers) - 1
+            self.input_names = input_names
+            self.embeddings = embeddings if k == 0 else None
+            self.layer = layers[k]
+            if self.last:
+                self.pooler, self.classifier = pooler, classifier
+            else:
+                self.head = heads[k]
+
+        def forward(self, *inputs):
+            named = dict(zip(self.input_names, inputs))
+            mask = named[MASK_IN]
+            if self.k == 0:
+                hidden = self.embeddings(input_ids=named["input_ids"], token_type_ids=named.get("token_type_ids"))
+            else:
+                hidden = named[HIDDEN_IN]
+            hidden = self.layer(hidden, attention_mask=extended(mask, hidden.dtype))[0]
+            if self.last:
+                return self.classifier(self.pooler(hidden))
+            return hidden, self.head(hidden[:, 0])
+
+    return ExitHead, Segment
+
+
+def make_heads(model, dropout: float | None = None):
+    """Exit heads for layers 1 .. L-1, initialised from the model's pooler and classifier."""
+    import torch
+
+    ExitHead, _ = _torch_modules()
+    _, layers, pooler, classifier = _bert_parts(model)
+    hidden, num_labels = pooler.dense.in_features, classifier.out_features
+    p = model.config.hidden_dropout_prob if dropout is None else dropout
+    heads = torch.nn.ModuleList([ExitHead(hidden, num_labels, p) for _ in range(len(layers) - 1)])
+    with torch.no_grad():
+        for head in heads:
+            head.dense.load_state_dict(pooler.dense.state_dict())
+            head.classifier.load_state_dict(classifier.state_dict())
+    return heads
+
+
+def load_heads(artifact: Artifact, model):
+    from safetensors.torch import load_file
+
+    heads = make_heads(model)
+    path = artifact.path / HEADS_FILE
+    if not path.is_file():
+        raise ArtifactError(f"early-exit artifact has no {HEADS_FILE}", where=str(artifact.path),
+                            fix="Rerun `bertedge early-exit` on its parent")
+    heads.load_state_dict(load_file(str(path)))
+    heads.eval()
+    return heads
+
+
+# ----------------------------------------------------------------------------- per-layer outputs (PyTorch)
+
+
+def _batches(features: list[dict], encoder, batch_size: int):
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, encoder.collate([features[i] for i in idx])
+
+
+def _layer_states(model, features, encoder, batch_size: int):
+    """Every layer's [CLS] state [N, L, H] (float32) and the final logits [N, C], in feature order."""
+    import torch
+
+    n, layers = len(features), model.config.num_hidden_layers
+    cls, logits = None, None
+    with torch.no_grad():
+        for idx, batch in _batches(features, encoder, batch_size):
+            out = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True)
+            states = torch.stack([h[:, 0] for h in out.hidden_states[1:]], dim=1)
+            if cls is None:
+                cls = torch.zeros((n, layers, states.shape[-1]), dtype=torch.float32)
+                logits = torch.zeros((n, out.logits.shape[-1]), dtype=torch.float32)
+            cls[idx] = states.float()
+            logits[idx] = out.logits.float()
+    return cls, logits
+
+
+def _layer_logits(heads, cls, final_logits) -> np.ndarray:
+    """[N, L, C]: each exit head's logits on its layer's [CLS] state, then the final classifier's."""
+    import torch
+
+    with torch.no_grad():
+        exits = [heads[k](cls[:, k]) for k in range(len(heads))]
+    return torch.stack([*exits, final_logits], dim=1).numpy().astype(np.float64)
+
+
+def _train_heads(heads, cls, teacher, gold, config: EarlyExitConfig) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    n = cls.shape[0]
+    steps_per_epoch = max(1, -(-n // config.batch_size))
+    total = max(1, round(config.epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+    t = config.temperature
+    target = F.softmax(teacher / t, dim=-1)
+    heads.train()
+    history, step, running = [], 0, 0.0
+    while step < total:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, config.batch_size):
+            if step >= total:
+                break
+            idx = order[start:start + config.batch_size]
+            loss = 0.0
+            for k, head in enumerate(heads):
+                student = head(cls[idx, k])
+                term = 0.0
+                if config.kd_weight:
+                    term = term + config.kd_weight * t * t * F.kl_div(F.log_softmax(student / t, dim=-1), target[idx],
+                                                                      reduction="batchmean")
+                if config.ce_weight:
+                    term = term + config.ce_weight * F.cross_entropy(student, gold[idx])
+                loss = loss + term
+            loss = loss / len(heads)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            running += loss.item()
+            if step % steps_per_epoch == 0 or step == total:
+                history.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                                "loss": round(running / (step - (history[-1]["step"] if history else 0)), 6)})
+                running = 0.0
+    heads.eval()
+    return history
+
+
+def _metrics(predicted: np.ndarray, gold: np.ndarray, labels) -> dict:
+    from ..tasks.classification import classification_metrics
+
+    names = labels or [str(i) for i in range(int(max(predicted.max(initial=0), gold.max(initial=0))) + 1)]
+    return classification_metrics(gold.tolist(), predicted.tolist(), names)
+
+
+def exit_record(rule: str, threshold: float, layer_logits: np.ndarray, gold: np.ndarray, max_drop: float,
+                calibrated: bool) -> dict:
+    """Calibrated (threshold None) or fixed-threshold record over dev per-layer logits."""
+    if calibrated:
+        return {**calibrate(rule, layer_logits, gold, max_drop), "calibrated": True}
+    row = evaluate_rule(rule, threshold, layer_logits, gold)
+    full = float((layer_logits[:, -1].argmax(-1) == gold).mean()) if len(gold) else 0.0
+    return {"rule": rule, "threshold": threshold, "max_accuracy_drop": max_drop, "n": len(gold),
+            "accuracy_full_depth": full, "accuracy": row["accuracy"], "drop_pts": round((full - row["accuracy"]) * 100, 4),
+            "mean_exit_layer": row["mean_exit_layer"], "layers": layer_logits.shape[1],
+            "exit_histogram": row["exit_histogram"], "calibrated": False}
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | Path, *,
+               overwrite: bool = False) -> Artifact:
+    """Add exit heads to the text classifier `src`, train them by self-distillation, calibrate the exit rule."""
+    parent = src if isinstance(src, Artifact) else load_artifact(src)
+    if parent.is_bundle:
+        raise ArtifactError("early-exit needs a PyTorch artifact, not an ONNX bundle", where=str(parent.path),
+                            fix="Pass the fine-tuned artifact the bundle was exported from, then export the result")
+    require_early_exit_task(parent)
+    if parent.manifest.get("torch_program"):
+        raise ArtifactError("early-exit cannot add heads to a Neural Compressor int8 program", where=str(parent.path),
+                            fix="Add the exits to the fp32 artifact, then export and quantize")
+    if parent.manifest.get("early_exit"):
+        raise ArtifactError("this artifact already has exit heads", where=str(parent.path),
+                            fix="Pass its parent (manifest parent.path) to train new ones")
+    if config.threshold is not None:
+        check_threshold(config.rule, config.threshold)
+    out = check_output_path(out, overwrite=overwrite)
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ..evaluate import artifact_view
+    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
+    from ..tasks import get_task
+    from .finetune import load_task_data, task_settings
+
+    model, hf_tokenizer = load_torch_artifact(parent)
+    _, layers, _, _ = _bert_parts(model)
+    if len(layers) < 2:
+        raise ConfigError("the model has one encoder layer, so there is nothing to exit before",
+                          where="bertedge early-exit", fix="Use a model with 2 or more layers")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    view = artifact_view(parent, config.data)
+    data = load_task_data(view, need=("train", "dev"), labels=parent.labels or None)
+    settings = task_settings(view)
+    task = get_task(parent.task)
+    encoder = encoder_from_hf(hf_tokenizer)
+    from ..data import subsample
+
+    train = subsample(data.split("train"), config.data.max_train_samples, config.seed)
+    dev = subsample(data.split("dev"), config.data.max_eval_samples, config.seed)
+    if not train or not dev:
+        raise ConfigError("early-exit needs non-empty train and dev splits", where=view.data.data,
+                          fix="Pass --data with train and dev files")
+    labels = data.labels
+    started = time.perf_counter()
+    log.info(f"early-exit: teacher pass over {len(train)} train and {len(dev)} dev examples "
+             f"({len(layers)} layers)")
+    train_cls, train_logits = _layer_states(model, task.train_features(train, encoder, settings), encoder,
+                                            config.eval_batch_size)
+    dev_cls, dev_logits = _layer_states(model, task.eval_features(dev, encoder, settings), encoder,
+                                        config.eval_batch_size)
+    teacher_s = time.perf_counter() - started
+    gold = torch.tensor([ex["label"] for ex in train], dtype=torch.long)
+    dev_gold = np.array([ex["label"] for ex in dev], dtype=np.int64)
+
+    heads = make_heads(model)
+    before = _layer_logits(heads, dev_cls, dev_logits)
+    started = time.perf_counter()
+    history = _train_heads(heads, train_cls, train_logits, gold, config)
+    train_s = time.perf_counter() - started
+    layer_logits = _layer_logits(heads, dev_cls, dev_logits)
+
+    calibrated = config.threshold is None
+    record = exit_record(config.rule, config.threshold, layer_logits, dev_gold, config.max_accuracy_drop, calibrated)
+    exits = exit_layers(config.rule, record["threshold"], layer_logits)
+    predicted = layer_logits[np.arange(len(exits)), exits - 1].argmax(-1)
+    per_layer = [float((layer_logits[:, k].argmax(-1) == dev_gold).mean()) for k in range(len(layers))]
+    agreement = [float((layer_logits[:, k].argmax(-1) == layer_logits[:, -1].argmax(-1)).mean())
+                 for k in range(len(layers))]
+    metric = parent.manifest.get("primary_metric") or task.primary_metric
+
+    with atomic_artifact(out, stage="early-exit", task=parent.task, overwrite=overwrite) as writer:
+        model.save_pretrained(writer.path, safe_serialization=True)
+        hf_tokenizer.save_pretrained(writer.path)
+        save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(writer.path / HEADS_FILE))
+        writer.manifest.update({
+            **derived_record(parent, settings, metric, config),
+            "data": {**data.source, "train_examples": len(train), "dev_examples": len(dev)},
+            "tokenizer": parent.manifest.get("tokenizer") or {},
+            "parameters": count_parameters(model) + sum(p.numel() for p in heads.parameters()),
+            "metrics": {"dev": {**_metrics(predicted, dev_gold, labels), "n": len(dev)},
+                        "dev_full_depth": {**_metrics(layer_logits[:, -1].argmax(-1), dev_gold, labels),
+                                           "n": len(dev)}},
+            "early_exit": {
+                "heads_file": HEADS_FILE,
+                "layers": len(layers),
+                "exit_heads": {"layers": list(range(1, len(layers))), "shape": "tanh(dense(h_cls)) -> linear "
+                               "(BERT's pooler + classifier), initialised from the model's own",
+                               "parameters": sum(p.numel() for p in heads.parameters()),
+                               "last_layer": "the model's own pooler + classifier (unchanged)"},
+                "training": {"mode": config.mode, "temperature": config.temperature, "kd_weight": config.kd_weight,
+                             "ce_weight": config.ce_weight, "epochs": config.epochs, "lr": config.lr,
+                             "train_examples": len(train), "teacher_pass_s": round(teacher_s, 2),
+                             "train_s": round(train_s, 2), "history": history},
+                "rule": config.rule, "threshold": record["threshold"], "rule_definition": RULE_TEXT[config.rule],
+                "calibration": record,
+                "dev_accuracy_per_layer": per_layer,
+                "dev_agreement_with_final_per_layer": agreement,
+                "dev_accuracy_per_layer_before_training": [float((before[:, k].argmax(-1) == dev_gold).mean())
+                                                           for k in range(len(layers))],
+            },
+            "torch_threads": torch.get_num_threads(),
+        })
+    log.info(f"early-exit: {config.rule} threshold {record['threshold']:g} "
+             f"({'calibrated' if calibrated else 'fixed'}): dev accuracy {record['accuracy']:.4f} vs full depth "
+             f"{record['accuracy_full_depth']:.4f}, mean exit layer {record['mean_exit_layer']:.2f} of {len(layers)}")
+    return load_artifact(out)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _segment_modules(model, heads, input_names: list[str]):
+    _, Segment = _torch_modules()
+    layers = model.config.num_hidden_layers
+    return [Segment(model, k, heads, input_names if k == 0 else [HIDDEN_IN, MASK_IN]).eval() for k in range(layers)]
+
+
+def _torch_segment_fns(modules):
+    import torch
+
+    def wrap(module):
+        def forward(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            with torch.no_grad():
+                out = module(*[torch.from_numpy(feeds[n]) for n in module.input_names])
+            if module.last:
+                return {FINAL_OUT: out.numpy()}
+            return {HIDDEN_OUT: out[0].numpy(), EXIT_OUT: out[1].numpy()}
+        return forward
+
+    return [wrap(m) for m in modules]
+
+
+def _export_segment(module, sample: dict[str, np.ndarray], path: Path, opset: int) -> None:
+    import torch
+
+    names = module.input_names
+    outputs = [FINAL_OUT] if module.last else [HIDDEN_OUT, EXIT_OUT]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names if n != HIDDEN_IN}
+    if HIDDEN_IN in names:
+        axes[HIDDEN_IN] = {0: "batch", 1: "sequence"}
+    axes.update({HIDDEN_OUT: {0: "batch", 1: "sequence"}} if not module.last else {})
+    axes[outputs[-1]] = {0: "batch"}
+    args = tuple(torch.from_numpy(sample[n]) for n in names)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(module, args, str(path), input_names=names, output_names=outputs, dynamic_axes=axes,
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises anything
+        detail = " ".join(str(exc).split())[:240]
+        raise ExportError(f"ONNX export of segment {module.k} failed ({type(exc).__name__}: {detail})",
+                          where="export", fix="Try another --opset, or rerun with --debug") from None
+
+
+def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: bool = False) -> Artifact:
+    """The segment-graph bundle of an early-exit artifact, each segment validated against PyTorch."""
+    import warnings
+
+    from ..evaluate import artifact_settings, load_eval_examples
+    from ..modeling import encoder_from_hf
+    from ..providers import make_session
+    from ..runtime import session_forward
+    from ..tasks import get_task
+    from .export import _load_eager, _optimize, _stdout_to_stderr, describe_graph, interface_record
+
+    if config.ort_format:
+        raise ConfigError("--ort-format is not available for early-exit bundles (they hold one graph per segment)",
+                          where="--ort-format", fix="Export without --ort-format")
+    require_early_exit_task(parent, where="bertedge export")
+    out = check_output_path(out, overwrite=overwrite)
+    task = get_task(parent.task)
+    settings = artifact_settings(parent)
+    examples = load_eval_examples(parent, config.data, "dev", config.metric_samples)
+    if not examples:
+        raise ConfigError("the dev split is empty, so the export cannot be validated", where=str(parent.path),
+                          fix="Pass --data with a non-empty dev split")
+    model, hf_tokenizer = _load_eager(parent)
+    heads = load_heads(parent, model)
+    record = parent.manifest["early_exit"]
+    layers = model.config.num_hidden_layers
+    probe = encoder_from_hf(hf_tokenizer)
+    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
+                   if n == "input_ids" or n in probe.model_input_names]
+    if MASK_IN not in input_names:
+        raise ExportError("the tokenizer produces no attention_mask, which the segments need", where=str(parent.path),
+                          fix="Use a BERT-family tokenizer")
+    encoder = encoder_from_hf(hf_tokenizer)
+    encoder.model_input_names = input_names
+    modules = _segment_modules(model, heads, input_names)
+    features = task.eval_features(examples, encoder, settings)
+    files = [SEGMENT_FILE.format(k) for k in range(layers)]
+
+    with atomic_artifact(out, stage="export", task=parent.task, overwrite=overwrite) as writer, \
+            tempfile.TemporaryDirectory(prefix="bertedge-ee-export-") as scratch:
+        scratch = Path(scratch)
+        sample = encoder.collate(features[:2])
+        fused: list[dict] = []
+        hidden = None
+        for k, module in enumerate(modules):
+            feeds = sample if k == 0 else {HIDDEN_IN: hidden, MASK_IN: sample[MASK_IN]}
+            raw = scratch / files[k]
+            with warnings.catch_warnings(), _stdout_to_stderr():
+                warnings.simplefilter("ignore")
+                _export_segment(module, feeds, raw, config.opset)
+            if config.optimize:
+                fused.append(_optimize(raw, writer.path / files[k], _one_layer(model.config), config))
+            else:
+                shutil.copyfile(raw, writer.path / files[k])
+                fused.append({})
+            if not module.last:
+                hidden = _torch_segment_fns([module])[0](feeds)[HIDDEN_OUT]
+        hf_tokenizer.save_pretrained(writer.path)
+        model.config.save_pretrained(writer.path)
+
+        log.info(f"export: validating {layers} segments on {len(examples)} dev examples against PyTorch")
+        sessions = [session_forward(make_session(writer.path / f, "cpu")) for f in files]
+        validation = _validate_segments(model, modules, sessions, encoder, features, examples, settings, parent,
+                                        config, record)
+        onnx_io = [describe_graph(writer.path / f) for f in files]
+        protocol = protocol_record(layers, len(parent.labels or []) or model.config.num_labels, files, input_names,
+                                   record["rule"], record["threshold"], model.config.hidden_size)
+        interface = interface_record(parent, task.name, settings, onnx_io[0], config)
+        interface["outputs"] = [FINAL_OUT, "exit_layer"]
+        interface["early_exit"] = "see early_exit (graph order, inputs and outputs, rule, threshold)"
+        writer.manifest.update({
+            "labels": parent.labels or None,
+            "settings": settings.record(),
+            "primary_metric": validation["metric"]["name"],
+            "config": config.model_dump(mode="json"),
+            "model": {**(parent.manifest.get("model") or {}), "num_layers": layers,
+                      "num_heads": model.config.num_attention_heads, "hidden_size": model.config.hidden_size},
+            "parent": parent_record(parent),
+            "data": parent.manifest.get("data"),
+            "tokenizer": parent.manifest.get("tokenizer") or {},
+            "onnx": {"segments": [{**io, "file": f, "fused_node_counts": c} for io, f, c in zip(onnx_io, files, fused)],
+                     "opset": config.opset, "optimized": config.optimize, "ort_format": None,
+                     "attention_implementation_at_export": "eager"},
+            "interface": interface,
+            "early_exit": {**protocol, "calibration": record.get("calibration"),
+                           "training": record.get("training"), "exit_heads": record.get("exit_heads"),
+                           "dev": validation["early_exit"]},
+            "validation": validation,
+            "metrics": {"dev": {**validation.pop("_ort_metrics"), "n": len(examples)},
+                        "dev_full_depth": {**validation.pop("_ort_full_metrics"), "n": len(examples)},
+                        "dev_torch": {**validation.pop("_torch_metrics"), "n": len(examples)}},
+        })
+    bundle = load_artifact(out)
+    worst = max(s["exit_logits_max_abs_diff"] for s in validation["segments"])
+    log.info(f"export: wrote {bundle.path} ({layers} segments; max abs diff of exit logits {worst:.1e}; dev accuracy "
+             f"with exits {validation['early_exit']['accuracy']:.4f}, mean exit layer "
+             f"{validation['early_exit']['mean_exit_layer']:.2f})")
+    return bundle
+
+
+def _one_layer(hf_config):
+    """The config the transformer optimizer reads for one segment (heads/hidden as in the model)."""
+    copy = hf_config.__class__.from_dict(hf_config.to_dict())
+    copy.num_hidden_layers = 1
+    return copy
+
+
+def _per_layer(segments, features, encoder, batch_size: int, *, rule="entropy", threshold=0.0):
+    """Full-depth per-layer logits [N, L, C] (feature order) and the final logits, through `segments`."""
+    out = None
+    for idx, batch in _batches(features, encoder, batch_size):
+        result = run_segments(segments, batch, rule, threshold, full_depth=True, collect=True)
+        if out is None:
+            out = np.zeros((len(features), *result["layer_logits"].shape[1:]), dtype=np.float64)
+        out[idx] = result["layer_logits"]
+    return out
+
+
+def _validate_segments(model, modules, sessions, encoder, features, examples, settings, parent, config,
+                       record) -> dict:
+    import torch
+
+    from .export import prediction_agreement
+
+    torch_fns = _torch_segment_fns(modules)
+    layers = len(modules)
+    rule, threshold = record["rule"], record["threshold"]
+    # Per segment: its own outputs on the same (PyTorch) input, so errors do not compound in the comparison.
+    segments = [{"segment": k, "exit_logits_max_abs_diff": 0.0, "hidden_state_max_abs_diff": 0.0}
+                for k in range(layers)]
+    plain_diff = 0.0
+    for _, batch in _batches(features, encoder, config.batch_size):
+        feeds = batch
+        with torch.no_grad():
+            plain = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+        for k in range(layers):
+            ref, got = torch_fns[k](feeds), sessions[k](feeds)
+            name = FINAL_OUT if k == layers - 1 else EXIT_OUT
+            segments[k]["exit_logits_max_abs_diff"] = max(segments[k]["exit_logits_max_abs_diff"],
+                                                          float(np.max(np.abs(ref[name] - got[name]))))
+            if k < layers - 1:
+                mask = batch[MASK_IN].astype(bool)
+                diff = np.abs(ref[HIDDEN_OUT] - got[HIDDEN_OUT])[mask]
+                segments[k]["hidden_state_max_abs_diff"] = max(segments[k]["hidden_state_max_abs_diff"],
+                                                               float(diff.max()) if diff.size else 0.0)
+                feeds = {HIDDEN_IN: ref[HIDDEN_OUT], MASK_IN: batch[MASK_IN]}
+            else:
+                plain_diff = max(plain_diff, float(np.max(np.abs(ref[FINAL_OUT] - plain))))
+    for s in segments:
+        s["ok"] = s["exit_logits_max_abs_diff"] <= config.atol
+        if s["segment"] == layers - 1:
+            s.pop("hidden_state_max_abs_diff")
+    gold = np.array([ex["label"] for ex in examples], dtype=np.int64)
+    torch_layers = _per_layer(torch_fns, features, encoder, config.batch_size)
+    ort_layers = _per_layer(sessions, features, encoder, config.batch_size)
+    chained = float(np.max(np.abs(torch_layers - ort_layers)))
+    torch_exits, ort_exits = exit_layers(rule, threshold, torch_layers), exit_layers(rule, threshold, ort_layers)
+    pick = np.arange(len(gold))
+    torch_pred = torch_layers[pick, torch_exits - 1].argmax(-1)
+    ort_pred = ort_layers[pick, ort_exits - 1].argmax(-1)
+    labels = parent.labels or None
+    torch_metrics, ort_metrics = _metrics(torch_pred, gold, labels), _metrics(ort_pred, gold, labels)
+    ort_full = _metrics(ort_layers[:, -1].argmax(-1), gold, labels)
+    agreement = prediction_agreement("text-classification", [{"label_id": int(p)} for p in torch_pred],
+                                     [{"label_id": int(p)} for p in ort_pred])
+    metric = {"name": "accuracy", "torch": torch_metrics["accuracy"], "onnx": ort_metrics["accuracy"]}
+    metric["delta"] = abs(metric["onnx"] - metric["torch"])
+    early = {"rule": rule, "threshold": threshold, "n": len(gold), "accuracy": ort_metrics["accuracy"],
+             "accuracy_full_depth": ort_full["accuracy"],
+             "drop_pts": round((ort_full["accuracy"] - ort_metrics["accuracy"]) * 100, 4),
+             "mean_exit_layer": float(ort_exits.mean()), "exit_histogram": histogram(ort_exits, layers),
+             "exit_layer_agreement_with_torch": float((torch_exits == ort_exits).mean())}
+    validation = {"examples": len(examples), "features": len(features), "atol": config.atol, "segments": segments,
+                  "chained_layer_logits_max_abs_diff": chained,
+                  "last_segment_vs_plain_model_max_abs_diff": plain_diff,
+                  "agreement": agreement, "min_agreement": config.min_agreement, "metric": metric,
+                  "max_metric_delta": config.max_metric_delta, "early_exit": early, "provider": "cpu",
+                  "session_optimization": "all"}
+    failures = [f"segment {s['segment']} exit logits max abs diff {s['exit_logits_max_abs_diff']:.2e} > atol "
+                f"{config.atol:.0e}" for s in segments if not s["ok"]]
+    if plain_diff > config.atol:
+        failures.append(f"the last segment differs from the plain model by {plain_diff:.2e}")
+    if agreement < config.min_agreement:
+        failures.append(f"early-exit predictions agree on {agreement:.2%} of dev (need {config.min_agreement:.2%})")
+    if metric["delta"] > config.max_metric_delta:
+        failures.append(f"accuracy with exits onnx {metric['onnx']:.4f} vs torch {metric['torch']:.4f}")
+    validation["passed"] = not failures
+    if failures:
+        raise ExportError(f"validation failed: {'; '.join(failures)}", where="export",
+                          fix="Raise --atol if the difference is acceptable, try --no-optimize, or another --opset")
+    validation["_ort_metrics"], validation["_torch_metrics"], validation["_ort_full_metrics"] = \
+        ort_metrics, torch_metrics, ort_full
+    return validation
+
+
+# ----------------------------------------------------------------------------- quantize
+
+
+def quantize_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: bool = False) -> Artifact:
+    """int8 of every segment of an early-exit bundle (dynamic, or auto over the dynamic schemes), then the exit
+    rule recalibrated on the int8 segments (same rule and budget, against the int8 bundle's own full depth)."""
+    from ..evaluate import artifact_settings, load_eval_examples
+    from ..runtime import Bundle
+    from ..tasks import get_task
+    from . import _onnx_quant as oq
+    from .quantize import _base_schemes, _preset
+
+    if config.mode not in ("dynamic", "auto"):
+        raise QuantizationError(f"--mode {config.mode} is not available for early-exit bundles",
+                                where="--mode", fix="Use --mode dynamic or --mode auto")
+    if parent.stage == "quantize":
+        raise QuantizationError("the bundle is already quantized", where=str(parent.path),
+                                fix="Quantize the fp32 bundle written by `bertedge export` (this one's parent)")
+    if not config.evaluate:
+        raise QuantizationError("early-exit bundles are recalibrated on dev after quantization", where="--no-eval",
+                                fix="Drop --no-eval")
+    out = check_output_path(out, overwrite=overwrite)
+    protocol = parent.manifest["early_exit"]
+    files = [s["file"] for s in protocol["segments"]]
+    preset = _preset(config)
+    schemes = _base_schemes(config, preset, parent.path / files[0])
+    fp32 = Bundle(parent.path)
+    task = get_task(parent.task)
+    settings = artifact_settings(parent)
+    dev = load_eval_examples(parent, config.data, "dev", config.eval_samples)
+    gold = np.array([ex["label"] for ex in dev], dtype=np.int64)
+    features = task.eval_features(dev, fp32.encoder, settings)
+    budget = (parent.manifest.get("early_exit") or {}).get("calibration", {}).get("max_accuracy_drop", 0.5)
+
+    def score(directory: Path) -> dict:
+        from ..providers import make_session
+        from ..runtime import session_forward
+
+        sessions = [session_forward(make_session(directory / f, config.provider)) for f in files]
+        per_layer = _per_layer(sessions, features, fp32.encoder, 1)  # b1: as the int8 bundle is deployed
+        return {"layer_logits": per_layer,
+                "calibration": calibrate(protocol["rule"], per_layer, gold, budget)}
+
+    base = score(parent.path)
+    rows = []
+    with atomic_artifact(out, stage="quantize", task=parent.task, overwrite=overwrite) as writer:
+        work = writer.path / ".work"
+        work.mkdir()
+        for i, scheme in enumerate(schemes):
+            directory = work / f"candidate-{i}"
+            directory.mkdir()
+            counts: dict[str, int] = {}
+            started = time.perf_counter()
+            for f in files:
+                try:
+                    oq.quantize_model(parent.path / f, directory / f, scheme, work)
+                except Exception as exc:  # noqa: BLE001 - ORT raises bare RuntimeError/ValueError
+                    detail = " ".join(str(exc).split())[:240]
+                    raise QuantizationError(f"{scheme.name} failed on {f} ({detail})", where=str(parent.path),
+                                            fix="Try another --mode or preset") from None
+                for op, n in oq.op_counts(directory / f).items():
+                    counts[op] = counts.get(op, 0) + n
+            result = score(directory)
+            cal = result["calibration"]
+            rows.append({"name": scheme.name, "directory": directory, "scheme": scheme, "op_counts": counts,
+                         "layer_logits": result["layer_logits"],
+                         "quantize_s": round(time.perf_counter() - started, 2),
+                         "size_bytes": sum((directory / f).stat().st_size for f in files),
+                         "calibration": cal,
+                         "drop_full_depth_pts": round((base["calibration"]["accuracy_full_depth"]
+                                                       - cal["accuracy_full_depth"]) * 100, 4)})
+            log.info(f"quantize: {scheme.name}: full-depth dev accuracy {cal['accuracy_full_depth']:.4f} "
+                     f"(fp32 {base['calibration']['accuracy_full_depth']:.4f}); recalibrated {protocol['rule']} "
+                     f"threshold {cal['threshold']:g}: accuracy {cal['accuracy']:.4f}, mean exit layer "
+                     f"{cal['mean_exit_layer']:.2f}")
+        within = [r for r in rows if r["drop_full_depth_pts"] <= config.max_accuracy_drop + 1e-9]
+        chosen = min(within or rows, key=lambda r: (-r["calibration"]["accuracy"], r["calibration"]["mean_exit_layer"]))
+        if not within:
+            what = (f"every int8 candidate's full-depth dev accuracy is more than {config.max_accuracy_drop} pts "
+                    f"below fp32 ({chosen['drop_full_depth_pts']:+.2f} pts for the best)")
+            if config.enforce_budget:
+                raise QuantizationError(what, where="--max-accuracy-drop", fix="Raise --max-accuracy-drop")
+            log.warning(what)
+        for f in files:
+            shutil.copyfile(chosen["directory"] / f, writer.path / f)
+        shutil.rmtree(work)
+        for file in parent.path.iterdir():
+            if file.is_file() and not file.name.endswith(".onnx") and file.name != "bertedge.json" \
+                    and not file.name.startswith("."):
+                shutil.copy2(file, writer.path / file.name)
+        cal = chosen["calibration"]
+        ops = oq.runtime_scale_ops(chosen["op_counts"])
+        keep = {k: v for k, v in parent.manifest.items() if k not in
+                {"format_version", "stage", "complete", "payload_sha256", "size_bytes", "environment", "created_at",
+                 "wall_time_s", "metrics", "config", "parent", "validation", "early_exit"}}
+        chosen_logits = chosen["layer_logits"]
+        exits = exit_layers(protocol["rule"], cal["threshold"], chosen_logits)
+        predicted = chosen_logits[np.arange(len(gold)), exits - 1].argmax(-1)
+        labels = parent.labels or None
+        candidates = [{**{k: v for k, v in r.items() if k not in ("directory", "scheme", "layer_logits", "calibration")},
+                       "scheme": r["scheme"].record(),
+                       "calibration": {k: v for k, v in r["calibration"].items() if k != "curve"}} for r in rows]
+        writer.manifest.update({
+            **keep,
+            "config": config.model_dump(mode="json"),
+            "parent": parent_record(parent),
+            "quantization": {"mode": config.mode, "engine": "onnxruntime", "scheme": chosen["scheme"].record(),
+                             "preset": preset.name, "per_segment": True, "op_counts": chosen["op_counts"],
+                             "batch_invariant": not ops, "runtime_scale_ops": ops,
+                             "deployed": "per-sequence" if ops else "batched", "candidates": candidates,
+                             "chosen": chosen["name"],
+                             "choice": "auto: among the schemes whose full-depth dev accuracy is within "
+                                       "max_accuracy_drop of fp32, the most accurate with exits (then the fewest "
+                                       "layers); no timing (every scheme quantizes the same ops)"
+                             if config.mode == "auto" else "dynamic"},
+            "early_exit": {**protocol, "threshold": cal["threshold"],
+                           "calibration": {**cal, "calibrated": True, "on": "the int8 segments, dev, batch 1"},
+                           "calibration_fp32": protocol.get("calibration"),
+                           "dev": {k: cal[k] for k in ("rule", "threshold", "n", "accuracy", "accuracy_full_depth",
+                                                       "drop_pts", "mean_exit_layer", "exit_histogram")}},
+            "metrics": {"dev": {**_metrics(predicted, gold, labels), "n": len(gold)},
+                        "dev_full_depth": {**_metrics(chosen_logits[:, -1].argmax(-1), gold, labels), "n": len(gold)},
+                        "dev_fp32_full_depth": {"accuracy": base["calibration"]["accuracy_full_depth"],
+                                                "n": len(gold)}},
+        })
+    return load_artifact(out)
+
