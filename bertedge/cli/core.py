@@ -146,13 +146,14 @@ def eval_cmd(
     max_samples: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     provider: Annotated[str, typer.Option(help="ONNX Runtime provider for bundles: cpu, cuda, tensorrt.")] = "cpu",
+    full_depth: Annotated[bool, typer.Option("--full-depth", help="Early-exit bundles: run every layer.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Evaluate an artifact with its task metric (through ONNX Runtime for bundles)."""
     from ..evaluate import evaluate_artifact
 
     result = evaluate_artifact(artifact, data, split, max_samples=max_samples, batch_size=batch_size,
-                               provider=provider)
+                               provider=provider, full_depth=full_depth)
     if json_out:
         emit_json(result)
         return
@@ -160,3 +161,8 @@ def eval_cmd(
     for key, value in result["metrics"].items():
         if isinstance(value, (int, float)):
             typer.echo(f"  {key:<16} {fmt_metric(value)}")
+    exits = result.get("early_exit")
+    if exits:
+        typer.echo(f"  early exit: {'full depth' if exits['full_depth'] else exits['rule'] + ' ' + format(exits['threshold'], 'g')}"
+                   f", mean exit layer {exits['mean_exit_layer']:.2f} of {exits['layers']} ("
+                   + ", ".join(f"{k}: {v}" for k, v in exits["exit_histogram"].items()) + ")")

@@ -116,6 +116,7 @@ def predict(
     spinning: Annotated[Optional[bool], typer.Option("--spinning/--no-spinning", help="Let ONNX Runtime's idle threads busy-wait between calls (default: ORT's own, which spins).")] = None,
     cpu_mem_arena: Annotated[Optional[bool], typer.Option("--cpu-mem-arena/--no-cpu-mem-arena", help="ONNX Runtime's CPU memory arena (default: ORT's own, on; see benchmarks/results/soak-rss.md).")] = None,
     mem_pattern: Annotated[Optional[bool], typer.Option("--mem-pattern/--no-mem-pattern", help="ONNX Runtime's per-shape memory-pattern planning (default: ORT's own, on).")] = None,
+    full_depth: Annotated[bool, typer.Option("--full-depth", help="Early-exit bundles: run every layer (no early exit).")] = False,
 ) -> None:
     """Predict with a bundle (ONNX Runtime + tokenizers only); streams one JSON line per input."""
     from ..errors import ConfigError
@@ -129,7 +130,8 @@ def predict(
         raise ConfigError("is a directory or its folder does not exist", where=f"--output {output}",
                           fix="Pass a file path in an existing directory")
     model = Bundle(bundle, provider=provider, threads=threads, model_file="model.ort" if ort_format else None,
-                   per_sequence=per_sequence, spinning=spinning, cpu_mem_arena=cpu_mem_arena, mem_pattern=mem_pattern)
+                   per_sequence=per_sequence, spinning=spinning, cpu_mem_arena=cpu_mem_arena, mem_pattern=mem_pattern,
+                   full_depth=full_depth)
     if not model.batch_invariant and not model.per_sequence:
         from .. import log
 
