@@ -227,3 +227,19 @@ def test_pair_classification(tmp_path, tiny_model_dir, tiny_data):
     assert bundle.input_kind == "sentence-pair" and bundle.rule == "patience"
     result = bundle.predict([{"text": "good movie", "text_pair": "good movie"}])[0]
     assert 2 <= result["exit_layer"] <= 2  # 2 layers: patience can fire at layer 2 at the earliest = the last
+
+
+def test_bench_times_real_dev_inputs_in_worker_processes(cli, ee, tmp_path):
+    result = cli("bench", ee["bundle"].path, "--runs", "2", "--json", "--out", tmp_path / "bench")
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    modes = {t["mode"]: t for t in report["targets"]}
+    assert set(modes) == {"early-exit", "full-depth"}
+    for t in modes.values():
+        assert t["n"] == 48 and t["calls"] == 96 and t["p50_ms"] <= t["p90_ms"]
+        assert sum(t["exit_histogram"].values()) == 48
+    assert modes["full-depth"]["exit_histogram"] == {"1": 0, "2": 0, "3": 48}
+    assert modes["early-exit"]["exit_histogram"] == ee["bundle"].manifest["early_exit"]["dev"]["exit_histogram"]
+    assert str(ee["bundle"].path) in report["speedups"] and (tmp_path / "bench" / "bench.md").is_file()
+    mixed = cli("bench", ee["bundle"].path, ee["plain_bundle"].path)
+    assert_one_line_error(mixed, "early-exit bundles are timed on real dev inputs")
