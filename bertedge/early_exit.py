@@ -160,7 +160,8 @@ def calibrate(rule: str, layer_logits: np.ndarray, gold: np.ndarray, max_accurac
     for threshold in _grid(rule, layers):
         row = evaluate_rule(rule, threshold, layer_logits, gold)
         curve.append(row)
-        if row["accuracy"] >= floor and (best is None or row["mean_exit_layer"] < best["mean_exit_layer"] - 1e-12):
+        # the grid runs from aggressive to conservative: on a tie the later (more conservative) threshold wins
+        if row["accuracy"] >= floor and (best is None or row["mean_exit_layer"] <= best["mean_exit_layer"] + 1e-12):
             best = row
     if best is None:  # unreachable: the most conservative threshold exits at the last layer
         best = curve[-1]
