@@ -243,3 +243,17 @@ def test_bench_times_real_dev_inputs_in_worker_processes(cli, ee, tmp_path):
     assert str(ee["bundle"].path) in report["speedups"] and (tmp_path / "bench" / "bench.md").is_file()
     mixed = cli("bench", ee["bundle"].path, ee["plain_bundle"].path)
     assert_one_line_error(mixed, "early-exit bundles are timed on real dev inputs")
+
+
+def test_cli_export_and_quantize(cli, ee, tmp_path):
+    result = cli("export", ee["artifact"].path, "--out", tmp_path / "bundle")
+    assert result.code == 0, result
+    assert "3 segment graphs" in result.out and "mean exit layer" in result.out
+    result = cli("quantize", tmp_path / "bundle", "--out", tmp_path / "int8", "--json")
+    assert result.code == 0, result
+    summary = json.loads(result.out)
+    assert summary["quantized_nodes"].get("QAttention") == LAYERS and summary["size_ratio"] > 1
+    result = cli("quantize", tmp_path / "bundle", "--out", tmp_path / "fp16", "--mode", "fp16")
+    assert_one_line_error(result, "--mode", "not available for early-exit bundles")
+    result = cli("export", ee["artifact"].path, "--out", tmp_path / "ort", "--ort-format")
+    assert_one_line_error(result, "--ort-format")

@@ -51,6 +51,9 @@ def export(
         "max_metric_delta": max_metric_delta, "batch_size": batch_size, "data": data,
     })
     bundle = run_export(artifact, config, out, overwrite=overwrite)
+    if bundle.manifest.get("early_exit"):
+        _early_exit_summary(bundle, json_out)
+        return
     summary = {"bundle": str(bundle.path), "task": bundle.task,
                "fused_node_counts": bundle.manifest["onnx"]["fused_node_counts"],
                "validation": bundle.manifest["validation"], "metrics": bundle.metrics}
@@ -67,6 +70,21 @@ def export(
     fused = summary["fused_node_counts"]
     if fused:
         typer.echo("  fused: " + ", ".join(f"{k} {n}" for k, n in fused.items()))
+
+
+def _early_exit_summary(bundle, json_out: bool) -> None:
+    v, exits = bundle.manifest["validation"], bundle.manifest["early_exit"]
+    if json_out:
+        emit_json({"bundle": str(bundle.path), "task": bundle.task, "segments": v["segments"],
+                   "early_exit": exits["dev"], "validation": v, "metrics": bundle.metrics})
+        return
+    typer.echo(f"wrote {bundle.path} ({exits['layers']} segment graphs)")
+    for s in v["segments"]:
+        typer.echo(f"  segment {s['segment']}: exit logits max abs diff {s['exit_logits_max_abs_diff']:.2e} "
+                   f"(atol {v['atol']:.0e})")
+    d = exits["dev"]
+    typer.echo(f"  dev accuracy {d['accuracy']:.4f} with exits ({d['rule']} {d['threshold']:g}) vs "
+               f"{d['accuracy_full_depth']:.4f} at full depth; mean exit layer {d['mean_exit_layer']:.2f}")
 
 
 def _text_items(texts: list[str]) -> list[tuple[str, object]]:

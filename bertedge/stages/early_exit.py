@@ -744,6 +744,8 @@ def quantize_early_exit(parent: Artifact, config, out: str | Path, *, overwrite:
         exits = exit_layers(protocol["rule"], cal["threshold"], chosen_logits)
         predicted = chosen_logits[np.arange(len(gold)), exits - 1].argmax(-1)
         labels = parent.labels or None
+        base_exits = exit_layers(protocol["rule"], protocol["threshold"], base["layer_logits"])
+        base_pred = base["layer_logits"][np.arange(len(gold)), base_exits - 1].argmax(-1)
         candidates = [{**{k: v for k, v in r.items() if k not in ("directory", "scheme", "layer_logits", "calibration")},
                        "scheme": r["scheme"].record(),
                        "calibration": {k: v for k, v in r["calibration"].items() if k != "curve"}} for r in rows]
@@ -755,7 +757,9 @@ def quantize_early_exit(parent: Artifact, config, out: str | Path, *, overwrite:
                              "preset": preset.name, "per_segment": True, "op_counts": chosen["op_counts"],
                              "batch_invariant": not ops, "runtime_scale_ops": ops,
                              "deployed": "per-sequence" if ops else "batched", "candidates": candidates,
-                             "chosen": chosen["name"],
+                             "candidate": chosen["name"], "quantized_nodes": oq.quantized_node_counts(chosen["op_counts"]),
+                             "size_ratio": round(sum((parent.path / f).stat().st_size for f in files)
+                                                 / chosen["size_bytes"], 2),
                              "choice": "auto: among the schemes whose full-depth dev accuracy is within "
                                        "max_accuracy_drop of fp32, the most accurate with exits (then the fewest "
                                        "layers); no timing (every scheme quantizes the same ops)"
@@ -766,6 +770,8 @@ def quantize_early_exit(parent: Artifact, config, out: str | Path, *, overwrite:
                            "dev": {k: cal[k] for k in ("rule", "threshold", "n", "accuracy", "accuracy_full_depth",
                                                        "drop_pts", "mean_exit_layer", "exit_histogram")}},
             "metrics": {"dev": {**_metrics(predicted, gold, labels), "n": len(gold)},
+                        "fp32_dev": {**_metrics(base_pred, gold, labels), "n": len(gold)},
+                        "drop_pts": round((float((base_pred == gold).mean()) - float((predicted == gold).mean())) * 100, 4),
                         "dev_full_depth": {**_metrics(chosen_logits[:, -1].argmax(-1), gold, labels), "n": len(gold)},
                         "dev_fp32_full_depth": {"accuracy": base["calibration"]["accuracy_full_depth"],
                                                 "n": len(gold)}},
