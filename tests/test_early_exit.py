@@ -124,6 +124,14 @@ def test_recipe_refuses_early_exit_for_qa():
     from bertedge.errors import ConfigError
     from bertedge.recipe import parse_recipe
 
+    recipe = parse_recipe({"task": "text-classification", "data": "sst2", "stages": [
+        {"stage": "finetune"}, {"stage": "early-exit", "rule": "patience", "max_accuracy_drop": 1.0},
+        {"stage": "export"}, {"stage": "quantize"}]})
+    assert recipe.stages[1].rule == "patience" and recipe.stages[1].data.data == "sst2"
+    with pytest.raises(ConfigError, match="stages.1.early-exit.*out of range"):
+        parse_recipe({"task": "text-classification", "data": "sst2",
+                      "stages": [{"stage": "finetune"}, {"stage": "early-exit", "threshold": 2}]})
+
     with pytest.raises(ConfigError, match="stages.1.early-exit: early exit needs a text-classification model"):
         parse_recipe({"task": "question-answering", "data": "squad",
                       "stages": [{"stage": "finetune"}, {"stage": "early-exit"}]})
