@@ -81,7 +81,7 @@ def quantize(src: str | Path | Artifact, config: QuantizeConfig, out: str | Path
     out = check_output_path(out, overwrite=overwrite)
     parent = src if isinstance(src, Artifact) else load_artifact(src)
     if (parent.manifest.get("early_exit") or {}).get("segments"):  # one graph per segment
-        from .early_exit import quantize_early_exit
+        from .early_exit_bundle import quantize_early_exit
 
         return quantize_early_exit(parent, config, out, overwrite=overwrite)
     source_model = _check_source(parent)
