@@ -62,8 +62,9 @@ class Artifact:
 
     @property
     def is_bundle(self) -> bool:
-        """An ONNX bundle (model.onnx + tokenizer) rather than a transformers directory."""
-        return (self.path / "model.onnx").exists()
+        """An ONNX bundle (model.onnx + tokenizer; early exit: segment_0.onnx ...) rather than a transformers
+        directory."""
+        return (self.path / "model.onnx").exists() or (self.path / "segment_0.onnx").exists()
 
     @property
     def metrics(self) -> dict[str, Any]:

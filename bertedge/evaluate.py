@@ -81,12 +81,12 @@ def calibration_features(artifact: Artifact, data: str | None, split: str, sampl
     return get_task(artifact.task).eval_features(examples, encoder, settings)[:samples]
 
 
-def forward_for(artifact: Artifact, provider: str = "cpu"):
+def forward_for(artifact: Artifact, provider: str = "cpu", full_depth: bool = False):
     """(encoder, forward) for an artifact: ONNX Runtime for bundles, torch otherwise."""
     if artifact.is_bundle:
         from .runtime import Bundle
 
-        bundle = Bundle(artifact.path, provider=provider)
+        bundle = Bundle(artifact.path, provider=provider, full_depth=full_depth)
         return bundle.encoder, bundle.forward
     from .modeling import encoder_from_hf, load_torch_artifact
     from .train import torch_forward
@@ -97,7 +97,7 @@ def forward_for(artifact: Artifact, provider: str = "cpu"):
 
 def evaluate_artifact(path: str | Path, data: str | None = None, split: str = "dev", *,
                       max_samples: int | None = None, batch_size: int = 64, provider: str = "cpu",
-                      per_sequence: bool | None = None) -> dict:
+                      per_sequence: bool | None = None, full_depth: bool = False) -> dict:
     """Metrics of an artifact on a split. A bundle runs as `runtime.Bundle` deploys it: a batch-dependent
     (dynamic int8) bundle one sequence at a time unless `per_sequence=False`."""
     from .runtime import batch_invariant
@@ -107,7 +107,16 @@ def evaluate_artifact(path: str | Path, data: str | None = None, split: str = "d
     if split not in ("train", "dev", "test"):
         raise DataError(f"unknown split '{split}'", where="--split", fix="Choose train, dev or test")
     examples = load_eval_examples(artifact, data, split, max_samples)
-    encoder, forward = forward_for(artifact, provider)
+    encoder, forward = forward_for(artifact, provider, full_depth)
+    exits: list[int] = []
+    early_exit = artifact.is_bundle and bool((artifact.manifest.get("early_exit") or {}).get("segments"))
+    if early_exit:  # early-exit bundle: also report where the inputs left
+        run = forward
+
+        def forward(batch):
+            out = run(batch)
+            exits.extend(int(x) for x in out["exit_layer"])
+            return out
     invariant = batch_invariant(artifact.manifest) if artifact.is_bundle else True
     if per_sequence is None:
         per_sequence = not invariant
@@ -116,7 +125,16 @@ def evaluate_artifact(path: str | Path, data: str | None = None, split: str = "d
     start = time.perf_counter()
     metrics, _ = evaluate_examples(get_task(artifact.task), examples, encoder, forward,
                                    artifact_settings(artifact), artifact.labels or None, batch_size)
-    return {"task": artifact.task, "split": split, "n": len(examples), "metrics": metrics,
+    result = {"task": artifact.task, "split": split, "n": len(examples), "metrics": metrics,
             "artifact": str(artifact.path), "backend": "onnxruntime" if artifact.is_bundle else "torch",
             "batch_invariant": invariant, "batching": "per-sequence" if per_sequence else f"batches of {batch_size}",
-            "wall_time_s": round(time.perf_counter() - start, 2)}
+              "wall_time_s": round(time.perf_counter() - start, 2)}
+    if early_exit:
+        from .early_exit import histogram
+
+        layers = len(artifact.manifest["early_exit"]["segments"])
+        result["early_exit"] = {"full_depth": full_depth, "rule": artifact.manifest["early_exit"]["rule"],
+                                "threshold": artifact.manifest["early_exit"]["threshold"],
+                                "mean_exit_layer": sum(exits) / len(exits) if exits else None, "layers": layers,
+                                "exit_histogram": histogram(exits, layers)}
+    return result

@@ -34,6 +34,7 @@ STAGE_MODULES: dict[str, tuple[str, str, str]] = {
     "distill": ("bertedge.stages.distill", "distill", "bertedge.stages.distill:DistillConfig"),
     "prune": ("bertedge.stages.prune", "prune", "bertedge.stages.prune:PruneConfig"),
     "trim-vocab": ("bertedge.stages.vocab", "trim_vocab", "bertedge.stages.vocab:TrimVocabConfig"),
+    "early-exit": ("bertedge.stages.early_exit", "early_exit", "bertedge.stages.early_exit:EarlyExitConfig"),
     "export": ("bertedge.stages.export", "export", "bertedge.stages.export:ExportConfig"),
     "quantize": ("bertedge.stages.quantize", "quantize", "bertedge.stages.quantize:QuantizeConfig"),
     "search": ("bertedge.search", "search_step", "bertedge.search:SearchConfig"),
@@ -232,7 +233,11 @@ def _check_flow(recipe: Recipe) -> None:
                               f"PyTorch teacher (a finetune, distill or prune step), not the {source_stage} step "
                               f"'{source_name}'",
                               fix="Put the search step right after its teacher, or name the teacher with `source:`")
-        if step.stage in ("distill", "prune", "trim-vocab", "export") and source_stage in ("export", "quantize"):
+        if step.stage == "early-exit" and recipe.task != "text-classification":
+            raise ConfigError(f"{where}: early exit needs a text-classification model; this recipe's task is "
+                              f"{recipe.task}", fix="Drop the early-exit step for this task")
+        if step.stage in ("distill", "prune", "trim-vocab", "export", "early-exit") and \
+                source_stage in ("export", "quantize"):
             raise ConfigError(f"{where}: {step.stage} needs a PyTorch artifact but its source is a "
                               f"{source_stage} bundle",
                               fix="Order the stages finetune -> distill -> prune -> trim-vocab -> export -> quantize")

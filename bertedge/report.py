@@ -94,7 +94,11 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     metric = _primary(recipe, teacher)
     teacher_dev = _dev_metrics(teacher)
 
-    targets: list = [str(a.path) for _, a in artifacts]
+    # Early-exit bundles have no single graph for the fixed-shape grid: `bertedge bench` times them on dev inputs.
+    targets: list = [str(a.path) for _, a in artifacts if not (a.manifest.get("early_exit") or {}).get("segments")]
+    if len(targets) < len(artifacts):
+        log.warning("report: early-exit bundles are left out of the latency grid; time them with `bertedge bench "
+                    "BUNDLE` (real dev inputs, early exit vs full depth)")
     peer_name = None
     use_peer = recipe.bench.peer if peer is None else peer
     peer_metrics: dict = {}

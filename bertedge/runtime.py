@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import Artifact, load_artifact
-from .errors import ArtifactError, DataError
+from .errors import ArtifactError, ConfigError, DataError
 from .tasks import TaskSettings, get_task
 from .tasks.base import run_forward
 from .tasks.classification import softmax
@@ -108,11 +108,17 @@ class Bundle:
     None keeps ORT's default (spinning, arena and memory patterns on). Measured over 10,000 one-text
     predictions of random lengths 3-512 (benchmarks/results/soak-rss.md, tests/test_soak.py), ORT's
     defaults stop growing after warm-up and use the least memory; the arena off alone costs ~30 MB more.
+
+    Early-exit bundles (manifest `early_exit.segments`, docs/early_exit.md) run segment by segment and stop
+    at the first confident exit; outputs gain `exit_layer`. `full_depth=True` runs every layer (the
+    full-depth model's logits); `rule` and `threshold` override the manifest's. `segment_calls[k]` counts the runs of
+    segment k.
     """
 
     def __init__(self, path: str | Path, *, provider: str = "cpu", threads: int | None = None,
                  model_file: str | None = None, optimization: str = "all", per_sequence: bool | None = None,
-                 spinning: bool | None = None, cpu_mem_arena: bool | None = None, mem_pattern: bool | None = None):
+                 spinning: bool | None = None, cpu_mem_arena: bool | None = None, mem_pattern: bool | None = None,
+                 full_depth: bool = False, rule: str | None = None, threshold: float | None = None):
         from .providers import make_session
 
         self.artifact = load_artifact(path)
@@ -124,7 +130,15 @@ class Bundle:
         self.task = get_task(self.artifact.task)
         self.labels = self.artifact.labels or None
         self.settings = _settings(self.artifact)
-        model_path = self.path / (model_file or "model.onnx")
+        exits = self.manifest.get("early_exit") or {}
+        self.early_exit: dict | None = exits if exits.get("segments") else None
+        self.full_depth = bool(full_depth)
+        self.segment_calls: list[int] = []
+        if self.early_exit and model_file:
+            raise ArtifactError(f"an early-exit bundle has no {model_file}", where=str(self.path),
+                                fix="Load it without model_file / --ort-format")
+        model_path = self.path / (self.early_exit["segments"][0]["file"] if self.early_exit
+                                  else model_file or "model.onnx")
         if not model_path.is_file():
             raise ArtifactError(f"bundle has no {model_path.name}", where=str(self.path),
                                 fix="Re-export with --ort-format to get model.ort" if model_path.suffix == ".ort"
@@ -141,12 +155,38 @@ class Bundle:
         self.encoder = TextEncoder.from_dir(self.path, pad_token_id=tokenizer.get("pad_token_id"),
                                             model_input_names=self.input_names)
         self._forward = session_forward(self.session)
+        if self.early_exit:
+            self._setup_early_exit(provider, threads, optimization, rule, threshold)
         self.batch_invariant = batch_invariant(self.manifest)
         self.per_sequence = (not self.batch_invariant) if per_sequence is None else bool(per_sequence)
         interface = self.manifest.get("interface") or {}
         self.input_kind = interface.get("input_kind") or {
             "text-classification": "single-sentence", "token-classification": "words",
             "question-answering": "question-context"}[self.task.name]
+
+    def _setup_early_exit(self, provider, threads, optimization, rule, threshold) -> None:
+        from .early_exit import check_threshold, run_segments
+        from .providers import make_session
+
+        segments = self.early_exit["segments"]
+        sessions = [self.session] + [make_session(self.path / s["file"], provider, threads=threads,
+                                                  optimization=optimization, **self.session_options)
+                                     for s in segments[1:]]
+        self.segments = [session_forward(s) for s in sessions]
+        self.rule = rule or self.early_exit["rule"]
+        if threshold is None and self.rule != self.early_exit["rule"]:
+            raise ConfigError(f"the bundle's threshold is for the {self.early_exit['rule']} rule, not {self.rule}",
+                              where="rule", fix="Pass a threshold with the rule")
+        self.threshold = check_threshold(self.rule, self.early_exit["threshold"] if threshold is None else threshold)
+        self.segment_calls = [0] * len(segments)
+        self.output_names = ["logits", "exit_layer"]
+
+        def forward(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            out = run_segments(self.segments, batch, self.rule, self.threshold, full_depth=self.full_depth,
+                               calls=self.segment_calls)
+            return {"logits": out["logits"], "exit_layer": out["exit_layer"]}
+
+        self._forward = forward
 
     # ------------------------------------------------------------------ raw model
 
@@ -266,9 +306,12 @@ class Bundle:
     def _classification(self, prediction: dict, output: dict) -> dict:
         probs = softmax(output["logits"].astype(np.float64))
         names = self.labels or [str(i) for i in range(len(probs))]
-        return {"label": prediction["label"], "score": prediction["score"],
-                "scores": {name: float(p) for name, p in zip(names, probs)},
-                "truncated": prediction["truncated"]}
+        result = {"label": prediction["label"], "score": prediction["score"],
+                  "scores": {name: float(p) for name, p in zip(names, probs)},
+                  "truncated": prediction["truncated"]}
+        if "exit_layer" in output:
+            result["exit_layer"] = int(output["exit_layer"])
+        return result
 
     def _entities(self, example: dict, feature: dict, prediction: dict, output: dict) -> dict:
         """Entities as character spans of the raw text (word indices for pre-split tokens)."""

@@ -36,12 +36,18 @@ def bench(
     out: Annotated[Path | None, typer.Option("--out", help="Write bench.json, bench.md and PNG plots here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON report on stdout.")] = False,
 ) -> None:
-    """Benchmark artifacts: p50/p90/p99 latency, throughput, memory, size, FLOPs, fixed and real lengths."""
+    """Benchmark artifacts: p50/p90/p99 latency, throughput, memory, size, FLOPs, fixed and real lengths.
+
+    Early-exit bundles are timed apart: batch 1 over the real dev inputs (--real-lengths DATA, default the data the
+    bundle records), early exit vs full depth, each in its own process (--runs passes, default 5)."""
     from ..bench import BenchConfig, markdown_table, run_bench
     from ..bench.report import check_out_dir, check_pareto_tasks, write_reports
     from ..bench.targets import resolve_targets
     from ..config import build
 
+    if _early_exit_bundles(artifacts or []):  # time on the real dev inputs, early exit vs full depth
+        _bench_early_exit(list(artifacts or []), real_lengths, runs, threads, out, json_out)
+        return
     seqs = [] if seq_lens.strip().lower() == "none" else parse_int_list(seq_lens, "--seq-lens")
     config = build(BenchConfig, {
         "provider": provider, "threads": threads, "batch_sizes": parse_int_list(batch_sizes, "--batch-sizes"),
@@ -69,3 +75,33 @@ def bench(
         typer.echo(markdown_table(report), nl=False)
         if out is not None:
             typer.echo(f"wrote {', '.join(report['files'].values())}")
+
+
+def _early_exit_bundles(artifacts: list[Path]) -> bool:
+    """True when the artifacts are early-exit bundles (all of them; a mix is refused in one line)."""
+    from ..artifacts import load_artifact
+    from ..errors import BenchError
+
+    flags = [bool((load_artifact(a).manifest.get("early_exit") or {}).get("segments")) for a in artifacts]
+    if any(flags) and not all(flags):
+        raise BenchError("early-exit bundles are timed on real dev inputs, early exit vs full depth, apart from "
+                         "other artifacts", where="bench", fix="Bench the early-exit bundles in a command of their own")
+    return bool(flags) and all(flags)
+
+
+def _bench_early_exit(artifacts: list[Path], data: str | None, runs: int | None, threads: int | None,
+                      out: Path | None, json_out: bool) -> None:
+    import json
+
+    from ..bench.early_exit import bench_early_exit, markdown
+
+    report = bench_early_exit(artifacts, data=data, rounds=runs or 5, threads=threads)
+    text = markdown(report)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (out / "bench.md").write_text(text, encoding="utf-8")
+    if json_out:
+        emit_json(report)
+    else:
+        typer.echo(text, nl=False)

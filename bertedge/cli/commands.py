@@ -7,5 +7,6 @@ from . import quantize  # noqa: F401  quantize
 from . import distill  # noqa: F401  distill
 from . import prune  # noqa: F401  prune
 from . import vocab  # noqa: F401  trim-vocab
+from . import early_exit  # noqa: F401  early-exit
 from . import transfer  # noqa: F401  adapt, tune
 from . import pipeline  # noqa: F401  run, report, optimize

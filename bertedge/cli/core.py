@@ -157,19 +157,25 @@ def eval_cmd(
     max_samples: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     provider: Annotated[str, typer.Option(help="ONNX Runtime provider for bundles: cpu, cuda, tensorrt.")] = "cpu",
+    full_depth: Annotated[bool, typer.Option("--full-depth", help="Early-exit bundles: run every layer.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Evaluate an artifact with its task metric (through ONNX Runtime for bundles)."""
     from ..evaluate import evaluate_artifact
 
     result = evaluate_artifact(artifact, data, split, max_samples=max_samples, batch_size=batch_size,
-                               provider=provider)
+                               provider=provider, full_depth=full_depth)
     if json_out:
         emit_json(result)
         return
     typer.echo(f"{result['task']} · {result['split']} · n={result['n']} · {result['backend']}")
     for line in metric_lines(result["metrics"]):
         typer.echo(line)
+    exits = result.get("early_exit")
+    if exits:
+        typer.echo(f"  early exit: {'full depth' if exits['full_depth'] else exits['rule'] + ' ' + format(exits['threshold'], 'g')}"
+                   f", mean exit layer {exits['mean_exit_layer']:.2f} of {exits['layers']} ("
+                   + ", ".join(f"{k}: {v}" for k, v in exits["exit_histogram"].items()) + ")")
 
 
 def metric_lines(metrics: dict) -> list[str]:

@@ -51,6 +51,9 @@ def export(
         "max_metric_delta": max_metric_delta, "batch_size": batch_size, "data": data,
     })
     bundle = run_export(artifact, config, out, overwrite=overwrite)
+    if bundle.manifest.get("early_exit"):
+        _early_exit_summary(bundle, json_out)
+        return
     summary = {"bundle": str(bundle.path), "task": bundle.task,
                "fused_node_counts": bundle.manifest["onnx"]["fused_node_counts"],
                "validation": bundle.manifest["validation"], "metrics": bundle.metrics}
@@ -67,6 +70,21 @@ def export(
     fused = summary["fused_node_counts"]
     if fused:
         typer.echo("  fused: " + ", ".join(f"{k} {n}" for k, n in fused.items()))
+
+
+def _early_exit_summary(bundle, json_out: bool) -> None:
+    v, exits = bundle.manifest["validation"], bundle.manifest["early_exit"]
+    if json_out:
+        emit_json({"bundle": str(bundle.path), "task": bundle.task, "segments": v["segments"],
+                   "early_exit": exits["dev"], "validation": v, "metrics": bundle.metrics})
+        return
+    typer.echo(f"wrote {bundle.path} ({exits['layers']} segment graphs)")
+    for s in v["segments"]:
+        typer.echo(f"  segment {s['segment']}: exit logits max abs diff {s['exit_logits_max_abs_diff']:.2e} "
+                   f"(atol {v['atol']:.0e})")
+    d = exits["dev"]
+    typer.echo(f"  dev accuracy {d['accuracy']:.4f} with exits ({d['rule']} {d['threshold']:g}) vs "
+               f"{d['accuracy_full_depth']:.4f} at full depth; mean exit layer {d['mean_exit_layer']:.2f}")
 
 
 def _text_items(texts: list[str]) -> list[tuple[str, object]]:
@@ -117,6 +135,7 @@ def predict(
     cpu_mem_arena: Annotated[Optional[bool], typer.Option("--cpu-mem-arena/--no-cpu-mem-arena", help="ONNX Runtime's CPU memory arena (default: ORT's own, on; see benchmarks/results/soak-rss.md).")] = None,
     mem_pattern: Annotated[Optional[bool], typer.Option("--mem-pattern/--no-mem-pattern", help="ONNX Runtime's per-shape memory-pattern planning (default: ORT's own, on).")] = None,
     label_column: Annotated[Optional[str], typer.Option("--label-column", help="Score the predictions against this column of --input (a .tsv with a header, or a .jsonl field): adds \"gold\" to each line and prints the accuracy. Without it, extra columns are ignored.")] = None,
+    full_depth: Annotated[bool, typer.Option("--full-depth", help="Early-exit bundles: run every layer (no early exit).")] = False,
 ) -> None:
     """Predict with a bundle (ONNX Runtime + tokenizers only); streams one JSON line per input."""
     from ..errors import ConfigError
@@ -130,7 +149,8 @@ def predict(
         raise ConfigError("is a directory or its folder does not exist", where=f"--output {output}",
                           fix="Pass a file path in an existing directory")
     model = Bundle(bundle, provider=provider, threads=threads, model_file="model.ort" if ort_format else None,
-                   per_sequence=per_sequence, spinning=spinning, cpu_mem_arena=cpu_mem_arena, mem_pattern=mem_pattern)
+                   per_sequence=per_sequence, spinning=spinning, cpu_mem_arena=cpu_mem_arena, mem_pattern=mem_pattern,
+                   full_depth=full_depth)
     if not model.batch_invariant and not model.per_sequence:
         from .. import log
 

@@ -87,6 +87,10 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
         raise ArtifactError("artifact has no config.json, so it is not a transformers model directory",
                             where=str(parent.path), fix="Pass an artifact written by finetune, distill or prune")
     require_task_model(parent)
+    if parent.manifest.get("early_exit"):  # exit heads: one graph per segment (docs/early_exit.md)
+        from .early_exit_bundle import export_early_exit
+
+        return export_early_exit(parent, config, out, overwrite=overwrite)
     out = check_output_path(out, overwrite=overwrite)
     task = get_task(parent.task)
     settings = artifact_settings(parent)

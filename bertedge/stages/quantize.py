@@ -80,6 +80,10 @@ def quantize(src: str | Path | Artifact, config: QuantizeConfig, out: str | Path
     """Quantize the fp32 bundle `src` into a new bundle at `out`."""
     out = check_output_path(out, overwrite=overwrite)
     parent = src if isinstance(src, Artifact) else load_artifact(src)
+    if (parent.manifest.get("early_exit") or {}).get("segments"):  # one graph per segment
+        from .early_exit_bundle import quantize_early_exit
+
+        return quantize_early_exit(parent, config, out, overwrite=overwrite)
     source_model = _check_source(parent)
     preset = _preset(config)
     base = _base_schemes(config, preset, source_model)

@@ -1,0 +1,117 @@
+"""Early exit on a fine-tuned teacher (and optionally a student): train the exits, export, int8, time per process.
+
+Two phases:
+
+  nice -n 10 python benchmarks/early_exit.py build --source ARTIFACT --name sst2-teacher [--pairs]
+      ARTIFACT is a fine-tuned text-classification PyTorch artifact (e.g. $BERTEDGE_CACHE/teachers/sst2).
+      Writes into $BERTEDGE_CACHE/early-exit/NAME/: ee (exit heads, calibrated on dev within
+      --max-accuracy-drop of full depth), bundle (segment graphs, validated against PyTorch), int8 (dynamic int8
+      of every segment, recalibrated on the int8 graphs). Skips what exists.
+
+  bash benchmarks/quiet_cpu.sh .venv/bin/python benchmarks/early_exit.py time --name sst2-teacher [--name ...]
+      For each NAME's fp32 and int8 bundles: batch-1 latency of every dev input through bertedge.runtime.Bundle,
+      early exit vs full depth, each (bundle, mode) in its own process, alternating blocks
+      (bertedge.bench.early_exit). -> benchmarks/results/early-exit[-SUFFIX].json/.md with the exit histograms,
+      dev accuracy at full depth and with exits, and the latency ratio (acceptance: <= 0.6x at <= 0.5 pt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import cache_dir, write_results
+
+
+def root(name: str) -> Path:
+    return cache_dir() / "early-exit" / name
+
+
+def build(args) -> None:
+    from bertedge import log
+    from bertedge.artifacts import is_artifact, load_artifact
+    from bertedge.stages.early_exit import EarlyExitConfig, early_exit
+    from bertedge.stages.export import ExportConfig, export
+    from bertedge.stages.quantize import QuantizeConfig, quantize
+
+    log.setup()
+    base = root(args.name)
+    base.mkdir(parents=True, exist_ok=True)
+    config = EarlyExitConfig(rule=args.rule, max_accuracy_drop=args.max_accuracy_drop, epochs=args.epochs,
+                             ce_weight=args.ce_weight)
+    ee = load_artifact(base / "ee") if is_artifact(base / "ee") else early_exit(args.source, config, base / "ee")
+    bundle = load_artifact(base / "bundle") if is_artifact(base / "bundle") else \
+        export(ee, ExportConfig(metric_samples=None), base / "bundle")
+    if not is_artifact(base / "int8"):
+        quantize(bundle, QuantizeConfig(mode=args.int8_mode), base / "int8")
+    for part in ("ee", "bundle", "int8"):
+        manifest = load_artifact(base / part).manifest
+        cal = manifest["early_exit"].get("dev") or manifest["early_exit"]["calibration"]
+        print(f"{args.name}/{part}: {cal['rule']} {cal['threshold']:g}: accuracy {cal['accuracy']:.4f} vs full depth "
+              f"{cal['accuracy_full_depth']:.4f}, mean exit layer {cal['mean_exit_layer']:.2f}, "
+              f"exits {cal['exit_histogram']}")
+
+
+def time_bundles(args) -> None:
+    from bertedge.artifacts import load_artifact
+    from bertedge.bench.early_exit import bench_early_exit, markdown
+
+    bundles = [root(n) / part for n in args.name for part in ("bundle", "int8") if (root(n) / part).is_dir()]
+    if not bundles:
+        sys.exit("no bundles: run the build phase first")
+    report = bench_early_exit(bundles, rounds=args.rounds, threads=args.threads, max_samples=args.max_samples)
+    rows = []
+    for path in bundles:
+        manifest = load_artifact(path).manifest
+        ratio = report["speedups"][str(path)]
+        ee = next(t for t in report["targets"] if t["bundle"] == str(path) and t["mode"] == "early-exit")
+        full = next(t for t in report["targets"] if t["bundle"] == str(path) and t["mode"] == "full-depth")
+        drop = (full["accuracy"] - ee["accuracy"]) * 100
+        rows.append({"bundle": str(path), "precision": "int8" if manifest.get("quantization") else "fp32",
+                     "threshold": manifest["early_exit"]["threshold"], "rule": manifest["early_exit"]["rule"],
+                     "accuracy_full_depth": full["accuracy"], "accuracy_early_exit": ee["accuracy"],
+                     "drop_pts": round(drop, 4), "latency_ratio": ratio["latency_ratio"],
+                     "meets_0.5pt_and_0.6x": drop <= 0.5 + 1e-9 and ratio["latency_ratio"] <= 0.6,
+                     "exit_histogram": ee["exit_histogram"], "mean_exit_layer": ee["mean_exit_layer"],
+                     "calibration": {k: v for k, v in manifest["early_exit"]["calibration"].items() if k != "curve"}})
+    lines = ["# Early exit: batch-1 latency over the dev inputs, early exit vs full depth", "",
+             f"Method: {report['method']}; {report['rounds']} rounds.", "",
+             "| bundle | precision | rule | threshold | acc full | acc exit | drop pts | mean exit layer | "
+             "latency ratio | meets 0.5 pt & 0.6x |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {Path(r['bundle']).parent.name}/{Path(r['bundle']).name} | {r['precision']} | {r['rule']} | "
+                     f"{r['threshold']:g} | {r['accuracy_full_depth']:.4f} | {r['accuracy_early_exit']:.4f} | "
+                     f"{r['drop_pts']:.2f} | {r['mean_exit_layer']:.2f} | {r['latency_ratio']:.3f} | "
+                     f"{'yes' if r['meets_0.5pt_and_0.6x'] else 'no'} |")
+    lines += ["", "## Every target", "", markdown(report)]
+    name = "early-exit" + (f"-{args.suffix}" if args.suffix else "")
+    json_path, md_path = write_results(name, {"rows": rows, "bench": report}, "\n".join(lines) + "\n")
+    print(f"wrote {json_path} and {md_path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="phase", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--source", required=True, help="fine-tuned text-classification artifact")
+    b.add_argument("--name", required=True)
+    b.add_argument("--rule", default="entropy", choices=["entropy", "max-prob", "patience"])
+    b.add_argument("--max-accuracy-drop", type=float, default=0.5)
+    b.add_argument("--epochs", type=float, default=5.0)
+    b.add_argument("--ce-weight", type=float, default=0.0)
+    b.add_argument("--int8-mode", default="dynamic", choices=["dynamic", "auto"])
+    t = sub.add_parser("time")
+    t.add_argument("--name", action="append", required=True)
+    t.add_argument("--rounds", type=int, default=5)
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--max-samples", type=int, default=None)
+    t.add_argument("--suffix", default="", help="results file suffix (e.g. sst2, rte)")
+    args = parser.parse_args()
+    build(args) if args.phase == "build" else time_bundles(args)
+
+
+if __name__ == "__main__":
+    main()

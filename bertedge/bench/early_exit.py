@@ -1,0 +1,185 @@
+"""Timing of early-exit bundles on real dev inputs, each (bundle, mode) in a worker process of its own.
+
+Fixed shapes with random tokens say nothing about exits: how deep an input goes depends on the input. So
+every target times batch-1 calls over the dev inputs themselves, through `bertedge.runtime.Bundle` (the
+deployed path: segment graphs, the exit rule, numpy between the segments), tokenized beforehand so that
+only the model is timed. Targets are (bundle, "early-exit" | "full-depth"), each in its own `python -m
+bertedge.bench.early_exit` worker with the bundle's deployed session options; the parent alternates
+blocks between the workers (one pass over the dev inputs per block, one worker running at a time), so
+drift hits every target alike, as bench/isolated.py does for the fixed-shape grid.
+
+    from bertedge.bench.early_exit import bench_early_exit
+    report = bench_early_exit(["bundles/sst2-ee", "bundles/sst2-ee-int8"], rounds=5)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import BenchError
+
+METHOD = ("batch 1 over the real dev inputs (pre-tokenized) through bertedge.runtime.Bundle.forward; each (bundle, "
+          "mode) in its own worker process; alternating blocks of one pass over the inputs each, one process "
+          "running at a time")
+MODES = ("early-exit", "full-depth")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _worker(args: list[str]) -> None:
+    """stdin: one JSON command a line ({"block": true} or {"stop": true}); stdout: one JSON answer a line."""
+    spec = json.loads(args[0])
+    import numpy as np
+
+    from ..evaluate import load_eval_examples
+    from ..runtime import Bundle
+
+    out = sys.stdout
+    sys.stdout = sys.stderr  # libraries print; the pipe belongs to the protocol
+    bundle = Bundle(spec["path"], full_depth=spec["mode"] == "full-depth", threads=spec.get("threads"))
+    examples = load_eval_examples(bundle.artifact, spec.get("data"), spec.get("split", "dev"), spec.get("max_samples"))
+    normalized = [bundle.normalize({"text": ex["text"], "text_pair": ex.get("text_pair")}
+                                   if ex.get("text_pair") is not None else ex["text"]) for ex in examples]
+    features = bundle.task.eval_features(normalized, bundle.encoder, bundle.settings)
+    batches = [bundle.encoder.collate([f]) for f in features]
+    gold = [ex.get("label") for ex in examples]
+    for batch in batches[: spec.get("warmup", 20)]:
+        bundle.forward(batch)
+    exits = [int(bundle.forward(b)["exit_layer"][0]) for b in batches]
+    predicted = [int(np.argmax(bundle.forward(b)["logits"][0])) for b in batches]
+    correct = [p == g for p, g in zip(predicted, gold) if g is not None]
+    ready = {"n": len(batches), "exit_layers": exits, "layers": len(bundle.segments),
+             "accuracy": sum(correct) / len(correct) if correct else None,
+             "tokens": [int(b["input_ids"].shape[1]) for b in batches], "pid": os.getpid()}
+    out.write(json.dumps(ready) + "\n")
+    out.flush()
+    clock = time.perf_counter_ns
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command.get("stop"):
+            break
+        for batch in batches[: spec.get("warm_per_block", 5)]:  # bring this target's weights back into cache
+            bundle.forward(batch)
+        timings = []
+        for batch in batches:
+            t0 = clock()
+            bundle.forward(batch)
+            timings.append((clock() - t0) / 1e6)
+        time.sleep(spec.get("settle_s", 0.2))  # let ORT's spinning threads go quiet before the next worker
+        out.write(json.dumps({"timings_ms": timings}) + "\n")
+        out.flush()
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def bench_early_exit(bundles: list[str | Path], *, data: str | None = None, split: str = "dev",
+                     max_samples: int | None = None, rounds: int = 5, threads: int | None = None,
+                     modes: tuple[str, ...] = MODES, warmup: int = 20) -> dict:
+    """Per-input b1 latency over the dev inputs of each early-exit bundle, early exit vs full depth.
+
+    Returns {"method", "rounds", "targets": [{bundle, mode, n, mean_ms, p50_ms, p90_ms, p99_ms, accuracy,
+    mean_exit_layer, exit_histogram, ...}], "speedups": {bundle: full-depth mean / early-exit mean}}.
+    """
+    from ..artifacts import load_artifact
+    from ..early_exit import histogram
+
+    for mode in modes:
+        if mode not in MODES:
+            raise BenchError(f"unknown mode '{mode}'", where="modes", fix=f"Use {', '.join(MODES)}")
+    for path in bundles:
+        artifact = load_artifact(path)
+        if not (artifact.manifest.get("early_exit") or {}).get("segments"):
+            raise BenchError("not an early-exit bundle (its manifest has no early_exit.segments)", where=str(path),
+                             fix="Pass a bundle exported from a `bertedge early-exit` artifact")
+    workers = []
+    try:
+        for path in bundles:
+            for mode in modes:
+                spec = {"path": str(path), "mode": mode, "data": data, "split": split, "max_samples": max_samples,
+                        "threads": threads, "warmup": warmup}
+                proc = subprocess.Popen([sys.executable, "-m", "bertedge.bench.early_exit", json.dumps(spec)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                line = proc.stdout.readline()
+                if not line:
+                    raise BenchError(f"the worker for {path} ({mode}) exited ({proc.wait()})", where=str(path),
+                                     fix="Run `bertedge eval` on the bundle to see the error")
+                workers.append({"path": str(path), "mode": mode, "proc": proc, "ready": json.loads(line),
+                                "timings": [], "blocks": []})
+        for _ in range(rounds):
+            for w in workers:
+                w["proc"].stdin.write(json.dumps({"block": True}) + "\n")
+                w["proc"].stdin.flush()
+                answer = json.loads(w["proc"].stdout.readline())
+                w["timings"] += answer["timings_ms"]
+                w["blocks"].append(statistics.fmean(answer["timings_ms"]))
+    finally:
+        for w in workers:
+            try:
+                w["proc"].stdin.write(json.dumps({"stop": True}) + "\n")
+                w["proc"].stdin.close()
+            except (BrokenPipeError, ValueError):
+                pass
+            try:
+                w["proc"].wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w["proc"].kill()
+    targets = []
+    for w in workers:
+        ready, times = w["ready"], w["timings"]
+        exits = ready["exit_layers"]
+        n = ready["n"]
+        # the mean per input over rounds, then over inputs (= the mean of all calls)
+        targets.append({
+            "bundle": w["path"], "mode": w["mode"], "n": n, "calls": len(times),
+            "mean_ms": statistics.fmean(times), "p50_ms": _percentile(times, 0.5), "p90_ms": _percentile(times, 0.9),
+            "p99_ms": _percentile(times, 0.99), "block_means_ms": w["blocks"], "accuracy": ready["accuracy"],
+            "layers": ready["layers"], "mean_exit_layer": statistics.fmean(exits) if exits else None,
+            "exit_histogram": histogram(exits, ready["layers"]), "mean_tokens": statistics.fmean(ready["tokens"]),
+            "manifest_threshold": load_artifact(w["path"]).manifest["early_exit"]["threshold"],
+            "rule": load_artifact(w["path"]).manifest["early_exit"]["rule"],
+        })
+    speedups = {}
+    for path in dict.fromkeys(w["path"] for w in workers):
+        rows = {t["mode"]: t for t in targets if t["bundle"] == path}
+        if "early-exit" in rows and "full-depth" in rows:
+            speedups[path] = {"latency_ratio": rows["early-exit"]["mean_ms"] / rows["full-depth"]["mean_ms"],
+                              "speedup": rows["full-depth"]["mean_ms"] / rows["early-exit"]["mean_ms"],
+                              "accuracy_drop_pts": None if rows["early-exit"]["accuracy"] is None else
+                              round((rows["full-depth"]["accuracy"] - rows["early-exit"]["accuracy"]) * 100, 4)}
+    return {"method": METHOD, "rounds": rounds, "split": split, "threads": threads, "targets": targets,
+            "speedups": speedups}
+
+
+def markdown(report: dict) -> str:
+    lines = ["| bundle | mode | n | accuracy | mean exit layer | mean ms | p50 ms | p90 ms | exits per layer |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for t in report["targets"]:
+        acc = "-" if t["accuracy"] is None else f"{t['accuracy']:.4f}"
+        hist = " ".join(f"{k}:{v}" for k, v in t["exit_histogram"].items())
+        lines.append(f"| {Path(t['bundle']).name} | {t['mode']} | {t['n']} | {acc} | {t['mean_exit_layer']:.2f} | "
+                     f"{t['mean_ms']:.3f} | {t['p50_ms']:.3f} | {t['p90_ms']:.3f} | {hist} |")
+    for path, s in report["speedups"].items():
+        drop = "" if s["accuracy_drop_pts"] is None else f", accuracy {-s['accuracy_drop_pts']:+.2f} pts"
+        lines.append(f"\n{Path(path).name}: early exit at {s['latency_ratio']:.3f}x the full-depth mean latency "
+                     f"({s['speedup']:.2f}x faster){drop}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])
