@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,inc,tune]"
 	touch $@
 
-# The JavaScript examples' packages, from their lockfiles (tests/test_js.py, tests/test_web.py). onnxruntime-node's
+# The JavaScript examples' packages, from their lockfiles (tests/test_js.py). onnxruntime-node's
 # install script would download CUDA binaries, which an offline machine cannot: ONNXRUNTIME_NODE_INSTALL=skip.
 JS_LOCKS := examples/node/node_modules/.package-lock.json examples/web/node_modules/.package-lock.json
 js-setup: $(JS_LOCKS)

@@ -2,7 +2,8 @@
 and transformers.js pipelines against `bertedge predict`, on tiny bundles of all four task families, fp32 and int8.
 
 The Node tests need `node` and the example's packages (`cd examples/node && ONNXRUNTIME_NODE_INSTALL=skip npm ci`,
-which `make test` and .ci/run do). Without them they skip locally, with the reason; under CI=true they fail.
+which `make test` and .ci/run do); the browser test also needs Debian's chromium and examples/web's packages.
+Without them they skip locally, with the reason; under CI=true they fail.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_EXAMPLE = ROOT / "examples" / "node"
+WEB_EXAMPLE = ROOT / "examples" / "web"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 FAMILIES = ("sst", "pair", "conll", "squad")
 # The bigger the same batching is, the better the test: fp32 outputs may differ by float rounding with
 # padding; int8 bundles run one sequence per call on both sides (their graphs scale over the batch).
@@ -84,8 +87,18 @@ def write_inputs(path: Path, items: list) -> Path:
     return path
 
 
-def run_node(node: str, script: str, *args) -> list[dict]:
-    result = subprocess.run([node, script, *map(str, args)], cwd=NODE_EXAMPLE, capture_output=True, text=True,
+@pytest.fixture(scope="session")
+def chromium(node) -> str:
+    if not os.access(CHROMIUM, os.X_OK):
+        node_skip_or_fail(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
+    for package in ("onnxruntime-web", "@huggingface/tokenizers", "playwright-core"):
+        if not (WEB_EXAMPLE / "node_modules" / package / "package.json").is_file():
+            node_skip_or_fail(f"{package} is not installed in examples/web (cd examples/web && npm ci)")
+    return CHROMIUM
+
+
+def run_node(node: str, script: str, *args, cwd: Path = NODE_EXAMPLE) -> list[dict]:
+    result = subprocess.run([node, script, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                             timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
@@ -283,3 +296,25 @@ def test_node_matches_batched_int8_at_the_same_batching(node, cli, js_bundles, t
     got = run_node(node, "predict.mjs", bundle.path, "--input", inputs, "--logits", "--batch-size", "4", "--batched")
     assert [g["label"] for g in got] == [r["label"] for r in reference]
     assert max_output_diff(got, reference) == 0
+
+
+# ----------------------------------------------------------------------------- the web page, in Chromium
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_web_page_in_chromium_gives_bertedge_labels(node, chromium, cli, js_bundles, tmp_path, precision):
+    """examples/web served on 127.0.0.1, onnxruntime-web's wasm EP in headless Chromium, three typed texts."""
+    bundle = js_bundles["sst", precision]
+    texts = ["a good movie", "The ACTOR was really GREAT!", "café crème: très bien 😀"]
+    reference = bertedge_predict(cli, bundle, write_inputs(tmp_path / "inputs.jsonl", texts), tmp_path / "ref.jsonl")
+    shot = tmp_path / "page.png"
+    got = run_node(node, "browser-test.mjs", bundle.path, "--chromium", chromium, "--screenshot", shot, *texts,
+                   cwd=WEB_EXAMPLE)
+    assert [g["text"] for g in got] == texts
+    assert [g["label"] for g in got] == [r["label"] for r in reference]
+    for g, r in zip(got, reference):
+        assert g["scores"] == pytest.approx(r["scores"], abs=1e-4)  # shown with 4 decimals
+        assert g["latency_ms"] >= 0
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"\nweb page {precision}: labels {[g['label'] for g in got]} equal bertedge predict; "
+          f"latency {[g['latency_ms'] for g in got]} ms")
