@@ -6,7 +6,7 @@ BERTEDGE := $(VENV)/bin/bertedge
 DEMO_OUT ?= runs/demo
 HEADLINE_OUT ?= runs/sst2
 
-.PHONY: setup test test-fast demo headline demo-quick clean
+.PHONY: setup js-setup test test-fast demo headline demo-quick clean
 
 setup: $(VENV)/.installed
 
@@ -17,10 +17,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,inc,tune]"
 	touch $@
 
-test: setup
+# The JavaScript examples' packages, from their lockfiles (tests/test_js.py). onnxruntime-node's
+# install script would download CUDA binaries, which an offline machine cannot: ONNXRUNTIME_NODE_INSTALL=skip.
+JS_LOCKS := examples/node/node_modules/.package-lock.json examples/web/node_modules/.package-lock.json
+js-setup: $(JS_LOCKS)
+
+examples/%/node_modules/.package-lock.json: examples/%/package.json examples/%/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd examples/$* && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.package-lock.json; \
+	else echo "npm not found: the JavaScript tests skip (CI fails them); apt-get install nodejs npm"; fi
+
+test: setup js-setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15
 
-test-fast: setup
+test-fast: setup js-setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 # The demo: every stage on a 4,000-sentence SST-2 subset (recipes/demo.yaml), a few minutes on 2 cores,

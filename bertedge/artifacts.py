@@ -179,7 +179,13 @@ def payload_sha256(path: Path) -> str:
 
 
 def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    """Bytes on disk under `path`, a hard-linked file (the transformers.js layout's onnx/) counted once."""
+    seen: dict[tuple[int, int], int] = {}
+    for p in Path(path).rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

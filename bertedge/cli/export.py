@@ -29,6 +29,8 @@ def export(
                                                           "side) instead of a right-padding length.")] = False,
     ort_format: Annotated[bool, typer.Option("--ort-format", help="Also write model.ort + required_operators.config "
                                                                   "(ONNX Runtime mobile/minimal builds).")] = False,
+    layout: Annotated[str, typer.Option(help="bertedge, or transformers.js: also onnx/model.onnx (a hard link) and "
+                                             "config.json for @huggingface/transformers pipelines.")] = "bertedge",
     atol: Annotated[float, typer.Option(help="Largest allowed |ONNX - PyTorch| per output on dev samples.")] = 1e-4,
     metric_samples: Annotated[Optional[int], typer.Option(help="Dev examples for the metric check (seeded subset).")] = 1000,
     all_samples: Annotated[bool, typer.Option("--all-samples", help="Validate on the whole dev split.")] = False,
@@ -46,7 +48,7 @@ def export(
 
     config = build(ExportConfig, {
         "opset": opset, "optimize": optimize, "embed_layer_norm": embed_layer_norm,
-        "raw_attention_mask": raw_attention_mask, "ort_format": ort_format, "atol": atol,
+        "raw_attention_mask": raw_attention_mask, "ort_format": ort_format, "layout": layout, "atol": atol,
         "metric_samples": None if all_samples else metric_samples, "min_agreement": min_agreement,
         "max_metric_delta": max_metric_delta, "batch_size": batch_size, "data": data,
     })

@@ -41,6 +41,9 @@ def quantize(
     provider: Annotated[str, typer.Option(help="ONNX Runtime provider for evaluation: cpu, cuda.")] = "cpu",
     fp16_tolerance: Annotated[float, typer.Option(help="fp16: largest allowed |fp16 - fp32| per output, relative to max(1, |fp32|).")] = 0.05,
     fp16_samples: Annotated[int, typer.Option(help="fp16: dev samples checked for overflow and divergence.")] = 256,
+    layout: Annotated[str | None, typer.Option(help="bertedge, or transformers.js: also onnx/model_quantized.onnx "
+                                                    "(fp16: onnx/model_fp16.onnx) for @huggingface/transformers "
+                                                    "(default: the input bundle's layout).")] = None,
     overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
@@ -55,7 +58,7 @@ def quantize(
     if engine not in ("onnxruntime", "inc"):
         raise ConfigError(f"unknown engine '{engine}'", where="--engine", fix="Choose onnxruntime or inc")
     if engine == "inc":
-        onnx_only = {"--preset": preset is not None, "--per-channel": per_channel,
+        onnx_only = {"--preset": preset is not None, "--layout": layout is not None, "--per-channel": per_channel,
                      "--reduce-range/--no-reduce-range": reduce_range is not None, "--method": method != "minmax",
                      "--exclude-op-types": bool(exclude_op_types), "--exclude-nodes": bool(exclude_nodes),
                      "--fp32-nodes": fp32_nodes != 2, "--sensitivity-samples": sensitivity_samples != 64,
@@ -85,7 +88,7 @@ def quantize(
         "fp32_nodes": fp32_nodes, "sensitivity_samples": sensitivity_samples, "data": data,
         "eval_samples": eval_samples, "evaluate": not no_eval, "timing_rounds": timing_rounds,
         "timing_threads": timing_threads, "provider": provider, "fp16_tolerance": fp16_tolerance,
-        "fp16_samples": fp16_samples,
+        "fp16_samples": fp16_samples, "layout": layout,
     })
     artifact = run_quantize(bundle, config, out, overwrite=overwrite)
     q = artifact.manifest["quantization"]

@@ -1,6 +1,7 @@
 """export: a fine-tuned PyTorch artifact -> a validated ONNX bundle.
 
-The bundle is `model.onnx` (+ `model.ort` and `required_operators.config` with `ort_format`),
+The bundle is `model.onnx` (+ `model.ort` and `required_operators.config` with `ort_format`; +
+`onnx/model.onnx` for transformers.js with `layout="transformers.js"`, see `bertedge.jslayout`),
 the tokenizer files and a manifest that says everything a non-Python ONNX Runtime user needs
 (inputs, dtypes, dynamic axes, outputs, padding side, truncation, labels, postprocessing).
 
@@ -18,6 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -52,6 +54,9 @@ class ExportConfig(StrictModel):
                                                         "instead of a right-padding length index (faster)")
     ort_format: bool = Field(False, description="Also write model.ort + required_operators.config for ONNX Runtime "
                                                 "mobile/minimal builds")
+    layout: Literal["bertedge", "transformers.js"] = Field(
+        "bertedge", description="transformers.js: also lay the bundle out for @huggingface/transformers "
+                                "(onnx/model.onnx, a hard link; config.json with id2label and its dtype)")
     atol: float = Field(1e-4, gt=0, description="Largest allowed |ONNX - PyTorch| per output on dev samples")
     metric_samples: int | None = Field(1000, ge=1, description="Dev examples for the metric check "
                                                                "(seeded subset; None = all)")
@@ -124,6 +129,12 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
             ort_record = _write_ort_format(model_path, writer.path, encoder, task, examples, settings,
                                            config.batch_size, config.atol)
             validation["ort_format"] = ort_record["validation"]
+        layout = {"layout": "bertedge"}
+        if config.layout == "transformers.js":
+            from ..jslayout import write_transformers_js_layout
+
+            layout = write_transformers_js_layout(writer.path, precision="fp32", max_length=settings.max_length,
+                                                  task=parent.task, labels=parent.labels or None)
         writer.manifest.update({
             "labels": parent.labels or None,
             "settings": settings.record(),
@@ -138,6 +149,7 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
                      {k: v for k, v in ort_record.items() if k != "validation"},
                      "attention_implementation_at_export": "eager"},
             "interface": interface_record(parent, task.name, settings, onnx_io, config),
+            "layout": layout,
             "validation": validation,
             "metrics": {"dev": {**ort_metrics, "n": len(examples)}, "dev_torch": {**torch_metrics, "n": len(examples)}},
         })

@@ -67,6 +67,9 @@ class QuantizeConfig(StrictModel):
     fp16_tolerance: float = Field(0.05, gt=0, description="fp16: largest allowed |fp16 - fp32| per output, "
                                                           "relative to max(1, largest |fp32| value)")
     fp16_samples: int = Field(256, ge=1, description="fp16: dev samples checked for overflow and divergence")
+    layout: Literal["bertedge", "transformers.js"] | None = Field(
+        None, description="transformers.js: also lay the bundle out for @huggingface/transformers "
+                          "(onnx/model_quantized.onnx or onnx/model_fp16.onnx); default: the input bundle's layout")
 
     @model_validator(mode="after")
     def _check(self):
@@ -117,9 +120,29 @@ def quantize(src: str | Path | Artifact, config: QuantizeConfig, out: str | Path
             if file.is_file() and file.name not in _NOT_COPIED and not file.name.startswith("."):
                 shutil.copy2(file, writer.path / file.name)
         record = _manifest(parent, config, preset, chosen, gate, session)
+        record["layout"] = _layout(parent, config, writer.path, chosen["scheme"].mode, settings)
         writer.manifest.update(record)
         (writer.path / REPORT_FILE).write_text(_report(record), encoding="utf-8")
     return load_artifact(out)
+
+
+def _layout(parent: Artifact, config: QuantizeConfig, bundle_dir: Path, mode: str, settings) -> dict:
+    """The transformers.js files for the quantized model (when asked, or when the fp32 bundle had them)."""
+    layout = config.layout or (parent.manifest.get("layout") or {}).get("layout") or "bertedge"
+    if layout == "transformers.js":
+        from ..jslayout import write_transformers_js_layout
+
+        return write_transformers_js_layout(bundle_dir, precision="fp16" if mode == "fp16" else "int8",
+                                            max_length=settings.max_length, task=parent.task,
+                                            labels=parent.labels or None)
+    config_path = bundle_dir / "config.json"
+    if config_path.is_file():  # an fp32 transformers.js parent's dtype would point at a file not here
+        import json
+
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+        if data.pop("transformers.js_config", None) is not None:
+            config_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return {"layout": "bertedge"}
 
 
 # ----------------------------------------------------------------------------- input checks
