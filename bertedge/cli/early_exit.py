@@ -27,7 +27,7 @@ def early_exit(
     kd_weight: Annotated[float, typer.Option(help="Weight of the KL term (final classifier -> exit heads).")] = 1.0,
     ce_weight: Annotated[float, typer.Option(help="Weight of cross-entropy with the gold labels.")] = 0.0,
     epochs: Annotated[float, typer.Option(help="Epochs of exit-head training (the encoder is frozen).")] = 5.0,
-    lr: Annotated[float, typer.Option(help="Learning rate of the exit heads.")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Learning rate of the exit heads.")] = 1e-4,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
     seed: Seed = 42,
     data: Annotated[str | None, typer.Option(help="Data (defaults to the one the artifact records).")] = None,
