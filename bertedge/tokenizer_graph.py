@@ -63,6 +63,11 @@ CJK_RANGES = r"\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x
 PUNCT_CLASS = r"!-/:-@\[-`{-~\p{P}"
 MARK_PATTERN = r"\p{Mn}"
 
+# Checked at export/quantize time besides the dev texts.
+ODD_TEXTS = ("", " ", "\t\n", "good", "GOOD Film!", "café naïve résumé", "Zażółć gęślą jaźń", "great😀 film 👍🏽",
+             "مرحبا good", "שלום film", "中文 good", "İstanbul", "a\u200bb", " ".join(["very good film"] * 200),
+             "x" * 300)
+
 KNOWN_DIFFERENCES = (
     "characters whose lower case is more than one character (U+0130 'İ': HuggingFace lower-cases it to "
     "'i' + U+0307 and strips the mark to 'i'; the extensions op keeps it, so the word becomes [UNK])",
