@@ -23,7 +23,9 @@ pipeline step by step instead:
    separator into a space, put spaces around CJK ideographs (handle_chinese_chars) and around
    punctuation (ASCII punctuation and Unicode P*, BertPreTokenizer), drop combining marks (Mn) when
    the normalizer strips accents;
-2. BasicTokenizer: lower-casing and accent stripping of precomposed characters, split on spaces;
+   and fold the letters the extensions op does not lower-case or strip (one regex per target letter:
+   Latin beyond Latin-1, Greek, Cyrillic; see `letter_folds`);
+2. BasicTokenizer: lower-casing and accent stripping of Latin-1 and basic Cyrillic, split on spaces;
 3. WordpieceTokenizer, one row per word, max_input_chars_per_word as in tokenizer.json;
 4. plain ONNX ops: token strings -> ids (ai.onnx.ml LabelEncoder), a word with any unknown piece
    becomes one [UNK] (as HuggingFace does), truncation to max_length - 2, [CLS] ... [SEP], mask and
@@ -80,21 +82,29 @@ KNOWN_DIFFERENCES = (
 )
 
 
-def latin_folds(lowercase: bool, strip_accents: bool) -> dict[str, str]:
-    """{ASCII letter: the characters HuggingFace turns into it}: accented Latin letters (NFD, marks dropped,
-    then lower-cased), which the extensions op folds only for Latin-1 (it keeps 'ą', 'č', 'ş', 'ệ')."""
+# Latin Extended-A, Greek, basic Cyrillic, Latin Extended Additional (Vietnamese): each target letter costs one
+# regex node (~20 us a text); the rest of Unicode's cased letters are a documented difference.
+FOLD_RANGES = (range(0x100, 0x180), range(0x370, 0x400), range(0x400, 0x460), range(0x1E00, 0x1F00))
+
+
+def letter_folds(lowercase: bool, strip_accents: bool) -> dict[str, str]:
+    """{letter: the characters HuggingFace's BertNormalizer turns into it} that the extensions op does not:
+    accented Latin letters beyond Latin-1 ('ą', 'č', 'ş', 'ệ'), Greek (capitals, tonos) and Cyrillic ones
+    ('Ё', 'й' with strip_accents). The op lower-cases and folds Latin-1 and basic Cyrillic only."""
     import unicodedata
 
-    if not strip_accents:
+    if not (lowercase or strip_accents):
         return {}
     folds: dict[str, list[str]] = {}
-    for code in range(0xC0, 0x2200):
+    for code in [*FOLD_RANGES[0], *FOLD_RANGES[1], *FOLD_RANGES[2], *FOLD_RANGES[3]]:
         ch = chr(code)
-        if unicodedata.category(ch) not in ("Lu", "Ll", "Lt"):
+        if unicodedata.category(ch) not in ("Lu", "Ll", "Lt") or 0x410 <= code <= 0x42F:
             continue
-        base = "".join(c for c in unicodedata.normalize("NFD", ch) if unicodedata.category(c) != "Mn")
+        base = ch
+        if strip_accents:
+            base = "".join(c for c in unicodedata.normalize("NFD", ch) if unicodedata.category(c) != "Mn")
         base = base.lower() if lowercase else base
-        if base != ch and len(base) == 1 and base.isascii() and base.isalpha():
+        if base != ch and len(base) == 1:
             folds.setdefault(base, []).append(ch)
     return {k: "".join(v) for k, v in sorted(folds.items())}
 
@@ -213,8 +223,8 @@ def tokenizer_graph(settings: dict, max_length: int, opset: int, model_inputs: l
     text = regex(text, "spaces", SPACE_PATTERN, " ")
     isolate = PUNCT_CLASS + (CJK_RANGES if settings["handle_chinese_chars"] else "")
     text = regex(text, "isolate", f"([{isolate}])", r" \1 ")
-    for target, sources in latin_folds(settings["lowercase"], settings["strip_accents"]).items():
-        text = regex(text, f"fold_{target}", "[" + "".join(sources) + "]", target)
+    for i, (target, sources) in enumerate(letter_folds(settings["lowercase"], settings["strip_accents"]).items()):
+        text = regex(text, f"fold_{i}", "[" + sources + "]", target)
     if settings["strip_accents"]:
         text = regex(text, "marks", MARK_PATTERN, "")
     words = node("BasicTokenizer", [text], ["words"], domain=DOMAIN, do_lower_case=int(settings["lowercase"]),
