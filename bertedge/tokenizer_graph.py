@@ -31,10 +31,8 @@ pipeline step by step instead:
    becomes one [UNK] (as HuggingFace does), truncation to max_length - 2, [CLS] ... [SEP], mask and
    token types, the model, softmax, argmax, label lookup.
 
-Where it still differs from the HuggingFace tokenizers library (see KNOWN_DIFFERENCES,
-docs/export.md and tests/test_with_tokenizer.py, which lists every differing input of its 1,000):
-characters whose lower case or decomposition is more than one character, unassigned code points,
-literal special tokens typed into the text ("[CLS]"), and the Unicode version of each library.
+Where it still differs from the HuggingFace tokenizers library: KNOWN_DIFFERENCES, docs/export.md and
+tests/test_with_tokenizer.py (which lists every differing input of its 1,000).
 """
 
 from __future__ import annotations
@@ -71,13 +69,13 @@ ODD_TEXTS = ("", " ", "\t\n", "good", "GOOD Film!", "café naïve résumé", "Za
              "x" * 300)
 
 KNOWN_DIFFERENCES = (
-    "characters whose lower case is more than one character (U+0130 'İ': HuggingFace lower-cases it to "
-    "'i' + U+0307 and strips the mark to 'i'; the extensions op keeps it, so the word becomes [UNK])",
-    "characters whose Unicode decomposition the extensions op does not apply (Hangul syllables, which "
-    "HuggingFace splits into jamo when it strips accents; some compatibility characters)",
+    ("letters outside Latin-1, Latin Extended-A/Additional, Greek and Cyrillic whose lower case or accent "
+     "folding the extensions op does not know (Armenian, Georgian, fullwidth and circled letters, ...)"),
+    ("characters whose decomposition is not a letter plus marks: Hangul syllables (HuggingFace splits them "
+     "into jamo when it strips accents), '≠' ('=' + U+0338)"),
     "unassigned code points and characters newer than one library's Unicode tables",
-    "special tokens typed literally into the text ('[CLS]', '[SEP]', '[UNK]'): HuggingFace reads them "
-    "as the special token, the graph as punctuation and letters",
+    ("special tokens typed literally into the text ('[CLS]', '[SEP]', '[UNK]'): HuggingFace reads them "
+     "as the special token, the graph as punctuation and letters"),
     "NUL characters: onnxruntime passes strings as C strings to custom ops, so the text ends there",
 )
 
