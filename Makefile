@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,inc,tune]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,inc,tune,tokenizer]"
 	touch $@
 
 # The JavaScript examples' packages, from their lockfiles (tests/test_js.py). onnxruntime-node's

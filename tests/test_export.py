@@ -118,6 +118,13 @@ def test_no_optimize_and_ort_format(cli, tiny_artifacts, tiny_bundles, tmp_path)
     config_lines = (out / "required_operators.config").read_text().splitlines()
     assert any(line.startswith("ai.onnx;") and "MatMul" in line for line in config_lines)
     assert all(r["max_abs_diff"] <= 1e-4 for r in manifest["validation"]["ort_format"]["outputs"].values())
+    # size and operators are reported: manifest, and the --json summary
+    record = manifest["onnx"]["ort_format"]
+    assert record["size_bytes"] == (out / "model.ort").stat().st_size
+    assert any("MatMul" in ops and domain.startswith("ai.onnx") for domain, ops in record["operators"].items())
+    assert record["operator_count"] == sum(len(ops) for ops in record["operators"].values()) > 0
+    assert "Python onnxruntime" in record["tested"] and "not run on a mobile device" in record["tested"]
+    assert summary["ort_format"]["size_bytes"] == record["size_bytes"]
 
     texts = ["good movie", "the plot was awful and the actor was bad", "", "a " * 80]
     via_onnx = Bundle(out).predict(texts)

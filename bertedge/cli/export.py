@@ -31,6 +31,9 @@ def export(
                                                                   "(ONNX Runtime mobile/minimal builds).")] = False,
     layout: Annotated[str, typer.Option(help="bertedge, or transformers.js: also onnx/model.onnx (a hard link) and "
                                              "config.json for @huggingface/transformers pipelines.")] = "bertedge",
+    with_tokenizer: Annotated[bool, typer.Option("--with-tokenizer", help="Also write model_with_tokenizer.onnx: raw "
+                                                 "text in, label and scores out (onnxruntime-extensions ops; "
+                                                 "single-sentence classification; pip install 'bertedge[tokenizer]').")] = False,
     atol: Annotated[float, typer.Option(help="Largest allowed |ONNX - PyTorch| per output on dev samples.")] = 1e-4,
     metric_samples: Annotated[Optional[int], typer.Option(help="Dev examples for the metric check (seeded subset).")] = 1000,
     all_samples: Annotated[bool, typer.Option("--all-samples", help="Validate on the whole dev split.")] = False,
@@ -48,7 +51,8 @@ def export(
 
     config = build(ExportConfig, {
         "opset": opset, "optimize": optimize, "embed_layer_norm": embed_layer_norm,
-        "raw_attention_mask": raw_attention_mask, "ort_format": ort_format, "layout": layout, "atol": atol,
+        "raw_attention_mask": raw_attention_mask, "ort_format": ort_format, "layout": layout,
+        "with_tokenizer": with_tokenizer, "atol": atol,
         "metric_samples": None if all_samples else metric_samples, "min_agreement": min_agreement,
         "max_metric_delta": max_metric_delta, "batch_size": batch_size, "data": data,
     })
@@ -58,7 +62,9 @@ def export(
         return
     summary = {"bundle": str(bundle.path), "task": bundle.task,
                "fused_node_counts": bundle.manifest["onnx"]["fused_node_counts"],
-               "validation": bundle.manifest["validation"], "metrics": bundle.metrics}
+               "validation": bundle.manifest["validation"], "metrics": bundle.metrics,
+               "ort_format": bundle.manifest["onnx"].get("ort_format"),
+               "tokenizer_in_graph": bundle.manifest.get("tokenizer_in_graph")}
     if json_out:
         emit_json(summary)
         return
@@ -72,6 +78,21 @@ def export(
     fused = summary["fused_node_counts"]
     if fused:
         typer.echo("  fused: " + ", ".join(f"{k} {n}" for k, n in fused.items()))
+    ort = summary["ort_format"]
+    if ort:
+        typer.echo(f"  {ort['file']:<14} {ort['size_bytes'] / 2**20:.2f} MiB, {ort['operator_count']} operators ("
+                   + "; ".join(f"{d}: {', '.join(ops)}" for d, ops in ort["operators"].items())
+                   + f"); {ort['required_operators']} for a minimal build")
+    echo_tokenizer_graph(summary["tokenizer_in_graph"])
+
+
+def echo_tokenizer_graph(record: dict | None) -> None:
+    """The --with-tokenizer line of the export and quantize summaries."""
+    if not record:
+        return
+    v = record["validation"]
+    typer.echo(f"  {record['file']} {record['size_bytes'] / 2**20:.2f} MiB (text in, label out): same token ids "
+               f"on {v['same_token_ids']} of {v['texts']} checked texts, same labels on {v['same_labels']}")
 
 
 def _early_exit_summary(bundle, json_out: bool) -> None:

@@ -44,6 +44,9 @@ def quantize(
     layout: Annotated[str | None, typer.Option(help="bertedge, or transformers.js: also onnx/model_quantized.onnx "
                                                     "(fp16: onnx/model_fp16.onnx) for @huggingface/transformers "
                                                     "(default: the input bundle's layout).")] = None,
+    with_tokenizer: Annotated[bool | None, typer.Option("--with-tokenizer/--no-with-tokenizer", help="Also write "
+                              "model_with_tokenizer.onnx (raw text in, label out; onnxruntime-extensions ops; "
+                              "default: when the input bundle has one).")] = None,
     overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
@@ -64,7 +67,8 @@ def quantize(
                      "--fp32-nodes": fp32_nodes != 2, "--sensitivity-samples": sensitivity_samples != 64,
                      "--no-eval": no_eval, "--timing-rounds": timing_rounds != 30,
                      "--timing-threads": timing_threads is not None, "--provider": provider != "cpu",
-                     "--fp16-tolerance": fp16_tolerance != 0.05, "--fp16-samples": fp16_samples != 256}
+                     "--fp16-tolerance": fp16_tolerance != 0.05, "--fp16-samples": fp16_samples != 256,
+                     "--with-tokenizer": bool(with_tokenizer)}
         given = [flag for flag, set_ in onnx_only.items() if set_]
         if given:
             raise ConfigError(f"{given[0]} applies to the onnxruntime engine only", where="--engine inc",
@@ -88,7 +92,7 @@ def quantize(
         "fp32_nodes": fp32_nodes, "sensitivity_samples": sensitivity_samples, "data": data,
         "eval_samples": eval_samples, "evaluate": not no_eval, "timing_rounds": timing_rounds,
         "timing_threads": timing_threads, "provider": provider, "fp16_tolerance": fp16_tolerance,
-        "fp16_samples": fp16_samples, "layout": layout,
+        "fp16_samples": fp16_samples, "layout": layout, "with_tokenizer": with_tokenizer,
     })
     artifact = run_quantize(bundle, config, out, overwrite=overwrite)
     q = artifact.manifest["quantization"]
@@ -98,7 +102,7 @@ def quantize(
                    "candidate": q["candidate"], "size_ratio": q["size_ratio"],
                    "quantized_nodes": q["quantized_nodes"], "metrics": metrics,
                    "batch_invariant": q.get("batch_invariant"), "b32_vs_b1": q.get("b32_vs_b1"),
-                   "gate": q.get("gate")})
+                   "gate": q.get("gate"), "tokenizer_in_graph": artifact.manifest.get("tokenizer_in_graph")})
         return
     from ..log import points_change
 
@@ -110,6 +114,9 @@ def quantize(
     if q.get("batch_invariant") is False:
         line += "; batch-dependent int8: runs one sequence at a time by default"
     typer.echo(line + ")")
+    from .export import echo_tokenizer_graph
+
+    echo_tokenizer_graph(artifact.manifest.get("tokenizer_in_graph"))
 
 
 def _quantize_inc(src: Path, out: Path, *, mode: str, overwrite: bool, json_out: bool, **options) -> None:

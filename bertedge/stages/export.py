@@ -57,6 +57,10 @@ class ExportConfig(StrictModel):
     layout: Literal["bertedge", "transformers.js"] = Field(
         "bertedge", description="transformers.js: also lay the bundle out for @huggingface/transformers "
                                 "(onnx/model.onnx, a hard link; config.json with id2label and its dtype)")
+    with_tokenizer: bool = Field(False, description="Also write model_with_tokenizer.onnx: the WordPiece tokenizer "
+                                                    "as onnxruntime-extensions ops in front of the model, raw "
+                                                    "string in, label and scores out (single-sentence "
+                                                    "classification; needs bertedge[tokenizer])")
     atol: float = Field(1e-4, gt=0, description="Largest allowed |ONNX - PyTorch| per output on dev samples")
     metric_samples: int | None = Field(1000, ge=1, description="Dev examples for the metric check "
                                                                "(seeded subset; None = all)")
@@ -92,6 +96,8 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
         raise ArtifactError("artifact has no config.json, so it is not a transformers model directory",
                             where=str(parent.path), fix="Pass an artifact written by finetune, distill or prune")
     require_task_model(parent)
+    if config.with_tokenizer:
+        check_with_tokenizer(parent)
     if parent.manifest.get("early_exit"):  # exit heads: one graph per segment (docs/early_exit.md)
         from .early_exit_bundle import export_early_exit
 
@@ -129,6 +135,10 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
             ort_record = _write_ort_format(model_path, writer.path, encoder, task, examples, settings,
                                            config.batch_size, config.atol)
             validation["ort_format"] = ort_record["validation"]
+        tokenizer_in_graph = None
+        if config.with_tokenizer:
+            tokenizer_in_graph = write_tokenizer_graph(writer.path, parent, encoder, settings.max_length,
+                                                       [e["text"] for e in examples])
         layout = {"layout": "bertedge"}
         if config.layout == "transformers.js":
             from ..jslayout import write_transformers_js_layout
@@ -150,6 +160,7 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
                      "attention_implementation_at_export": "eager"},
             "interface": interface_record(parent, task.name, settings, onnx_io, config),
             "layout": layout,
+            "tokenizer_in_graph": tokenizer_in_graph,
             "validation": validation,
             "metrics": {"dev": {**ort_metrics, "n": len(examples)}, "dev_torch": {**torch_metrics, "n": len(examples)}},
         })
@@ -162,6 +173,51 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+def input_kind_of(artifact: Artifact) -> str:
+    """single-sentence, sentence-pair, words or question-context (the manifest's interface.input_kind)."""
+    recorded = (artifact.manifest.get("interface") or {}).get("input_kind")
+    if recorded:
+        return recorded
+    if artifact.task == "token-classification":
+        return "words"
+    if artifact.task == "question-answering":
+        return "question-context"
+    columns = (artifact.manifest.get("data") or {}).get("columns") or {}
+    return "sentence-pair" if columns.get("text_pair") else "single-sentence"
+
+
+def check_with_tokenizer(artifact: Artifact) -> None:
+    """Refuse --with-tokenizer up front (before minutes of work) where it cannot be built."""
+    from .. import tokenizer_graph
+
+    if artifact.manifest.get("early_exit"):
+        raise ConfigError("does not support early-exit bundles (one graph per segment)", where="--with-tokenizer",
+                          fix="Drop --with-tokenizer, or export the full-depth model")
+    tokenizer_graph.require_extensions()
+    kind = input_kind_of(artifact)
+    if (artifact.path / "tokenizer.json").is_file() or artifact.task != "text-classification" \
+            or kind != "single-sentence":
+        tokenizer_graph.tokenizer_settings(artifact.path, artifact.task, kind)  # raises the one-line refusal
+
+
+def write_tokenizer_graph(bundle_dir: Path, parent: Artifact, encoder, max_length: int, texts: list[str],
+                          model_file: str = MODEL_FILE) -> dict:
+    """model_with_tokenizer.onnx, checked against tokenizer.json + model_file on `texts` and odd inputs."""
+    from .. import tokenizer_graph
+
+    record = tokenizer_graph.build(bundle_dir, task=parent.task, input_kind=input_kind_of(parent),
+                                   labels=parent.labels or None, max_length=max_length, model_file=model_file)
+    checked = list(texts[:256]) + list(tokenizer_graph.ODD_TEXTS)
+    record["validation"] = tokenizer_graph.validate(bundle_dir, checked, encoder, max_length,
+                                                    parent.labels or None, model_file=model_file)
+    v = record["validation"]
+    if v["same_labels"] < v["texts"]:
+        log.warning(f"{tokenizer_graph.FILE}: {v['texts'] - v['same_labels']} of {v['texts']} checked texts get "
+                    f"another label than tokenizer.json + {model_file} (token ids differ on "
+                    f"{v['texts'] - v['same_token_ids']}; e.g. {v['differing_examples'][:2]}); see docs/export.md")
+    return record
 
 
 def _load_eager(parent: Artifact):
@@ -349,9 +405,29 @@ def _write_ort_format(model_path: Path, bundle_dir: Path, encoder, task, example
             fix="Export without --ort-format")
     operators = [line.strip() for line in (bundle_dir / ORT_CONFIG_FILE).read_text().splitlines()
                  if line.strip() and not line.startswith("#")]
+    import onnxruntime
+
+    by_domain = ort_operators(operators)
     return {"file": ORT_FILE, "required_operators": ORT_CONFIG_FILE, "optimization_style": "Fixed",
             "optimization_level": "all (NCHWc layout excluded: portable across CPUs)",
-            "operator_sets": operators, "validation": {"features": len(features), "outputs": outputs}}
+            "size_bytes": (bundle_dir / ORT_FILE).stat().st_size,
+            "onnx_size_bytes": model_path.stat().st_size,
+            "operator_sets": operators, "operators": by_domain,
+            "operator_count": sum(len(ops) for ops in by_domain.values()),
+            "tested": f"loaded and run by Python onnxruntime {onnxruntime.__version__} (CPU) and compared with "
+                      f"model.onnx on {len(features)} dev features; not run on a mobile device or a minimal build",
+            "validation": {"features": len(features), "outputs": outputs}}
+
+
+def ort_operators(lines: list[str]) -> dict[str, list[str]]:
+    """required_operators.config lines ("domain;opset;Op1,Op2") -> {"domain opset": [ops]}."""
+    result: dict[str, list[str]] = {}
+    for line in lines:
+        parts = line.split(";")
+        if len(parts) >= 3:
+            key = f"{parts[0]} {parts[1]}"
+            result[key] = sorted(set(result.get(key, [])) | {op for op in parts[2].split(",") if op})
+    return result
 
 
 # ----------------------------------------------------------------------------- manifest documentation

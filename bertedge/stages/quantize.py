@@ -28,11 +28,12 @@ REPORT_FILE = "quantize_report.md"
 # Manifest keys of the parent that describe the parent's own run, not the bundle's contents.
 _PARENT_ONLY_KEYS = {"format_version", "stage", "complete", "payload_sha256", "size_bytes", "environment",
                      "created_at", "wall_time_s", "metrics", "config", "parent", "history", "training",
-                     "quantization", "validation"}
+                     "quantization", "validation", "tokenizer_in_graph"}
 
 
 # The fp32 model files (ONNX and ORT format) are replaced; everything else (tokenizer, config.json) is copied.
-_NOT_COPIED = {MODEL_FILE, "model.ort", "required_operators.config", "bertedge.json", REPORT_FILE}
+_NOT_COPIED = {MODEL_FILE, "model.ort", "required_operators.config", "bertedge.json", REPORT_FILE,
+               "model_with_tokenizer.onnx"}
 
 
 class QuantizeConfig(StrictModel):
@@ -70,6 +71,9 @@ class QuantizeConfig(StrictModel):
     layout: Literal["bertedge", "transformers.js"] | None = Field(
         None, description="transformers.js: also lay the bundle out for @huggingface/transformers "
                           "(onnx/model_quantized.onnx or onnx/model_fp16.onnx); default: the input bundle's layout")
+    with_tokenizer: bool | None = Field(
+        None, description="Also write model_with_tokenizer.onnx for the quantized model (raw text in, label out; "
+                          "needs bertedge[tokenizer]); default: when the input bundle has one")
 
     @model_validator(mode="after")
     def _check(self):
@@ -83,11 +87,20 @@ def quantize(src: str | Path | Artifact, config: QuantizeConfig, out: str | Path
     """Quantize the fp32 bundle `src` into a new bundle at `out`."""
     out = check_output_path(out, overwrite=overwrite)
     parent = src if isinstance(src, Artifact) else load_artifact(src)
+    if config.with_tokenizer and parent.manifest.get("early_exit"):
+        raise ConfigError("does not support early-exit bundles (one graph per segment)", where="--with-tokenizer",
+                          fix="Drop --with-tokenizer")
     if (parent.manifest.get("early_exit") or {}).get("segments"):  # one graph per segment
         from .early_exit_bundle import quantize_early_exit
 
         return quantize_early_exit(parent, config, out, overwrite=overwrite)
     source_model = _check_source(parent)
+    with_tokenizer = (bool(parent.manifest.get("tokenizer_in_graph")) if config.with_tokenizer is None
+                      else config.with_tokenizer)
+    if with_tokenizer:
+        from .export import check_with_tokenizer
+
+        check_with_tokenizer(parent)
     preset = _preset(config)
     base = _base_schemes(config, preset, source_model)
     if config.mode == "static" and not config.calibration:
@@ -121,6 +134,11 @@ def quantize(src: str | Path | Artifact, config: QuantizeConfig, out: str | Path
                 shutil.copy2(file, writer.path / file.name)
         record = _manifest(parent, config, preset, chosen, gate, session)
         record["layout"] = _layout(parent, config, writer.path, chosen["scheme"].mode, settings)
+        if with_tokenizer:
+            from .export import write_tokenizer_graph
+
+            record["tokenizer_in_graph"] = write_tokenizer_graph(writer.path, parent, encoder, settings.max_length,
+                                                                 [e["text"] for e in dev])
         writer.manifest.update(record)
         (writer.path / REPORT_FILE).write_text(_report(record), encoding="utf-8")
     return load_artifact(out)
