@@ -6,7 +6,7 @@ BERTEDGE := $(VENV)/bin/bertedge
 DEMO_OUT ?= runs/demo
 HEADLINE_OUT ?= runs/sst2
 
-.PHONY: setup js-setup test test-fast demo headline demo-quick clean
+.PHONY: setup js-setup lint test test-fast demo headline demo-quick clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,9 @@ examples/%/node_modules/.package-lock.json: examples/%/package.json examples/%/p
 	@if command -v npm >/dev/null 2>&1; then \
 		cd examples/$* && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.package-lock.json; \
 	else echo "npm not found: the JavaScript tests skip (CI fails them); apt-get install nodejs npm"; fi
+
+lint: setup
+	$(VENV)/bin/ruff check bertedge tests benchmarks
 
 test: setup js-setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15

@@ -276,7 +276,7 @@ def run_speed(args) -> None:
              f"{args.warmup} warmup runs; run under benchmarks/quiet_cpu.sh.", "",
              "| variant | session optimisation | median ms | paired time ratio vs fused-eager | round medians |",
              "|---|---|---|---|---|"]
-    for key, r in results.items():
+    for r in results.values():
         lines.append(f"| {r['variant']} | {r['session_optimization']} | {r['median_ms']:.2f} | "
                      f"{r['paired_ratio_vs_fused']:.3f} | "
                      + " ".join(f"{x:.1f}" for x in r["round_medians_ms"]) + " |")

@@ -103,7 +103,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {c['name']} | {c.get('verdict', 'reference')} | {score} | {drop} | {p50} | "
                          f"{c.get('size_bytes', 0) / 1e6:.1f} |")
     lines += ["", "Commands:", ""]
-    for task, r in results.items():
+    for r in results.values():
         lines += [f"- `{r[mode]['command']}`" for mode in ("static", "auto")]
     lines += ["", "Run: `nice -n 10 python benchmarks/quantize_tasks.py --tasks " + ",".join(results) + "`"]
     return "\n".join(lines) + "\n"

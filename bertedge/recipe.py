@@ -302,7 +302,7 @@ def _check_search_depths(recipe: Recipe) -> None:
 
     names = recipe.step_names()
     depths = _step_depths(recipe)
-    for i, (step, name) in enumerate(zip(recipe.stages, names)):
+    for i, (step, _name) in enumerate(zip(recipe.stages, names)):
         if step.stage != "search":
             continue
         source = step.source or names[i - 1]

@@ -80,7 +80,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     recipe = recipe or load_recipe(run_dir / "recipe.yaml")
     names = recipe.step_names()
     artifacts: list[tuple[str, Artifact]] = []
-    for name, step in zip(names, recipe.stages):
+    for name, _step in zip(names, recipe.stages):
         path = run_dir / "artifacts" / name
         try:
             artifacts.append((name, load_artifact(path)))

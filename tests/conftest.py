@@ -209,7 +209,7 @@ def assert_one_line_error(result: CliResult, *fragments: str, code: int = 1) -> 
     """Exit code, a single 'error:' line carrying every fragment, and no traceback."""
     assert result.code == code, result
     assert "Traceback" not in result.err, result.err
-    lines = [l for l in result.err.splitlines() if l.startswith("error:")]
+    lines = [line for line in result.err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])

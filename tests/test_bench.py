@@ -14,7 +14,6 @@ from bertedge.bench.flops import FlopModel, onnx_flops, peak_gflops, torch_flops
 from bertedge.bench.latency import interleaved_timings
 from bertedge.bench.stats import percentile, relative_difference, summarize
 from bertedge.errors import BenchError
-from bertedge.errors import BenchError
 
 TINY = {"hidden": 32, "intermediate": 64, "layers": 2}  # conftest.build_tiny_bert
 

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_one_line_error
 
 import bertedge.stages.finetune as finetune_stage
 from bertedge.artifacts import Artifact
-from conftest import assert_one_line_error
 
 
 def test_finetune_flags_map_onto_config(cli, monkeypatch, tmp_path):

@@ -22,11 +22,19 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import (
+    BLOCK_HOOK,
+    CLI_MAIN,
+    CliResult,
+    assert_one_line_error,
+    child_env,
+    start_child,
+    stop_child,
+    wait_for_marker,
+)
 
 from bertedge.artifacts import MANIFEST, PARTIAL_MARK, is_artifact, load_artifact, lock_path
 from bertedge.errors import ArtifactError
-from conftest import (BLOCK_HOOK, CLI_MAIN, CliResult, assert_one_line_error, child_env, start_child, stop_child,
-                      wait_for_marker)
 
 # Runs the CLI in a child process; KILL_AT=<point> makes it SIGKILL itself at that moment, BLOCK_IN=<stage>
 # stops it at a training step of that stage (conftest.BLOCK_HOOK).

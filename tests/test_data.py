@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, assert_one_line_error, write_classification_dir
 
 from bertedge.data import Columns, load_data, read_conll
 from bertedge.errors import DataError
-from conftest import SHARED_DATA, assert_one_line_error, write_classification_dir
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside the checkout")
 

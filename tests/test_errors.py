@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import assert_one_line_error, write_classification_dir
 
 

@@ -16,12 +16,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CLI_CHILD, CliResult, assert_one_line_error, child_env, start_child, stop_child, wait_for_marker
 
-from bertedge.artifacts import (MANIFEST, atomic_artifact, check_output_path, load_artifact, lock_holder, lock_path,
-                                payload_sha256)
+from bertedge.artifacts import (
+    MANIFEST,
+    atomic_artifact,
+    check_output_path,
+    load_artifact,
+    lock_holder,
+    lock_path,
+    payload_sha256,
+)
 from bertedge.errors import OutputBusyError
-from conftest import (CLI_CHILD, CliResult, assert_one_line_error, child_env, start_child, stop_child,
-                      wait_for_marker)
 
 
 def _dead_pid() -> int:

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import _sentence, assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +24,7 @@ def write_train_only(directory: Path, n: int = 120, seed: int = 0, labels=("0", 
     weights = [0.5, 0.3, 0.2]
     for split, count in (("train", n), ("test", 30)):
         lines = ["title,body,category"]
-        for i in range(count):
+        for _ in range(count):
             label = rng.choices(range(len(labels)), weights)[0]
             lines.append(f"{_sentence(rng, label % 2)},{_sentence(rng, label % 2)} {'x' * label},{labels[label]}")
         (directory / f"{split}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CLI_CHILD, ROOT, assert_one_line_error, child_env, start_child, stop_child, wait_for_marker
 
 from bertedge.recipe import load_recipe, parse_recipe
-from conftest import CLI_CHILD, ROOT, assert_one_line_error, child_env, start_child, stop_child, wait_for_marker
 
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 

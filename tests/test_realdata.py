@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import SHARED_DATA
 
 from bertedge.data import load_data
 from bertedge.tasks import TaskSettings, get_task
-from conftest import SHARED_DATA
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside the checkout")]
 

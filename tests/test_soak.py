@@ -9,7 +9,6 @@ calls. Measured here (benchmarks/results/soak-rss.md): +0.7 MB between the first
 from __future__ import annotations
 
 import pytest
-
 from conftest import build_tiny_bert, finetune_tiny, write_classification_dir
 
 TC = "text-classification"

@@ -92,7 +92,7 @@ def test_ner_labels_only_the_first_word_piece(encoder):
         previous = word
     assert feature["labels"] == expected
     assert feature["labels"][0] == IGNORE and feature["labels"][-1] == IGNORE
-    assert [l for l in feature["labels"] if l != IGNORE] == [1, 0, 2]
+    assert [t for t in feature["labels"] if t != IGNORE] == [1, 0, 2]
 
 
 def test_ner_truncated_words_predict_o_and_are_counted(encoder):

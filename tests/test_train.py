@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from conftest import assert_one_line_error, finetune_tiny
 
 from bertedge.train import freeze, layer_index, parameter_groups
-from conftest import assert_one_line_error, finetune_tiny
 
 
 @pytest.fixture(scope="module")

@@ -192,7 +192,7 @@ def test_ort_format_reports_size_and_operators(tok_bundles):
     assert any(d.startswith("com.microsoft") for d in ops) and any("Attention" in v for v in ops.values())
     assert ort_record["operator_count"] == sum(len(v) for v in ops.values())
     assert "not run on a mobile device" in ort_record["tested"]
-    line = next(l for l in tok_bundles["export_out"].splitlines() if "model.ort" in l)
+    line = next(x for x in tok_bundles["export_out"].splitlines() if "model.ort" in x)
     assert "MiB" in line and f"{ort_record['operator_count']} operators" in line and "Attention" in line
     # and Python ORT really runs it
     bundle = Bundle(tok_bundles["fp32"], model_file="model.ort")

@@ -9,10 +9,30 @@ import typer
 
 from .. import distributed
 from . import app
-from .common import (BatchSize, DevSplit, Epochs, EvalBatchSize, EvalSteps, GradAccum, LabelNames, Lr,
-                     MaxEvalSamples, MaxTrainSamples, Metric, Overwrite, Precision, Scheduler, Seed, SplitSeed,
-                     TextColumns, TextSeparator, WarmupRatio, WeightDecay, data_options, emit_json, fmt_metric,
-                     train_options)
+from .common import (
+    BatchSize,
+    DevSplit,
+    EvalBatchSize,
+    EvalSteps,
+    GradAccum,
+    LabelNames,
+    MaxEvalSamples,
+    MaxTrainSamples,
+    Metric,
+    Overwrite,
+    Precision,
+    Scheduler,
+    Seed,
+    SplitSeed,
+    TextColumns,
+    TextSeparator,
+    WarmupRatio,
+    WeightDecay,
+    data_options,
+    emit_json,
+    fmt_metric,
+    train_options,
+)
 
 
 @app.command()

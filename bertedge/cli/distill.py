@@ -12,9 +12,27 @@ import typer
 from .. import distributed
 from ..errors import ConfigError
 from . import app
-from .common import (BatchSize, Epochs, EvalBatchSize, EvalSteps, GradAccum, Lr, MaxEvalSamples, MaxTrainSamples,
-                     Metric, Overwrite, Precision, Scheduler, Seed, WarmupRatio, WeightDecay, data_options, emit_json,
-                     parse_int_list, train_options)
+from .common import (
+    BatchSize,
+    Epochs,
+    EvalBatchSize,
+    EvalSteps,
+    GradAccum,
+    Lr,
+    MaxEvalSamples,
+    MaxTrainSamples,
+    Metric,
+    Overwrite,
+    Precision,
+    Scheduler,
+    Seed,
+    WarmupRatio,
+    WeightDecay,
+    data_options,
+    emit_json,
+    parse_int_list,
+    train_options,
+)
 
 
 def parse_student_config(value: str | None) -> dict | None:

@@ -11,8 +11,24 @@ import typer
 
 from .. import distributed
 from . import app
-from .common import (BatchSize, EvalSteps, GradAccum, MaxEvalSamples, MaxTrainSamples, Metric, Overwrite, Precision,
-                     Scheduler, Seed, WarmupRatio, WeightDecay, data_options, emit_json, parse_int_list, train_options)
+from .common import (
+    BatchSize,
+    EvalSteps,
+    GradAccum,
+    MaxEvalSamples,
+    MaxTrainSamples,
+    Metric,
+    Overwrite,
+    Precision,
+    Scheduler,
+    Seed,
+    WarmupRatio,
+    WeightDecay,
+    data_options,
+    emit_json,
+    parse_int_list,
+    train_options,
+)
 
 
 @app.command()

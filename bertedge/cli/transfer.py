@@ -9,8 +9,19 @@ from typing import Annotated, Optional
 import typer
 
 from . import app
-from .common import (BatchSize, EvalSteps, Lr, MaxEvalSamples, Overwrite, Precision, Seed, WarmupRatio, WeightDecay,
-                     emit_json, fmt_metric)
+from .common import (
+    BatchSize,
+    EvalSteps,
+    Lr,
+    MaxEvalSamples,
+    Overwrite,
+    Precision,
+    Seed,
+    WarmupRatio,
+    WeightDecay,
+    emit_json,
+    fmt_metric,
+)
 
 
 @app.command()

@@ -77,7 +77,6 @@ class DistillConfig(StrictModel):
 def _data_spec(config: DistillConfig, teacher: Artifact) -> DataConfig:
     """The transfer data: the given one, else the teacher's recorded data and columns."""
     recorded = teacher.manifest.get("data") or {}
-    columns = recorded.get("columns") or {}
     d = config.data
     spec = d.data or (recorded.get("hub") and f"hub:{recorded['hub']}") or recorded.get("path")
     if not spec:

@@ -11,8 +11,7 @@ from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artif
 from ..config import FinetuneConfig
 from ..data import Columns, TaskData, load_data, subsample
 from ..errors import ConfigError, ModelError
-from ..modeling import (count_parameters, encoder_from_hf, load_hf_tokenizer, model_class, reinit_head,
-                        tokenizer_record)
+from ..modeling import count_parameters, encoder_from_hf, load_hf_tokenizer, model_class, reinit_head, tokenizer_record
 from ..models import resolve_model
 from ..tasks import TaskSettings, get_task
 from ..tasks.base import evaluate_examples

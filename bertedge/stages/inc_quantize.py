@@ -202,8 +202,14 @@ def _run_inc(program: TaskProgram, example, calibration, inputs, config: IncQuan
              evaluate, trials: list[dict], max_positions: int):
     import torch
     from neural_compressor.torch.export import export
-    from neural_compressor.torch.quantization import (DynamicQuantConfig, INT8StaticQuantConfig, TuningConfig,
-                                                      autotune, convert, prepare)
+    from neural_compressor.torch.quantization import (
+        DynamicQuantConfig,
+        INT8StaticQuantConfig,
+        TuningConfig,
+        autotune,
+        convert,
+        prepare,
+    )
 
     def run_fn(prepared) -> None:
         for batch in calibration:

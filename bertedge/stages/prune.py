@@ -21,8 +21,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .. import distributed, log
-from ..artifacts import (Artifact, atomic_artifact, check_output_path, derived_record, load_artifact,
-                         parent_record, require_task_model)
+from ..artifacts import (
+    Artifact,
+    atomic_artifact,
+    check_output_path,
+    derived_record,
+    load_artifact,
+    parent_record,
+    require_task_model,
+)
 from ..config import DataConfig, StrictModel, TrainConfig
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
