@@ -30,6 +30,7 @@ KNOWN_LOG_RECORDS = (
     ("transformers.modeling_utils", r"(?s)Some weights of .* were not initialized .*newly initialized: "
                                     r"\[(('(classifier|qa_outputs)\.(weight|bias)'(, )?)+)\]"),
     ("transformers.modeling_utils", r"`torch_dtype` is deprecated"),
+    ("transformers.configuration_utils", r"`torch_dtype` is deprecated"),  # optimum's peer export passes it
     ("fusion_embedlayer", r"word_embedding_table .* <= position_embedding_table"),
 )
 
