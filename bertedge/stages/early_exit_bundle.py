@@ -81,12 +81,12 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
     """The segment-graph bundle of an early-exit artifact, each segment validated against PyTorch."""
     import warnings
 
-    from ..evaluate import artifact_settings, load_eval_examples
+    from ..evaluate import artifact_settings
     from ..modeling import encoder_from_hf
     from ..providers import make_session
     from ..runtime import session_forward
     from ..tasks import get_task
-    from .export import _load_eager, _optimize, _stdout_to_stderr, describe_graph, interface_record
+    from .export import _load_eager, _optimize, _stdout_to_stderr, describe_graph, interface_record, validation_examples
 
     if config.ort_format:
         raise ConfigError("--ort-format is not available for early-exit bundles (they hold one graph per segment)",
@@ -95,10 +95,7 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
     out = check_output_path(out, overwrite=overwrite)
     task = get_task(parent.task)
     settings = artifact_settings(parent)
-    examples = load_eval_examples(parent, config.data, "dev", config.metric_samples)
-    if not examples:
-        raise ConfigError("the dev split is empty, so the export cannot be validated", where=str(parent.path),
-                          fix="Pass --data with a non-empty dev split")
+    examples = validation_examples(parent, config)
     model, hf_tokenizer = _load_eager(parent)
     heads = load_heads(parent, model)
     record = parent.manifest["early_exit"]

@@ -83,9 +83,20 @@ class ExportConfig(StrictModel):
 # ----------------------------------------------------------------------------- public stage
 
 
+
+def validation_examples(parent: Artifact, config) -> list[dict]:
+    """The dev examples an export is validated on; an empty dev split fails here, before any export work."""
+    from ..evaluate import load_eval_examples
+
+    examples = load_eval_examples(parent, config.data, "dev", config.metric_samples)
+    if not examples:
+        raise ConfigError("the dev split is empty, so the export cannot be validated", where=str(parent.path),
+                          fix="Pass --data with a non-empty dev split")
+    return examples
+
 def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *, overwrite: bool = False) -> Artifact:
     """Export a fine-tuned artifact to a validated ONNX bundle at `out`."""
-    from ..evaluate import artifact_settings, load_eval_examples
+    from ..evaluate import artifact_settings
     from ..modeling import encoder_from_hf
 
     parent = src if isinstance(src, Artifact) else load_artifact(src)
@@ -106,10 +117,7 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
     task = get_task(parent.task)
     settings = artifact_settings(parent)
     # Validation data first: a missing dataset must fail before minutes of export work.
-    examples = load_eval_examples(parent, config.data, "dev", config.metric_samples)
-    if not examples:
-        raise ConfigError("the dev split is empty, so the export cannot be validated", where=str(parent.path),
-                          fix="Pass --data with a non-empty dev split")
+    examples = validation_examples(parent, config)
 
     model, hf_tokenizer = _load_eager(parent)
     encoder = encoder_from_hf(hf_tokenizer)
