@@ -278,11 +278,8 @@ def resolve_schedule(config: FinetuneConfig, parameters: int, train_features: in
             update["early_stopping_patience"] = AUTO_PATIENCE
             auto.append("early_stopping_patience")
             reasons.append(f"early stopping after {AUTO_PATIENCE} evaluations without a better dev metric")
-    if update:
-        fields = set(given) | set(update)
-        new_train = train.model_copy(update=update)
-        object.__setattr__(new_train, "__pydantic_fields_set__", fields)
-        config = config.model_copy(update={"train": new_train})
+    if update:  # model_copy marks the updated fields as set, so a later resolve keeps them
+        config = config.model_copy(update={"train": train.model_copy(update=update)})
     resolved = config.train
     record = {"auto": auto, "lr": resolved.lr, "epochs": resolved.epochs,
               "early_stopping_patience": resolved.early_stopping_patience, "steps_per_epoch": steps_per_epoch,
