@@ -499,15 +499,13 @@ def load_data(spec: str, task: str, *, columns: Columns | None = None, need: tup
             raise DataError(f"the data already has a dev split ({Path(source['files']['dev']).name}); --dev-split "
                             "only carves one out of train when there is none", where=str(path),
                             fix="Drop --dev-split to use the dev file")
-        splits["train"], splits["dev"], source["dev_split"] = carve_dev_split(
+        train_index, dev_index, source["dev_split"] = carve_dev_split(
             splits["train"], task, columns.dev_split, columns.split_seed)
         source["files"]["dev"] = source["files"]["train"]
-        if line_numbers:
-            kept = source["dev_split"].pop("_train_index"), source["dev_split"].pop("_dev_index")
-            numbers = line_numbers["train"]
-            line_numbers["train"], line_numbers["dev"] = [numbers[i] for i in kept[0]], [numbers[i] for i in kept[1]]
-        else:
-            source["dev_split"].pop("_train_index"), source["dev_split"].pop("_dev_index")
+        # The same indices split the examples and their line numbers (for file:line errors).
+        for table in (splits, line_numbers) if line_numbers else (splits,):
+            rows = table["train"]
+            table["train"], table["dev"] = [rows[i] for i in train_index], [rows[i] for i in dev_index]
 
     for split in need:
         if split not in splits:
@@ -582,10 +580,10 @@ def _apply_label_names(splits: dict[str, list[dict]], labels: list[str], names, 
     return [mapping.get(v, v) for v in labels]
 
 
-def carve_dev_split(train: list[dict], task: str, fraction: float, seed: int) -> tuple[list[dict], list[dict], dict]:
-    """Hold out `fraction` of train as dev, seeded: stratified by label for classification (every label with
-    two or more examples keeps at least one in each part), by sentence for NER, by article for QA (so no
-    context is in both parts, as the SQuAD split does)."""
+def carve_dev_split(train: list[dict], task: str, fraction: float, seed: int) -> tuple[list[int], list[int], dict]:
+    """(train indices, dev indices, the manifest record): `fraction` of train held out as dev, seeded:
+    stratified by label for classification (every label with two or more examples keeps at least one in each
+    part), by sentence for NER, by article for QA (so no context is in both parts, as the SQuAD split does)."""
     if not 0 < fraction < 1:
         raise DataError(f"--dev-split must be a fraction between 0 and 1, got {fraction}", where="--dev-split",
                         fix="Pass e.g. --dev-split 0.1")
@@ -634,9 +632,8 @@ def carve_dev_split(train: list[dict], task: str, fraction: float, seed: int) ->
     dev_index = sorted(held)
     info = {"kind": kind, "fraction": fraction, "seed": seed, "train_examples": len(train_index),
             "dev_examples": len(dev_index), **extra,
-            "note": "dev carved out of the train file with --dev-split; later stages re-derive the same split",
-            "_train_index": train_index, "_dev_index": dev_index}
-    return [train[i] for i in train_index], [train[i] for i in dev_index], info
+            "note": "dev carved out of the train file with --dev-split; later stages re-derive the same split"}
+    return train_index, dev_index, info
 
 
 def split_by_article(examples: list[dict]) -> tuple[list[dict], list[dict], dict]:
