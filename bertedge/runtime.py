@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -343,8 +343,8 @@ POSITIONAL = {"single-sentence": ("text",), "sentence-pair": ("text", "text_pair
               "question-context": ("question", "context")}
 
 
-def _tsv_header(cells: list[str], input_kind: str, recorded: dict | None) -> dict[str, str] | None:
-    """{column: field} when `cells` is a header row, else None.
+def _tsv_header(cells: list[str], input_kind: str, recorded: dict | None) -> Callable[[dict, str], dict] | None:
+    """When `cells` is a header row, a function (row as {column: cell}, file:line) -> input item; else None.
 
     A header of the input fields themselves (text, text_pair, question, context, id) maps one to one. For
     classification a header of dataset columns works too (sentence, #1 String / #2 String, the columns the
@@ -352,7 +352,7 @@ def _tsv_header(cells: list[str], input_kind: str, recorded: dict | None) -> dic
     """
     names = [c.strip() for c in cells]
     if all(n in FIELDS for n in names):
-        return {n: n for n in names}
+        return lambda row, where: dict(row)
     if input_kind not in ("single-sentence", "sentence-pair"):
         return None
     from .data import Columns, pick_columns
@@ -367,13 +367,18 @@ def _tsv_header(cells: list[str], input_kind: str, recorded: dict | None) -> dic
         except DataError:
             continue
         if picked.text_columns:
-            return {"__join__": ",".join(picked.text_columns), "__separator__": picked.text_separator}  # type: ignore[dict-item]
+            from .data import join_columns
+
+            def joined(row, where, picked=picked):
+                text, pair = join_columns(row, picked, where)
+                return {"text": text, **({"text_pair": pair} if pair is not None else {})}
+            return joined
         mapping = {picked.text: "text"}
         if picked.text_pair and input_kind == "sentence-pair":
             mapping[picked.text_pair] = "text_pair"
         if "id" in names:
             mapping["id"] = "id"
-        return mapping
+        return lambda row, where, mapping=mapping: {field: row[column] for column, field in mapping.items()}
     return None
 
 
@@ -429,8 +434,8 @@ def iter_input_file(path: str | Path, input_kind: str, recorded: dict | None = N
                     continue
                 cells = line.split("\t")
                 if header is None and number == 1:
-                    mapping = _tsv_header(cells, input_kind, recorded)
-                    if mapping is not None:
+                    to_item = _tsv_header(cells, input_kind, recorded)
+                    if to_item is not None:
                         header = tuple(c.strip() for c in cells)
                         if label_column is not None and label_column not in header:
                             raise DataError(f"no column '{label_column}' to score against (columns: "
@@ -442,15 +447,7 @@ def iter_input_file(path: str | Path, input_kind: str, recorded: dict | None = N
                         raise DataError(f"expected {len(header)} tab-separated columns as in the header, found "
                                         f"{len(cells)}", where=where, fix="Fix the tabs on that line")
                     row = dict(zip(header, cells))
-                    if "__join__" in mapping:
-                        from .data import Columns, join_columns
-
-                        joined = Columns(text_columns=tuple(mapping["__join__"].split(",")),
-                                         text_separator=mapping["__separator__"])
-                        text, pair = join_columns(row, joined, where)
-                        item = {"text": text, **({"text_pair": pair} if pair is not None else {})}
-                    else:
-                        item = {field: row[column] for column, field in mapping.items()}
+                    item = to_item(row, where)
                     if label_column is not None:
                         item["_gold"] = row[label_column].strip()
                     yield where, item
