@@ -54,14 +54,26 @@ PARETO_PNG = "pareto.png"
 class PruneChoice(StrictModel):
     ffn: float = Field(0.0, ge=0, lt=1, description="Fraction of FFN neurons removed per layer")
     heads: float = Field(0.0, ge=0, lt=1, description="Fraction of attention heads removed per layer")
+    layers: int | None = Field(None, ge=1, description="Keep this many of the model's encoder layers (the bottom "
+                                                       "ones; the top ones are dropped, as in Sajjad et al. 2020), "
+                                                       "recovered with KD from the teacher: a cheap student")
 
     @property
     def is_identity(self) -> bool:
-        return self.ffn == 0 and self.heads == 0
+        return self.ffn == 0 and self.heads == 0 and self.layers is None
 
     @property
     def tag(self) -> str:
-        return f"p{round(self.ffn * 100)}-{round(self.heads * 100)}"
+        depth = f"d{self.layers}-" if self.layers is not None else ""
+        if self.ffn == 0 and self.heads == 0 and depth:
+            return depth[:-1]
+        return f"{depth}p{round(self.ffn * 100)}-{round(self.heads * 100)}"
+
+    def kept_share(self, depth: int) -> float:
+        """Rough share of the encoder's layer weights this choice keeps (FFN is 2/3 of a BERT layer's weights):
+        the order of the search, least compressed first."""
+        layers = min(self.layers or depth, depth)
+        return layers / depth * (1 - (2 * self.ffn + self.heads) / 3)
 
 
 class SearchConfig(StrictModel):
@@ -80,6 +92,9 @@ class SearchConfig(StrictModel):
     monotone: bool = Field(True, description="A failing depth skips shallower ones; a failing prune ratio skips "
                                              "larger ones")
     data: DataConfig = Field(default_factory=DataConfig, description="Transfer data (default: the teacher's)")
+    trim_vocab: dict[str, Any] | None = Field(None, description="Trim the vocabulary of every model before export "
+                                              "(TrimVocabConfig fields, e.g. {keep_chars: ascii}; {} = defaults; "
+                                              "default: no trimming)")
     distill: dict[str, Any] = Field(default_factory=dict, description="Extra distill settings (DistillConfig fields)")
     prune_options: dict[str, Any] = Field(default_factory=dict, description="Extra prune settings (PruneConfig fields)")
     export_options: dict[str, Any] = Field(default_factory=dict, description="Extra export settings (ExportConfig)")
@@ -99,17 +114,17 @@ class SearchConfig(StrictModel):
     def _check(self):
         if any(n < 0 for n in self.layers):
             raise ValueError("layers: depths must be 0 (the teacher) or positive")
-        if len({(c.ffn, c.heads) for c in self.prune}) != len(self.prune):
+        if len({(c.ffn, c.heads, c.layers) for c in self.prune}) != len(self.prune):
             raise ValueError("prune: the same ratio is listed twice")
         return self
 
 
 # What the search sets in each block; a sample value lets the block validate on its own.
 SAMPLE = {"distill": {"layers": 1}, "prune_options": {"ffn": 0.5}, "quantize_options": {"mode": "dynamic"},
-          "export_options": {}}
+          "export_options": {}, "trim_vocab": {}}
 FIXED = {"distill": {"layers", "layer_map", "student_config", "student", "task"},
-         "prune_options": {"ffn", "heads", "sparsity", "target_ffn", "target_heads"},
-         "quantize_options": {"mode", "max_accuracy_drop"}, "export_options": set()}
+         "prune_options": {"ffn", "heads", "sparsity", "target_ffn", "target_heads", "drop_layers"},
+         "quantize_options": {"mode", "max_accuracy_drop"}, "export_options": set(), "trim_vocab": set()}
 
 
 def _stage_configs():
@@ -117,9 +132,10 @@ def _stage_configs():
     from .stages.export import ExportConfig
     from .stages.prune import PruneConfig
     from .stages.quantize import QuantizeConfig
+    from .stages.vocab import TrimVocabConfig
 
     return {"distill": DistillConfig, "prune_options": PruneConfig, "export_options": ExportConfig,
-            "quantize_options": QuantizeConfig}
+            "quantize_options": QuantizeConfig, "trim_vocab": TrimVocabConfig}
 
 
 def parse_search(data: Any, where: str = "search") -> SearchConfig:
@@ -139,6 +155,8 @@ def check_blocks(config: SearchConfig, where: str = "search") -> None:
     """The per-stage option blocks (distill, prune_options, ...): no field the search varies, each valid."""
     for block, model in _stage_configs().items():
         options = getattr(config, block)
+        if options is None:  # trim_vocab: off
+            continue
         fixed = sorted(FIXED[block] & set(options))
         if fixed:
             raise ConfigError(f"{where}.{block}.{fixed[0]}: set by the search itself",
@@ -152,12 +170,19 @@ def check_blocks(config: SearchConfig, where: str = "search") -> None:
 
 def check_depths(config: SearchConfig, teacher_depth: int, path: str = "layers", teacher: str = "the teacher",
                  where: str | None = None) -> None:
-    """Refuse a student depth above the teacher's, naming the list item (`layers.1: 7 is deeper ...`)."""
+    """Refuse a student depth above the teacher's, naming the list item (`layers.1: 7 is deeper ...`), and a
+    prune choice that keeps as many layers as the teacher has or more (`prune.0.layers: 6 ...`)."""
+    layers = f"{teacher_depth} layer" + ("s" if teacher_depth != 1 else "")
     for i, depth in enumerate(config.layers):
         if depth > teacher_depth:
-            layers = f"{teacher_depth} layer" + ("s" if teacher_depth != 1 else "")
             raise ConfigError(f"{path}.{i}: {depth} is deeper than {teacher} ({layers})", where=where,
                               fix=f"Use depths from 1 to {teacher_depth} (0 = the teacher itself)")
+    prune_path = path[:-len("layers")] + "prune" if path.endswith("layers") else "prune"
+    for i, choice in enumerate(config.prune):
+        if choice.layers is not None and choice.layers >= teacher_depth:
+            raise ConfigError(f"{prune_path}.{i}.layers: keeping {choice.layers} layers drops none of {teacher}'s "
+                              f"{layers}", where=where,
+                              fix=f"Keep fewer layers (1 to {teacher_depth - 1}), or leave `layers` out")
 
 
 # ----------------------------------------------------------------------------- the search tree
@@ -227,22 +252,34 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
             if record is None:
                 failed_depth = (depth, records[-1]["drop_pts"])
                 continue
-        failed_ratio: tuple[PruneChoice, float] | None = None
-        for choice in sorted(config.prune, key=lambda c: (c.ffn + c.heads, c.ffn)):
+        failed_ratios: list[tuple[PruneChoice, float]] = []
+        for choice in sorted(config.prune, key=lambda c: (-c.kept_share(depth), c.ffn)):
             source = student
             if not choice.is_identity:
                 name = f"{student}-{choice.tag}"
-                if config.monotone and failed_ratio is not None and choice.ffn >= failed_ratio[0].ffn \
-                        and choice.heads >= failed_ratio[0].heads:
-                    skip(name, "prune", student, f"skipped: pruning {failed_ratio[0].tag} of {student} already "
-                                                 f"loses {failed_ratio[1]:.2f} pts (over the budget)")
+                if choice.layers is not None and choice.layers >= depth:
+                    skip(name, "prune", student, f"skipped: keeps {choice.layers} layers, {student} has {depth}")
                     continue
-                record = build_or_drop(name, "prune", student, {"ffn": choice.ffn, "heads": choice.heads},
-                                       "not exported")
+                worse = next((f for f in failed_ratios if choice.ffn >= f[0].ffn and choice.heads >= f[0].heads
+                              and (choice.layers or depth) <= (f[0].layers or depth)), None)
+                if config.monotone and worse is not None:
+                    skip(name, "prune", student, f"skipped: pruning {worse[0].tag} of {student} already "
+                                                 f"loses {worse[1]:.2f} pts (over the budget)")
+                    continue
+                settings = {"ffn": choice.ffn, "heads": choice.heads}
+                if choice.layers is not None:
+                    settings["drop_layers"] = list(range(choice.layers, depth))  # the top ones
+                record = build_or_drop(name, "prune", student, settings, "not exported")
                 if record is None:
-                    failed_ratio = (choice, records[-1]["drop_pts"])
+                    failed_ratios.append((choice, records[-1]["drop_pts"]))
                     continue
                 source = name
+            if config.trim_vocab is not None:
+                trimmed = f"{source}-tv"
+                record = build_or_drop(trimmed, "trim-vocab", source, {}, "not exported")
+                if record is None:
+                    continue
+                source = trimmed
             bundle = f"{source}-onnx"
             record = attempt(bundle, "export", source, {})
             records.append(record)
@@ -486,13 +523,20 @@ def _depth(artifact: Artifact) -> int:
 
 def _make_config(stage: str, settings: dict, config: SearchConfig, teacher: Artifact):
     models = _stage_configs()
+
+    def data(block: dict) -> dict:
+        """The search's data, with the block's own `data` fields on top (e.g. a train subset for recovery only)."""
+        return {**config.data.model_dump(exclude_unset=True), **(block.get("data") or {})}
+
     if stage == "distill":
-        return models["distill"].model_validate({**config.distill, "data": config.data.model_dump(), **settings})
+        return models["distill"].model_validate({**config.distill, **settings, "data": data(config.distill)})
     if stage == "prune":
         options = {"distill_from": str(teacher.path), **config.prune_options, **settings}
-        return models["prune_options"].model_validate({**options, "data": config.data.model_dump()})
+        return models["prune_options"].model_validate({**options, "data": data(config.prune_options)})
     if stage == "export":
         return models["export_options"].model_validate(config.export_options)
+    if stage == "trim-vocab":
+        return models["trim_vocab"].model_validate({**(config.trim_vocab or {}), "data": config.data.model_dump()})
     options = dict(config.quantize_options)
     if settings["mode"] in ("static", "auto") and not options.get("calibration"):
         from .evaluate import artifact_data_spec
@@ -553,8 +597,9 @@ def markdown(result: dict) -> str:
              f"Budget: drop ≤ {s['max_accuracy_drop']} pts" + (f", size ≤ {s['max_size_mb']} MB" if s['max_size_mb']
                                                                else "")
              + (f", wall clock ≤ {s['max_hours']:g} h" if s.get("max_hours") is not None else "")
-             + f". Search: layers {s['layers']}, prune {[(p['ffn'], p['heads']) for p in s['prune']]}, "
-               f"quantize {s['quantize']}.  ",
+             + f". Search: layers {s['layers']}, prune {[tuple(v for v in (p['ffn'], p['heads'], p.get('layers')) if v is not None) for p in s['prune']]}, "
+               f"quantize {s['quantize']}" + (", vocabulary trimmed" if s.get("trim_vocab") is not None else "")
+             + ".  ",
              f"CPU: {cpu.get('model')} ({cpu.get('usable_cores')} cores), threads {m.get('threads')}; "
              f"wall time {result['wall_time_s'] / 60:.1f} min.", "", *candidate_table(result["candidates"])]
     lines += ["", (f"**Best: {result['best']}** ({result['best_path']})." if result["best"]

@@ -71,6 +71,38 @@ def test_teacher_depth_means_no_distillation_and_deeper_is_refused():
         plan_and_build(search_config(layers=[7]), 6, build)
 
 
+def test_layer_dropping_and_trim_vocab_in_the_tree():
+    # The teacher's own depth: pruned without distillation, and cheap students by dropping its top layers,
+    # ordered least to most compressed; a trim-vocab step before every export.
+    config = search_config(layers=[0], prune=[{"ffn": 0.5, "heads": 0.33}, {}, {"layers": 4},
+                                              {"ffn": 0.5, "heads": 0.33, "layers": 4}, {"ffn": 0.5, "heads": 0.5, "layers": 2}],
+                           trim_vocab={"keep_chars": "ascii"})
+    calls, build = fake_builder({"teacher-d4": 0.4, "teacher-d4-p50-33": 1.3})
+    records = plan_and_build(config, 6, build)
+    built = [c[0] for c in calls]
+    assert built == ["teacher-tv", "teacher-tv-onnx", "teacher-tv-dynamic",
+                     "teacher-d4", "teacher-d4-tv", "teacher-d4-tv-onnx", "teacher-d4-tv-dynamic",
+                     "teacher-p50-33", "teacher-p50-33-tv", "teacher-p50-33-tv-onnx", "teacher-p50-33-tv-dynamic",
+                     "teacher-d4-p50-33"]
+    settings = {c[0]: c[3] for c in calls}
+    assert settings["teacher-d4"] == {"ffn": 0.0, "heads": 0.0, "drop_layers": [4, 5]}  # the top layers go
+    assert settings["teacher-p50-33"] == {"ffn": 0.5, "heads": 0.33}
+    assert {c[1] for c in calls if c[0].endswith("-tv")} == {"trim-vocab"}
+    by_name = {r["name"]: r for r in records}
+    # d4-p50-33 is over budget, so d2-p50-50 (fewer layers, no less pruned) is skipped without training
+    assert by_name["teacher-d2-p50-50"]["status"] == "skipped"
+    assert by_name["teacher-d2-p50-50"]["reason"] == ("skipped: pruning d4-p50-33 of teacher already loses 1.30 pts "
+                                               "(over the budget)")
+    # a student shallower than the kept depth cannot drop to it
+    config = search_config(layers=[3], prune=[{"layers": 4}], quantize=["none"])
+    calls, build = fake_builder({})
+    records = plan_and_build(config, 6, build)
+    assert records[1] == {"name": "L3-d4", "stage": "prune", "parent": "L3", "status": "skipped",
+                          "reason": "skipped: keeps 4 layers, L3 has 3"}
+    with pytest.raises(ConfigError, match=r"prune.0.layers: keeping 6 layers drops none of the teacher's 6 layers"):
+        plan_and_build(search_config(prune=[{"layers": 6}]), 6, build)
+
+
 def test_pareto_front_keeps_only_non_dominated_points():
     points = [{"name": "a", "p50_ms": 10.0, "value": 0.90}, {"name": "b", "p50_ms": 5.0, "value": 0.88},
               {"name": "c", "p50_ms": 6.0, "value": 0.87}, {"name": "d", "p50_ms": 3.0, "value": 0.80},
@@ -86,6 +118,9 @@ def test_pareto_front_keeps_only_non_dominated_points():
     ({"distill": {"temperature": "hot"}}, "search.distill.temperature"),
     ({"quantize_options": {"method": "magic"}}, "search.quantize_options.method"),
     ({"prune": [{}, {}]}, "the same ratio is listed twice"),
+    ({"prune": [{"layers": 0}]}, "search.prune.0.layers"),
+    ({"trim_vocab": {"keep_chars": "latin"}}, "search.trim_vocab.keep_chars"),
+    ({"prune_options": {"drop_layers": [5]}}, "search.prune_options.drop_layers: set by the search itself"),
 ])
 def test_search_config_errors_name_the_path(data, fragment):
     with pytest.raises(ConfigError) as exc:
@@ -97,7 +132,7 @@ def test_search_config_errors_name_the_path(data, fragment):
 def test_cli_errors_are_one_line(cli, tmp_path, tiny_artifacts, tiny_bundles):
     teacher = tiny_artifacts["sst"].path
     assert_one_line_error(cli("optimize", "--teacher", teacher, "--out", tmp_path / "a", "--prune", "half"),
-                          "--prune", "expected FFN:HEADS fractions, got 'half'")
+                          "--prune", "expected FFN:HEADS fractions (optionally :LAYERS kept), got 'half'")
     assert_one_line_error(cli("optimize", "--teacher", teacher, "--out", tmp_path / "b", "--layers", "5"),
                           "5 is deeper than the teacher (2 layers)")
     assert_one_line_error(cli("optimize", "--teacher", tiny_bundles["sst"].path, "--out", tmp_path / "c"),
@@ -150,3 +185,24 @@ def test_shipped_search_config_validates():
     path = Path(__file__).resolve().parent.parent / "recipes" / "search" / "sst2.yaml"
     config = parse_search(read_yaml(path, "search config", "recipes/search/sst2.yaml"), where=str(path))
     assert config.layers == [3, 2] and config.max_size_mb == 8 and len(config.prune) == 3
+
+
+def test_tiny_search_drops_layers_and_trims_the_vocabulary(cli, tmp_path, tiny_artifacts):
+    """The teacher's own depth, a cheap student by dropping its top layer, and a trim-vocab step before export."""
+    teacher = tiny_artifacts["sst"]
+    space = tmp_path / "space.yaml"
+    space.write_text("layers: [0]\nprune: [{}, {layers: 1}]\nquantize: [dynamic]\ntrim_vocab: {}\n"
+                     "max_accuracy_drop: 100\nprune_options: {recover_epochs: 1, importance_samples: 16}\n"
+                     "runs: 3\nwarmup: 0\n")
+    out = tmp_path / "search"
+    result = cli("optimize", "--teacher", teacher.path, "--out", out, "--config", space, "--json")
+    assert result.code == 0, result
+    summary = json.loads(result.out)
+    names = [r["name"] for r in summary["candidates"]]
+    assert names == ["teacher-tv", "teacher-tv-onnx", "teacher-tv-dynamic",
+                     "teacher-d1", "teacher-d1-tv", "teacher-d1-tv-onnx", "teacher-d1-tv-dynamic"]
+    config = json.loads((out / "candidates" / "teacher-d1" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1
+    vocab = json.loads((out / "candidates" / "teacher-d1-tv" / "config.json").read_text())["vocab_size"]
+    assert vocab < json.loads((teacher.path / "config.json").read_text())["vocab_size"]
+    assert "vocabulary trimmed" in (out / "search.md").read_text()

@@ -70,19 +70,27 @@ def report_cmd(
 
 
 def _parse_prune(value: str | None) -> list[dict] | None:
-    """'0:0,0.5:0.33' -> [{ffn: 0, heads: 0}, {ffn: 0.5, heads: 0.33}] (FFN:HEADS fractions)."""
+    """'0:0,0.5:0.33,0:0:4' -> [{ffn: 0, heads: 0}, {ffn: 0.5, heads: 0.33}, {ffn: 0, heads: 0, layers: 4}]
+    (FFN:HEADS fractions, optionally :LAYERS kept)."""
     from ..errors import ConfigError
 
     if value is None:
         return None
     choices = []
     for item in value.split(","):
-        ffn, _, heads = item.strip().partition(":")
+        parts = item.strip().split(":")
         try:
-            choices.append({"ffn": float(ffn), "heads": float(heads or 0)})
+            if len(parts) > 3:
+                raise ValueError
+            choice = {"ffn": float(parts[0]), "heads": float(parts[1]) if len(parts) > 1 and parts[1] else 0.0}
+            if len(parts) == 3:
+                choice["layers"] = int(parts[2])
+            choices.append(choice)
         except ValueError:
-            raise ConfigError(f"expected FFN:HEADS fractions, got '{item.strip()}'", where="--prune",
-                              fix="Example: --prune 0:0,0.5:0.33 (0:0 = unpruned)") from None
+            raise ConfigError(f"expected FFN:HEADS fractions (optionally :LAYERS kept), got '{item.strip()}'",
+                              where="--prune",
+                              fix="Example: --prune 0:0,0.5:0.33,0:0:4 (0:0 = unpruned; 0:0:4 = keep 4 layers)") \
+                from None
     return choices
 
 
@@ -92,7 +100,7 @@ def optimize(
     out: Annotated[Path, typer.Option("--out", help="Search directory (candidates/, search.json/md, pareto.png, best).")],
     config: Annotated[Optional[Path], typer.Option("--config", help="Search config YAML (flags override it).")] = None,
     layers: Annotated[Optional[str], typer.Option(help="Student depths, e.g. 3,2 (0 = the teacher's own depth).")] = None,
-    prune: Annotated[Optional[str], typer.Option(help="Prune ratios FFN:HEADS, e.g. 0:0,0.5:0.33 (0:0 = unpruned).")] = None,
+    prune: Annotated[Optional[str], typer.Option(help="Prune ratios FFN:HEADS[:LAYERS kept], e.g. 0:0,0.5:0.33,0:0:4 (0:0 = unpruned).")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="Quantization modes: none, dynamic, static, auto (comma-separated).")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(help="Budget: dev-metric drop vs the teacher, in points.")] = None,
     max_size_mb: Annotated[Optional[float], typer.Option(help="Budget: largest bundle size in MB.")] = None,
