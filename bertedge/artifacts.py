@@ -428,6 +428,19 @@ def atomic_artifact(out: str | Path, *, stage: str, task: str, overwrite: bool =
     distributed.barrier()  # the other ranks of a torchrun launch may read the artifact now
 
 
+def require_fp32_torch_artifact(artifact: Artifact, stage: str, *, bundle_fix: str, program_fix: str,
+                                edit: str = "edit") -> None:
+    """Refuse an ONNX bundle or a Neural Compressor int8 program (`quantize --engine inc`) where a stage edits or
+    trains fp32 PyTorch weights: `STAGE needs a PyTorch artifact, not an ONNX bundle` / `STAGE cannot EDIT a
+    Neural Compressor int8 program`."""
+    if artifact.is_bundle:
+        raise ArtifactError(f"{stage} needs a PyTorch artifact, not an ONNX bundle", where=str(artifact.path),
+                            fix=bundle_fix)
+    if artifact.manifest.get("torch_program"):
+        raise ArtifactError(f"{stage} cannot {edit} a Neural Compressor int8 program", where=str(artifact.path),
+                            fix=program_fix)
+
+
 def require_task_model(artifact: Artifact) -> None:
     """Refuse a `bertedge adapt` output (an encoder with a masked-LM head) where a task model is needed."""
     if artifact.task == "fill-mask":

@@ -237,3 +237,26 @@ def test_bad_input_is_one_line_exit_1_nothing_written(cli, tmp_path, env, name):
         assert not (tmp_path / "out").exists(), "an output was left behind"
     assert not list(tmp_path.glob(".out.partial-*"))
     assert {p for p in Path(env["artifact"]).parent.iterdir()} == before
+
+
+@pytest.mark.parametrize("command, extra, message, fix", [
+    ("prune", ["--ffn", "0.5"], "prune cannot prune a Neural Compressor int8 program",
+     "Prune the fp32 artifact, then quantize the pruned one"),
+    ("trim-vocab", [], "trim-vocab cannot edit a Neural Compressor int8 program",
+     "Trim the fp32 artifact first, then quantize it"),
+    ("early-exit", [], "early-exit cannot add heads to a Neural Compressor int8 program",
+     "Add the exits to the fp32 artifact, then export and quantize"),
+])
+def test_stages_that_edit_weights_refuse_an_inc_program(cli, tmp_path, tiny_artifacts, command, extra, message,
+                                                         fix):
+    """One refusal for the three stages that edit fp32 PyTorch weights, before anything loads or is written."""
+    import shutil
+
+    program = tmp_path / "inc"
+    shutil.copytree(tiny_artifacts["sst"].path, program)
+    manifest = json.loads((program / "bertedge.json").read_text())
+    manifest["torch_program"] = {"file": "model.pt2"}  # what `quantize --engine inc` records
+    (program / "bertedge.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    assert_one_line_error(cli(command, str(program), "--out", str(out), *extra), message, fix)
+    assert not out.exists()

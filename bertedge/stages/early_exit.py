@@ -26,7 +26,14 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from .. import log
-from ..artifacts import Artifact, atomic_artifact, check_output_path, derived_record, load_artifact
+from ..artifacts import (
+    Artifact,
+    atomic_artifact,
+    check_output_path,
+    derived_record,
+    load_artifact,
+    require_fp32_torch_artifact,
+)
 from ..config import DataConfig, StrictModel
 from ..early_exit import (
     HIDDEN_IN,
@@ -290,13 +297,11 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
                overwrite: bool = False) -> Artifact:
     """Add exit heads to the text classifier `src`, train them by self-distillation, calibrate the exit rule."""
     parent = src if isinstance(src, Artifact) else load_artifact(src)
-    if parent.is_bundle:
-        raise ArtifactError("early-exit needs a PyTorch artifact, not an ONNX bundle", where=str(parent.path),
-                            fix="Pass the fine-tuned artifact the bundle was exported from, then export the result")
+    require_fp32_torch_artifact(parent, "early-exit", edit="add heads to",
+                                bundle_fix="Pass the fine-tuned artifact the bundle was exported from, then export "
+                                           "the result",
+                                program_fix="Add the exits to the fp32 artifact, then export and quantize")
     require_early_exit_task(parent)
-    if parent.manifest.get("torch_program"):
-        raise ArtifactError("early-exit cannot add heads to a Neural Compressor int8 program", where=str(parent.path),
-                            fix="Add the exits to the fp32 artifact, then export and quantize")
     if parent.manifest.get("early_exit"):
         raise ArtifactError("this artifact already has exit heads", where=str(parent.path),
                             fix="Pass its parent (manifest parent.path) to train new ones")

@@ -28,6 +28,7 @@ from ..artifacts import (
     derived_record,
     load_artifact,
     parent_record,
+    require_fp32_torch_artifact,
     require_task_model,
 )
 from ..config import DataConfig, StrictModel, TrainConfig
@@ -217,9 +218,9 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
 
     parent = src if isinstance(src, Artifact) else load_artifact(src)
     require_task_model(parent)
-    if parent.is_bundle:
-        raise ArtifactError("prune needs a PyTorch artifact, not an ONNX bundle", where=str(parent.path),
-                            fix="Pass the artifact the bundle was exported from, then export the pruned one")
+    require_fp32_torch_artifact(parent, "prune", edit="prune",
+                                bundle_fix="Pass the artifact the bundle was exported from, then export the pruned one",
+                                program_fix="Prune the fp32 artifact, then quantize the pruned one")
     out = check_output_path(out, overwrite=overwrite)
     hf_config = AutoConfig.from_pretrained(str(parent.path))
     schedule = plan(config, hf_config) if config.structured else None

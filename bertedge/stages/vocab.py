@@ -23,7 +23,14 @@ from typing import Literal
 from pydantic import Field
 
 from .. import log
-from ..artifacts import Artifact, atomic_artifact, check_output_path, derived_record, load_artifact
+from ..artifacts import (
+    Artifact,
+    atomic_artifact,
+    check_output_path,
+    derived_record,
+    load_artifact,
+    require_fp32_torch_artifact,
+)
 from ..config import DataConfig, StrictModel
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
@@ -108,12 +115,9 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
                overwrite: bool = False) -> Artifact:
     """Write a copy of a PyTorch artifact whose vocabulary holds only the tokens its task's text uses."""
     parent = src if isinstance(src, Artifact) else load_artifact(src)
-    if parent.is_bundle:
-        raise ArtifactError("trim-vocab needs a PyTorch artifact, not an ONNX bundle", where=str(parent.path),
-                            fix="Trim the artifact the bundle was exported from, then export the trimmed one")
-    if parent.manifest.get("torch_program"):
-        raise ArtifactError("trim-vocab cannot edit a Neural Compressor int8 program", where=str(parent.path),
-                            fix="Trim the fp32 artifact first, then quantize it")
+    require_fp32_torch_artifact(parent, "trim-vocab",
+                                bundle_fix="Trim the artifact the bundle was exported from, then export the trimmed one",
+                                program_fix="Trim the fp32 artifact first, then quantize it")
     out = check_output_path(out, overwrite=overwrite)
 
     import torch
