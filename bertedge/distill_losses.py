@@ -101,6 +101,31 @@ def qa_loss(student_start, student_end, teacher_start, teacher_end, start_positi
     return {"loss": alpha * ce + (1 - alpha) * kd, "ce": ce, "kd": kd}
 
 
+def teacher_logits(task, outputs):
+    """The teacher's soft targets as one tensor: its logits, or start/end stacked on a last axis for a span head."""
+    if task.output_kind == "span":
+        import torch
+
+        return torch.stack([outputs.start_logits, outputs.end_logits], -1)
+    return outputs.logits
+
+
+def kd_loss(task, outputs, soft_targets, gold: dict, attention_mask, *, temperature: float, alpha: float,
+            labeled=None) -> dict:
+    """The task's label + KD loss (distill and prune's KD recovery share it), by the head's output kind.
+
+    `soft_targets` is `teacher_logits(task, teacher_outputs)` (or cached rows of it; None: labels only), `gold` the
+    batch's labels (`labels`, or `start_positions`/`end_positions` for a span head).
+    """
+    kw = {"temperature": temperature, "alpha": alpha, "labeled": labeled}
+    if task.output_kind == "span":
+        t_start, t_end = (None, None) if soft_targets is None else (soft_targets[..., 0], soft_targets[..., 1])
+        return qa_loss(outputs.start_logits, outputs.end_logits, t_start, t_end, gold["start_positions"],
+                       gold["end_positions"], attention_mask, **kw)
+    loss = token_loss if task.output_kind == "token" else classification_loss
+    return loss(outputs.logits, soft_targets, gold["labels"], **kw)
+
+
 def hidden_mse(student_hidden, teacher_hidden, attention_mask, projection=None):
     """MSE between [batch, tokens, width] hidden states on real tokens.
 

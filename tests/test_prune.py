@@ -208,7 +208,7 @@ def test_recovery_can_distill_from_the_unpruned_model(cli, sst, tmp_path, monkey
     manifest = load_artifact(out).manifest
     assert manifest["distilled_from"]["path"] == str(src.absolute())
     assert len(calls) == manifest["training"][0]["global_step"]
-    assert calls[0][0][-1] == 2 and calls[0][1] == {"temperature": 2.0, "alpha": 0.3}
+    assert calls[0][0][-1] == 2 and calls[0][1] == {"temperature": 2.0, "alpha": 0.3, "labeled": None}
 
 
 @pytest.mark.parametrize("scope", ["per-layer", "global"])

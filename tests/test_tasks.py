@@ -145,3 +145,23 @@ def test_squad_official_normalisation_and_scores():
     assert m["exact_match"] == pytest.approx(1 / 3)
     # "new york city" vs "new york": P = 2/3, R = 1 -> F1 = 0.8
     assert m["f1"] == pytest.approx((1 + 0.8 + 0) / 3)
+
+
+@pytest.mark.parametrize("name, unlabeled, kind", [
+    ("text-classification", {"text": "a fine film", "text_pair": None, "label": None}, "sequence"),
+    ("token-classification", {"tokens": ["EU", "rejects", "it"], "tags": None}, "token"),
+    ("question-answering", {"id": "q", "title": "", "question": "who ?", "context": "the cat sat",
+                            "answers": {"text": [], "answer_start": []}}, "span"),
+])
+def test_task_knowledge_for_unlabeled_examples(encoder, name, unlabeled, kind):
+    """What the stages used to spell out per task name: gold or not, a dummy gold for KD, a text example."""
+    task = get_task(name)
+    assert task.output_kind == kind
+    assert not task.has_gold(unlabeled)
+    dummy = task.with_dummy_gold(unlabeled)
+    assert task.has_gold(dummy) and unlabeled == {**dummy, task.gold_key: unlabeled[task.gold_key]}
+    features = task.train_features([dummy], encoder, TaskSettings(max_length=32, doc_stride=8))
+    assert features  # train_features accepts it
+    long = task.text_example(" ".join(["word"] * 50))
+    assert not task.has_gold(long)
+    assert len(task.eval_features([long], encoder, TaskSettings(max_length=32, doc_stride=8))[0]["input_ids"]) == 32

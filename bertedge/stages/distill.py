@@ -25,7 +25,7 @@ from ..errors import ConfigError, DataError, ModelError
 from ..evaluate import recorded_data_config
 from ..tasks import TASKS, get_task
 from ..tasks.base import run_forward
-from .finetune import _has_gold, evaluate_split, load_task_data, task_settings
+from .finetune import evaluate_split, load_task_data, task_settings
 
 
 class DistillConfig(StrictModel):
@@ -126,7 +126,7 @@ def _load_checked(config: DistillConfig, teacher: Artifact) -> TaskData:
                               fix="Distill on data of the teacher's task and label set")
         if data.labels != teacher.labels:  # same set, other order: use the teacher's label ids
             remap = [teacher.labels.index(name) for name in data.labels]
-            key = "label" if teacher.task == "text-classification" else "tags"
+            key = get_task(teacher.task).gold_key
             for examples in data.splits.values():
                 for ex in examples:
                     if isinstance(ex[key], list):
@@ -200,15 +200,6 @@ def _unlabeled_example(row: dict, task: str, pairs: bool, where: str) -> dict:
             "answers": {"text": [], "answer_start": []}}
 
 
-def _with_dummy_gold(task: str, ex: dict) -> dict:
-    """A copy that train_features accepts; the dummy gold is never used (teacher_labeled=0)."""
-    if task == "text-classification":
-        return {**ex, "label": 0}
-    if task == "token-classification":
-        return {**ex, "tags": [0] * len(ex["tokens"])}
-    return {**ex, "answers": {"text": [""], "answer_start": [0]}}
-
-
 # ----------------------------------------------------------------------------- teacher output cache
 
 
@@ -256,12 +247,12 @@ def teacher_outputs(teacher_model, teacher: Artifact, encoder, features: list[di
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if teacher.task == "text-classification":
+        if task.output_kind == "sequence":
             array = np.lib.format.open_memmap(tmp / file.name, mode="w+", dtype=np.float32,
                                               shape=(len(features), outputs[0]["logits"].shape[-1]))
             for i, out in enumerate(outputs):
                 array[i] = out["logits"]
-        elif teacher.task == "token-classification":
+        elif task.output_kind == "token":
             array = np.lib.format.open_memmap(tmp / file.name, mode="w+", dtype=np.float32,
                                               shape=(len(features), length, outputs[0]["logits"].shape[-1]))
             for i, out in enumerate(outputs):
@@ -300,7 +291,7 @@ def _resolved(config: DistillConfig, teacher: Artifact) -> DistillConfig:
                           fix=f"Drop the task, or use a teacher fine-tuned for {config.task}")
     settings = teacher.manifest.get("settings") or {}
     update = {"task": teacher.task, "data": _data_spec(config, teacher)}
-    for name, default in (("max_length", 384 if teacher.task == "question-answering" else 128),
+    for name, default in (("max_length", get_task(teacher.task).default_max_length),
                           ("doc_stride", 128), ("max_answer_length", 30)):
         if getattr(config, name) is None:
             update[name] = settings.get(name, default)
@@ -372,7 +363,8 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
     import torch
     from transformers import set_seed
 
-    from ..distill_losses import classification_loss, intermediate_loss, qa_loss, token_loss
+    from ..distill_losses import intermediate_loss, kd_loss
+    from ..distill_losses import teacher_logits as soft_targets
     from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, tokenizer_record
     from ..train import require_metric, train_model
 
@@ -401,9 +393,9 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
                               fix="Drop --augment, or widen the transfer set with --unlabeled FILE")
         augmented = augment_examples(train_examples, copies=config.augment, seed=config.train.seed,
                                      mask_token=teacher_tokenizer.mask_token)
-        unlabeled = unlabeled + augmented  # _with_dummy_gold below gives them the dummy label
+        unlabeled = unlabeled + augmented  # with_dummy_gold below gives them the dummy label
     features = []
-    for labeled, examples in ((1, train_examples), (0, [_with_dummy_gold(config.task, ex) for ex in unlabeled])):
+    for labeled, examples in ((1, train_examples), (0, [task.with_dummy_gold(ex) for ex in unlabeled])):
         if examples:
             for f in task.train_features(examples, encoder, settings):
                 features.append({**f, "index": len(features), "teacher_labeled": labeled})
@@ -444,22 +436,14 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
                 teacher_out = teacher_model(**inputs, output_hidden_states=config.hidden_weight > 0,
                                             output_attentions=config.attention_weight > 0)
             if config.alpha < 1:
-                teacher_logits = (torch.stack([teacher_out.start_logits, teacher_out.end_logits], -1)
-                                  if config.task == "question-answering" else teacher_out.logits)
+                teacher_logits = soft_targets(task, teacher_out)
         elif cache is not None:
             rows = np.asarray(cache[index.cpu().numpy()])
             if rows.ndim == 3:  # per-token rows are stored padded to the longest feature
                 rows = rows[:, :inputs["input_ids"].shape[1]]
             teacher_logits = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
-        kw = {"temperature": config.temperature, "alpha": config.alpha, "labeled": labeled}
-        if config.task == "text-classification":
-            parts = classification_loss(outputs.logits, teacher_logits, gold["labels"], **kw)
-        elif config.task == "token-classification":
-            parts = token_loss(outputs.logits, teacher_logits, gold["labels"], **kw)
-        else:
-            t_start, t_end = (None, None) if teacher_logits is None else (teacher_logits[..., 0], teacher_logits[..., 1])
-            parts = qa_loss(outputs.start_logits, outputs.end_logits, t_start, t_end, gold["start_positions"],
-                            gold["end_positions"], inputs["attention_mask"], **kw)
+        parts = kd_loss(task, outputs, teacher_logits, gold, inputs["attention_mask"], temperature=config.temperature,
+                        alpha=config.alpha, labeled=labeled)
         loss = parts["loss"]
         if teacher_out is not None:
             loss = loss + intermediate_loss(outputs, teacher_out, inputs["attention_mask"], transfer_map,
@@ -484,7 +468,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
             metrics = {"dev": evaluate(student)}
             teacher_metrics = {"dev": teacher_dev}
             test = data.splits.get("test")
-            if test and all(_has_gold(config.task, ex) for ex in test):  # e.g. CoNLL-2003: both on the same settings
+            if test and all(task.has_gold(ex) for ex in test):  # e.g. CoNLL-2003: both on the same settings
                 metrics["test"] = evaluate_split(student, student_encoder, config.task, test, settings, data.labels,
                                                  config.train.eval_batch_size)
                 teacher_metrics["test"] = evaluate_split(teacher_model, encoder, config.task, test, settings,

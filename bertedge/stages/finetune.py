@@ -175,7 +175,7 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
             net.eval()
             metrics = {"dev": evaluate(net)}
             test = data.splits.get("test")
-            if test and all(_has_gold(config.task, ex) for ex in test):
+            if test and all(task.has_gold(ex) for ex in test):
                 metrics["test"] = evaluate_split(net, encoder, config.task, test, settings, data.labels,
                                                  config.train.eval_batch_size)
             net.save_pretrained(writer.path, safe_serialization=True)
@@ -202,14 +202,6 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
             for hint in training_hints(result["history"], metric, metrics["dev"], config):
                 log.info(f"hint: {hint}")
     return load_artifact(out)
-
-
-def _has_gold(task: str, example: dict) -> bool:
-    if task == "text-classification":
-        return example["label"] is not None
-    if task == "token-classification":
-        return example["tags"] is not None
-    return bool(example["answers"]["text"])
 
 
 def training_hints(history: list[dict], metric: str, dev: dict, config: FinetuneConfig) -> list[str]:

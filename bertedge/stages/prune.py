@@ -35,6 +35,7 @@ from ..config import DataConfig, StrictModel, TrainConfig
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
 from ..evaluate import artifact_view
+from ..tasks import get_task
 from .finetune import evaluate_split, load_task_data, task_settings
 
 
@@ -180,7 +181,9 @@ def _kd_loss(teacher, task_name: str, config: PruneConfig):
     """Loss for recovery by distillation: the distill stage's KD losses on logits."""
     import torch
 
-    from ..distill_losses import classification_loss, qa_loss, token_loss
+    from ..distill_losses import kd_loss, teacher_logits
+
+    task = get_task(task_name)
 
     def compute_loss(model, inputs):
         inputs = {k: v for k, v in inputs.items() if not k.startswith("teacher_") and k != "index"}
@@ -190,14 +193,8 @@ def _kd_loss(teacher, task_name: str, config: PruneConfig):
             teacher.to(out[0].device)  # the Trainer placed the student; follow it
         with torch.no_grad():
             t = teacher(**features)
-        kw = {"temperature": config.temperature, "alpha": config.alpha}
-        if task_name == "question-answering":
-            parts = qa_loss(out.start_logits, out.end_logits, t.start_logits, t.end_logits, inputs["start_positions"],
-                            inputs["end_positions"], inputs["attention_mask"], **kw)
-        elif task_name == "token-classification":
-            parts = token_loss(out.logits, t.logits, inputs["labels"], **kw)
-        else:
-            parts = classification_loss(out.logits, t.logits, inputs["labels"], **kw)
+        parts = kd_loss(task, out, teacher_logits(task, t), inputs, inputs["attention_mask"],
+                        temperature=config.temperature, alpha=config.alpha)
         return parts["loss"], out
 
     return compute_loss
@@ -243,7 +240,6 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
 
     from .. import pruning
     from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
-    from ..tasks import get_task
     from ..train import _Collator, train_model
 
     set_seed(config.train.seed)

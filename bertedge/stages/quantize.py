@@ -394,7 +394,7 @@ class _Session:
         config, scheme = self.config, row["scheme"]
         examples, inputs = self.dev[:config.fp16_samples], "dev"
         if not examples:
-            examples, inputs = [_long_example(self.parent.task)], "synthetic"
+            examples, inputs = [self.task.text_example(LONG_TEXT)], "synthetic"
             log.warning("fp16: checking overflow on one synthetic input only (--no-eval skips the dev data)")
         features = self.task.eval_features(examples, self.encoder, self.settings)
         held = oq.fp16_tensors(self.source, row["path"], scheme)
@@ -488,7 +488,7 @@ class _Session:
 
     def _time(self, rows: list[dict]) -> None:
         ok = [r for r in rows if r["status"] == "ok"]
-        feature = self.task.eval_features([_long_example(self.parent.task)], self.encoder, self.settings)[0]
+        feature = self.task.eval_features([self.task.text_example(LONG_TEXT)], self.encoder, self.settings)[0]
         batch = self.encoder.collate([feature], pad_to=self.settings.max_length)
         base = self.fp32()
         paths = {"fp32": base["path"], **{str(i): r["path"] for i, r in enumerate(ok)}}
@@ -582,14 +582,7 @@ def candidate_verdict(row: dict, chosen: dict, max_drop: float, metric: str) -> 
     return f"within budget, slower than {chosen['name']} ({row['p50_ms']:.2f} vs {chosen['p50_ms']:.2f} ms)"
 
 
-def _long_example(task: str) -> dict:
-    text = " ".join(["the movie was very good and the story was great"] * 40)
-    if task == "question-answering":
-        return {"id": "timing", "question": "what was the movie ?", "context": text,
-                "answers": {"text": [], "answer_start": []}}
-    if task == "token-classification":
-        return {"tokens": text.split(), "tags": None}
-    return {"text": text, "text_pair": None, "label": None}
+LONG_TEXT = " ".join(["the movie was very good and the story was great"] * 40)  # a synthetic long input
 
 
 # ----------------------------------------------------------------------------- manifest and report

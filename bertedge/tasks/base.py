@@ -30,6 +30,23 @@ class Task:
     primary_metric: str = ""
     auto_model: str = ""  # transformers AutoModelFor... class name
     ort_task: str = ""  # optimum export task name
+    # What the head predicts: one distribution per sequence, one per token, or a start/end span
+    # (the KD losses and the teacher-output cache are laid out by it).
+    output_kind: str = "sequence"
+    gold_key: str = "label"  # the example field holding the gold answer (label ids are remapped through it)
+    default_max_length: int = 128
+
+    def has_gold(self, example: dict) -> bool:
+        """Whether the example carries a gold answer (a test split may not)."""
+        return example[self.gold_key] is not None
+
+    def with_dummy_gold(self, example: dict) -> dict:
+        """A copy of an unlabeled example that train_features accepts (the dummy gold is never scored)."""
+        raise NotImplementedError
+
+    def text_example(self, text: str) -> dict:
+        """An unlabeled example made of one text (e.g. a long synthetic one for timing)."""
+        raise NotImplementedError
 
     def train_features(self, examples: list[dict], encoder: TextEncoder, settings: TaskSettings) -> list[dict]:
         raise NotImplementedError

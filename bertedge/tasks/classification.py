@@ -56,6 +56,12 @@ class TextClassification(Task):
     auto_model = "AutoModelForSequenceClassification"
     ort_task = "text-classification"
 
+    def with_dummy_gold(self, example):
+        return {**example, "label": 0}
+
+    def text_example(self, text):
+        return {"text": text, "text_pair": None, "label": None}
+
     def _encode(self, examples: list[dict], encoder: TextEncoder, settings: TaskSettings):
         pairs = [ex.get("text_pair") for ex in examples]
         is_pair = any(p is not None for p in pairs)

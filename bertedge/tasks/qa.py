@@ -52,6 +52,19 @@ class QuestionAnswering(Task):
     primary_metric = "f1"
     auto_model = "AutoModelForQuestionAnswering"
     ort_task = "question-answering"
+    output_kind = "span"
+    gold_key = "answers"
+    default_max_length = 384
+
+    def has_gold(self, example):
+        return bool(example["answers"]["text"])
+
+    def with_dummy_gold(self, example):
+        return {**example, "answers": {"text": [""], "answer_start": [0]}}
+
+    def text_example(self, text):
+        return {"id": "timing", "question": "what was the movie ?", "context": text,
+                "answers": {"text": [], "answer_start": []}}
 
     def windows(self, examples, encoder, settings):
         """Per example, its (question, context-chunk) windows overlapping by `doc_stride` tokens."""

@@ -70,6 +70,14 @@ class TokenClassification(Task):
     primary_metric = "f1"
     auto_model = "AutoModelForTokenClassification"
     ort_task = "token-classification"
+    output_kind = "token"
+    gold_key = "tags"
+
+    def with_dummy_gold(self, example):
+        return {**example, "tags": [0] * len(example["tokens"])}
+
+    def text_example(self, text):
+        return {"tokens": text.split(), "tags": None}
 
     def _encode(self, examples, encoder, settings):
         return encoder.encode([ex["tokens"] for ex in examples], max_length=settings.max_length, pretokenized=True)
