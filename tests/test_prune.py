@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,6 +210,26 @@ def test_recovery_can_distill_from_the_unpruned_model(cli, sst, tmp_path, monkey
     assert manifest["distilled_from"]["path"] == str(src.absolute())
     assert len(calls) == manifest["training"][0]["global_step"]
     assert calls[0][0][-1] == 2 and calls[0][1] == {"temperature": 2.0, "alpha": 0.3, "labeled": None}
+
+
+def test_recovery_teacher_outputs_are_computed_once(cli, sst, tmp_path, monkeypatch):
+    """Two prune ratios recovered from the same teacher: the first computes its logits over the train
+    features, the second reads them from the cache and never runs the teacher while training."""
+    import bertedge.distill_losses as losses
+
+    monkeypatch.setenv("BERTEDGE_CACHE", str(tmp_path / "cache"))
+    src = sst.path
+    first = cli("prune", src, "--out", tmp_path / "a", "--ffn", "0.25", "--distill-from", src, *FAST)
+    assert first.code == 0, first
+    record = load_artifact(tmp_path / "a").manifest["teacher_cache"]
+    assert record["hit"] is False and Path(record["path"]).is_relative_to(tmp_path / "cache")
+    live = []  # every live teacher pass goes through teacher_logits
+    monkeypatch.setattr(losses, "teacher_logits", lambda task, out: live.append(1) or out.logits)
+    second = cli("prune", src, "--out", tmp_path / "b", "--ffn", "0.5", "--distill-from", src, *FAST)
+    assert second.code == 0, second
+    manifest = load_artifact(tmp_path / "b").manifest
+    assert manifest["teacher_cache"] == {**record, "hit": True}
+    assert manifest["training"][0]["global_step"] > 0 and live == []
 
 
 @pytest.mark.parametrize("scope", ["per-layer", "global"])

@@ -203,7 +203,9 @@ def _unlabeled_example(row: dict, task: str, pairs: bool, where: str) -> dict:
 # ----------------------------------------------------------------------------- teacher output cache
 
 
-def cache_root(config: DistillConfig) -> Path:
+def cache_root(config) -> Path:
+    """Where teacher outputs are cached: the config's `teacher_cache`, else $BERTEDGE_CACHE/distill (distill and
+    prune's KD recovery share it, so the same teacher over the same features is computed once)."""
     if config.teacher_cache:
         return Path(config.teacher_cache).expanduser()
     return Path(os.environ.get("BERTEDGE_CACHE", Path.home() / ".cache" / "bertedge")).expanduser() / "distill"

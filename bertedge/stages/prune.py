@@ -58,6 +58,9 @@ class PruneConfig(StrictModel):
                                                        "model) instead of labels only")
     alpha: float = Field(0.5, ge=0, le=1, description="With distill_from: weight of the label loss (1-alpha on KD)")
     temperature: float = Field(2.0, gt=0, description="With distill_from: softmax temperature of the KD term")
+    teacher_cache: str | None = Field(None, description="With distill_from: where the teacher's outputs over the "
+                                      "train features are cached, computed once and reused by every later prune "
+                                      "or distill of the same teacher and features (default: $BERTEDGE_CACHE/distill)")
     sparsity: float | None = Field(None, ge=0, lt=1, description="Unstructured: final fraction of zero weights in "
                                                                  "the encoder's linear layers")
     sparsity_start_step: int = Field(0, ge=0, description="Unstructured: step where pruning starts")
@@ -177,8 +180,10 @@ def _to_remove(scores: list[list[float]], keep, scope: str) -> list[list[int]]:
 # ----------------------------------------------------------------------------- losses
 
 
-def _kd_loss(teacher, task_name: str, config: PruneConfig):
-    """Loss for recovery by distillation: the distill stage's KD losses on logits."""
+def _kd_loss(teacher, task_name: str, config: PruneConfig, cache=None):
+    """Loss for recovery by distillation: the distill stage's KD losses on logits. With `cache` (the teacher's
+    logits per train feature, rows found by the batch's `index`), the teacher does not run."""
+    import numpy as np
     import torch
 
     from ..distill_losses import kd_loss, teacher_logits
@@ -186,14 +191,22 @@ def _kd_loss(teacher, task_name: str, config: PruneConfig):
     task = get_task(task_name)
 
     def compute_loss(model, inputs):
+        index = inputs.get("index")
         inputs = {k: v for k, v in inputs.items() if not k.startswith("teacher_") and k != "index"}
         features = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         out = model(**features)
-        if next(teacher.parameters()).device != out[0].device:
-            teacher.to(out[0].device)  # the Trainer placed the student; follow it
-        with torch.no_grad():
-            t = teacher(**features)
-        parts = kd_loss(task, out, teacher_logits(task, t), inputs, inputs["attention_mask"],
+        device = out[0].device
+        if cache is not None and index is not None:
+            rows = np.asarray(cache[index.cpu().numpy()])
+            if rows.ndim == 3:  # per-token rows are stored padded to the longest feature
+                rows = rows[:, :features["input_ids"].shape[1]]
+            soft = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+        else:
+            if next(teacher.parameters()).device != device:
+                teacher.to(device)  # the Trainer placed the student; follow it
+            with torch.no_grad():
+                soft = teacher_logits(task, teacher(**features))
+        parts = kd_loss(task, out, soft, inputs, inputs["attention_mask"],
                         temperature=config.temperature, alpha=config.alpha)
         return parts["loss"], out
 
@@ -253,7 +266,16 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
     dev_examples = subsample(data.split("dev"), config.data.max_eval_samples, config.train.seed)
     train_features = task.train_features(train_examples, encoder, settings)
     metric = config.train.metric or parent.manifest.get("primary_metric") or task.primary_metric
-    base_loss = _kd_loss(teacher, parent.task, config) if teacher is not None else None
+    cache_record = None
+    if teacher is not None and config.recover_epochs > 0:  # teacher logits over the train features, computed once
+        from .distill import cache_root, teacher_outputs
+
+        cache, cache_record = teacher_outputs(teacher, teacher_artifact, encoder, train_features, cache_root(config),
+                                              config.train.eval_batch_size)
+        train_features = [{**f, "index": i} for i, f in enumerate(train_features)]
+        base_loss = _kd_loss(teacher, parent.task, config, cache)
+    else:
+        base_loss = _kd_loss(teacher, parent.task, config) if teacher is not None else None
 
     def evaluate(m) -> dict:
         return evaluate_split(m, encoder, parent.task, dev_examples, settings, data.labels,
@@ -282,6 +304,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
             writer.manifest.update({
                 **derived_record(parent, settings, metric, config),
                 "distilled_from": parent_record(teacher_artifact),
+                "teacher_cache": cache_record,
                 "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples)},
                 "tokenizer": parent.manifest.get("tokenizer") or {},
                 "parameters": count_parameters(model),
@@ -319,7 +342,8 @@ def _structured(model, config: PruneConfig, schedule: dict, train_features, enco
         keep_heads, keep_ffn = schedule["heads"][k], schedule["ffn"][k]
         entry = {"round": k + 1}
         if keep_heads is not None or keep_ffn is not None:
-            batches = [collate(sample[i:i + batch_size]) for i in range(0, len(sample), batch_size)]
+            batches = [collate([{k: v for k, v in f.items() if k != "index"} for f in sample[i:i + batch_size]])
+                       for i in range(0, len(sample), batch_size)]
             # Under torchrun every rank removes rank 0's choice: the DDP replicas must keep the same shapes.
             heads, ffn = keep_heads is not None, keep_ffn is not None
             scores = distributed.on_main(lambda b=batches, h=heads, f=ffn: pruning.importance_scores(model, b, heads=h,
