@@ -161,3 +161,27 @@ def test_a_masked_lm_artifact_is_refused_where_a_task_model_is_needed(tmp_path, 
     assert_one_line_error(cli(*argv), "this is a masked-LM model from `bertedge adapt`, not a fine-tuned task model",
                           f"Fine-tune it first: bertedge finetune --model {mlm_artifact.path} --task TASK --data DATA")
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_unlabeled_text_is_counted_and_dev_text_never(tmp_path, cli, tiny_artifacts, tiny_data):
+    """In-domain unlabeled text adds its words; a dev sentence copied into it (or `--splits dev`) adds nothing."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data["sst"], data)
+    with open(data / "dev.tsv", "a", encoding="utf-8") as fh:
+        fh.write("paris was very good\t1\n")  # `paris` is in the vocabulary, in no train sentence
+    unlabeled = tmp_path / "reviews.txt"
+    unlabeled.write_text("london was a good film\nParis  was very good\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = cli("trim-vocab", str(tiny_artifacts["sst"].path), "--out", str(out), "--data", str(data),
+                 "--unlabeled", str(unlabeled), "--keep-chars", "none", "--json")
+    assert result.code == 0, result
+    record = json.loads(result.out)["vocab"]
+    assert record["unlabeled"] == {"files": [str(unlabeled)], "examples": 1, "left_out_as_dev_or_test": 1}
+    vocab = (out / "vocab.txt").read_text().split()
+    assert "london" in vocab and "paris" not in vocab
+    assert_one_line_error(cli("trim-vocab", str(tiny_artifacts["sst"].path), "--out", str(tmp_path / "dev"),
+                              "--splits", "train,dev"),
+                          "splits", "dev text is never counted: the evaluation data would choose the vocabulary")
+    assert not (tmp_path / "dev").exists()

@@ -17,8 +17,10 @@ from .common import EvalBatchSize, Overwrite, data_options, emit_json, split_nam
 def trim_vocab(
     artifact: Annotated[Path, typer.Argument(help="PyTorch artifact (finetune, distill or prune output).")],
     out: Annotated[Path, typer.Option("--out", help="Output artifact directory.")],
-    splits: Annotated[str, typer.Option(help="Comma-separated splits whose text is counted "
-                                             "(train, dev, test).")] = "train",
+    splits: Annotated[str, typer.Option(help="Splits whose text is counted: train (dev and test never are).")] = "train",
+    unlabeled: Annotated[list[Path] | None, typer.Option(
+        "--unlabeled", help="Unlabeled in-domain text also counted (.txt one example a line, or .jsonl); "
+                            "repeatable. Examples equal to a dev or test example are left out.")] = None,
     min_count: Annotated[int, typer.Option(help="Keep a counted token seen at least this many times.")] = 1,
     max_size: Annotated[int | None, typer.Option(help="Largest vocabulary, special and character tokens "
                                                       "included (the most frequent tokens fill the rest).")] = None,
@@ -27,8 +29,7 @@ def trim_vocab(
                                                  "or none.")] = "all",
     data: Annotated[str | None, typer.Option(help="Data (defaults to the one the artifact records).")] = None,
     max_train_samples: Annotated[int | None, typer.Option(help="Count a seeded subset of the train split.")] = None,
-    max_eval_samples: Annotated[int | None, typer.Option(help="Evaluate (and count dev/test) on a "
-                                                              "seeded subset.")] = None,
+    max_eval_samples: Annotated[int | None, typer.Option(help="Evaluate on a seeded dev subset.")] = None,
     eval_batch_size: EvalBatchSize = 64,
     overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
@@ -39,7 +40,8 @@ def trim_vocab(
     from ..stages.vocab import trim_vocab as run_trim
 
     config = build(TrimVocabConfig, {
-        "splits": split_names([splits]), "min_count": min_count, "max_size": max_size,
+        "splits": split_names([splits]), "unlabeled": [str(u) for u in unlabeled or []], "min_count": min_count,
+        "max_size": max_size,
         "keep_chars": keep_chars, "eval_batch_size": eval_batch_size,
         "data": data_options(data, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples),
     })
@@ -55,7 +57,9 @@ def trim_vocab(
     typer.echo(f"wrote {result.path}")
     typer.echo(f"  vocabulary {record['vocab_before']:,} -> {record['vocab_after']:,} tokens "
                f"({record['special']} special, {record['single_characters']} single characters, "
-               f"{record['counted_kept']:,} counted in {', '.join(record['counted_splits'])})")
+               f"{record['counted_kept']:,} counted in {', '.join(record['counted_splits'])}"
+               + (f" + {record['unlabeled']['examples']:,} unlabeled examples" if record.get("unlabeled") else "")
+               + ")")
     typer.echo(f"  embedding parameters {record['embedding_parameters_before']:,} -> "
                f"{record['embedding_parameters_after']:,}")
     typer.echo(f"  dev {metric} {before.get(metric, float('nan')):.4f} -> {after.get(metric, float('nan')):.4f}; "

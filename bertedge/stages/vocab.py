@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .. import log
 from ..artifacts import (
@@ -41,9 +41,12 @@ CHECK_SAMPLES = 2000  # features re-tokenized with the new tokenizer to prove th
 
 
 class TrimVocabConfig(StrictModel):
-    splits: list[Literal["train", "dev", "test"]] = Field(
-        ["train"], description="Splits whose text is counted; dev or test text would let the evaluation data "
-                               "choose the vocabulary, so train is the default")
+    splits: list[Literal["train"]] = Field(
+        ["train"], description="Splits whose text is counted: train only (dev or test text would let the evaluation "
+                               "data choose the vocabulary)")
+    unlabeled: list[str] = Field(default_factory=list, description="Unlabeled in-domain text files counted besides "
+                                 "train (.txt: one example a line, tab between a pair's fields; .jsonl: as distill "
+                                 "--unlabeled); an example whose text equals a dev or test example's is left out")
     min_count: int = Field(1, ge=1, description="Keep a counted token seen at least this many times")
     max_size: int | None = Field(None, ge=1, description="Largest vocabulary, special and character tokens included "
                                                          "(the most frequent counted tokens fill the rest)")
@@ -53,6 +56,23 @@ class TrimVocabConfig(StrictModel):
                            "word outside the kept vocabulary splits into pieces rather than becoming [UNK]")
     eval_batch_size: int = Field(64, ge=1, description="Batch size of the dev evaluations")
     data: DataConfig = Field(default_factory=DataConfig)
+
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _train_only(cls, value):
+        for split in value if isinstance(value, list) else [value]:
+            if split in ("dev", "test"):
+                raise ValueError(f"{split} text is never counted: the evaluation data would choose the vocabulary; "
+                                 "count train, plus unlabeled in-domain text (unlabeled / --unlabeled FILE)")
+        return value
+
+
+def _text_key(example: dict) -> tuple:
+    """An example's text, whitespace- and case-normalised: how unlabeled text is matched against dev and test."""
+    if "tokens" in example:
+        return (" ".join(example["tokens"]).lower(),)
+    return tuple(" ".join(str(example[k]).split()).lower() for k in ("text", "text_pair", "question", "context")
+                 if example.get(k) is not None)
 
 
 def _kept_ids(counts: Counter, vocab: dict[str, int], special: set[int],
@@ -145,6 +165,24 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
         counted += subsample(data.split(split), limit, 0)
     if not counted:
         raise ConfigError(f"no text to count in {', '.join(config.splits)}", where=spec, fix="Count a non-empty split")
+    unlabeled_record = None
+    if config.unlabeled:  # in-domain text besides train; never an example of the evaluation splits
+        from .distill import read_unlabeled
+
+        evaluation = {_text_key(ex) for split in ("dev", "test") for ex in data.splits.get(split) or []}
+        pairs = any(ex.get("text_pair") is not None for ex in counted[:50])
+        unlabeled_record = {"files": [str(Path(f).expanduser().absolute()) for f in config.unlabeled],
+                            "examples": 0, "left_out_as_dev_or_test": 0}
+        for file in config.unlabeled:
+            for ex in read_unlabeled(file, parent.task, pairs):
+                if _text_key(ex) in evaluation:
+                    unlabeled_record["left_out_as_dev_or_test"] += 1
+                    continue
+                counted.append(task.with_dummy_gold(ex))
+                unlabeled_record["examples"] += 1
+        if unlabeled_record["left_out_as_dev_or_test"]:
+            log.warning(f"trim-vocab: {unlabeled_record['left_out_as_dev_or_test']} unlabeled examples equal a dev "
+                        "or test example and were not counted")
     counted_ids = _ids(task.eval_features(counted, encoder, settings))
     counts = Counter(i for ids in counted_ids for i in ids)
 
@@ -206,7 +244,7 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
         unk_id = new_tokenizer.unk_token_id
         record = {
             "vocab_before": len(vocab), "vocab_after": len(kept), **kept_record,
-            "counted_splits": config.splits, "counted_examples": len(counted),
+            "counted_splits": config.splits, "counted_examples": len(counted), "unlabeled": unlabeled_record,
             "counted_tokens": sum(counts.values()),
             "embedding_parameters_before": old_embedding.weight.numel(),
             "embedding_parameters_after": new_embedding.weight.numel(),
