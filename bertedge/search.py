@@ -185,12 +185,29 @@ def check_depths(config: SearchConfig, teacher_depth: int, path: str = "layers",
                               fix=f"Keep fewer layers (1 to {teacher_depth - 1}), or leave `layers` out")
 
 
+# ----------------------------------------------------------------------------- size before building
+
+
+def weight_count(shape: dict, depth: int, choice: PruneChoice, vocab_size: int) -> int:
+    """Weight-matrix entries of a BERT of `shape` (config.json fields) at `depth` layers after `choice`, with a
+    vocabulary of `vocab_size`: what int8 stores at one byte each (biases and LayerNorms left out, so a lower bound
+    of the bundle's size)."""
+    hidden, heads, ffn = shape["hidden_size"], shape["num_attention_heads"], shape["intermediate_size"]
+    head_dim = hidden // heads
+    layers = min(choice.layers or depth, depth)
+    kept_heads = heads - round(choice.heads * heads)
+    kept_ffn = ffn - round(choice.ffn * ffn)
+    per_layer = 4 * hidden * kept_heads * head_dim + 2 * hidden * kept_ffn
+    embeddings = (vocab_size + shape.get("max_position_embeddings", 512) + shape.get("type_vocab_size", 2)) * hidden
+    return layers * per_layer + embeddings + hidden * hidden  # + the pooler
+
+
 # ----------------------------------------------------------------------------- the search tree
 
 
 def plan_and_build(config: SearchConfig, teacher_depth: int,
                    build: Callable[[str, str, str | None, dict], dict],
-                   clock: Callable[[], float] | None = None) -> list[dict]:
+                   clock: Callable[[], float] | None = None, shape: dict | None = None) -> list[dict]:
     """Walk the candidate tree, calling `build(name, stage, parent_name, settings)` for each candidate.
 
     `build` returns a record with at least `drop_pts` (vs the teacher; None when unknown). Candidates over
@@ -201,6 +218,12 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
     With `max_hours`, `clock()` (seconds, default time.monotonic) is read before each build once the first
     chain has ended (a final candidate built, or a candidate dropped): when the budget is spent, that
     candidate and every later one are recorded as `not tried` without being built.
+
+    With `max_size_mb` and the teacher's config.json fields in `shape`, a prune choice whose weights alone
+    (`weight_count`, one byte each under int8, four with only `none`) exceed the size budget is skipped
+    before it is trained. The vocabulary counted is the teacher's, or with `trim_vocab` the size the first
+    trimmed candidate reached (a trim-vocab record's `vocab_size`; every trim counts the same text); before
+    one exists only the always-kept tokens are counted, so the bound never skips a candidate that could fit.
     """
     check_depths(config, teacher_depth, where="--layers")
     limit = config.max_accuracy_drop + config.slack
@@ -239,6 +262,23 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
     def skip(name: str, stage: str, parent: str | None, reason: str) -> None:
         records.append({"name": name, "stage": stage, "parent": parent, "status": "skipped", "reason": reason})
 
+    bytes_per_weight = 4 if set(config.quantize) == {"none"} else 1
+
+    def too_big(depth: int, choice: PruneChoice) -> str | None:
+        """The reason to skip a choice whose weights alone break the size budget, else None."""
+        if config.max_size_mb is None or shape is None or shape.get("pruned_heads") \
+                or shape.get("bertedge_intermediate_sizes"):
+            return None  # no budget, or a pruned teacher: its config's widths would overstate it
+        if config.trim_vocab is None:
+            vocab = shape["vocab_size"]
+        else:
+            vocab = next((r["vocab_size"] for r in reversed(records) if r.get("vocab_size")), 0)
+        size = weight_count(shape, depth, choice, vocab) * bytes_per_weight
+        if size <= config.max_size_mb * 1e6:
+            return None
+        return (f"skipped: its weights alone take {size / 1e6:.1f} MB ({'int8' if bytes_per_weight == 1 else 'fp32'}"
+                f", vocabulary {vocab:,}), over the {config.max_size_mb:g} MB budget")
+
     depths = sorted({teacher_depth if d in (0, teacher_depth) else d for d in config.layers}, reverse=True)
     failed_depth: tuple[int, float] | None = None
     for depth in depths:
@@ -265,6 +305,10 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
                 if config.monotone and worse is not None:
                     skip(name, "prune", student, f"skipped: pruning {worse[0].tag} of {student} already "
                                                  f"loses {worse[1]:.2f} pts (over the budget)")
+                    continue
+                reason = too_big(depth, choice)
+                if reason:
+                    skip(name, "prune", student, reason)
                     continue
                 settings = {"ffn": choice.ffn, "heads": choice.heads}
                 if choice.layers is not None:
@@ -378,11 +422,14 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
                   "wall_time_s": None if kept else round(time.time() - t0, 1)}
         if stage == "quantize":
             record["quantize_choice"] = (artifact.manifest.get("quantization") or {}).get("candidate")
+        if stage == "trim-vocab":
+            record["vocab_size"] = (artifact.manifest.get("vocab") or {}).get("vocab_after")
         log.info(f"optimize: {name}: dev {metric} {value if value is None else round(value, 4)} "
                  f"(drop {record['drop_pts']} pts)")
         return record
 
-    records = plan_and_build(config, teacher_depth, build, clock=clock)
+    shape = json.loads((teacher.path / "config.json").read_text(encoding="utf-8"))
+    records = plan_and_build(config, teacher_depth, build, clock=clock, shape=shape)
     finals = [r for r in records if r.get("final") and r["status"] == "built"]
     built_s = time.time() - started
     if not finals:

@@ -206,3 +206,48 @@ def test_tiny_search_drops_layers_and_trims_the_vocabulary(cli, tmp_path, tiny_a
     vocab = json.loads((out / "candidates" / "teacher-d1-tv" / "config.json").read_text())["vocab_size"]
     assert vocab < json.loads((teacher.path / "config.json").read_text())["vocab_size"]
     assert "vocabulary trimmed" in (out / "search.md").read_text()
+
+
+MINILM = {"hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512,
+          "type_vocab_size": 2, "vocab_size": 30522}
+
+
+def test_weight_count_matches_a_bert_of_that_shape():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from bertedge.search import weight_count
+
+    model = BertForSequenceClassification(BertConfig(**{**MINILM, "num_hidden_layers": 2, "vocab_size": 1000}))
+    matrices = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "classifier" not in n)
+    assert weight_count(MINILM, 2, PruneChoice(), 1000) == matrices
+    # 4 of 12 heads and half the FFN gone, top layer dropped: what is left of one layer's matrices
+    pruned = weight_count(MINILM, 2, PruneChoice(ffn=0.5, heads=0.33, layers=1), 1000)
+    assert pruned == 4 * 384 * 8 * 32 + 2 * 384 * 768 + (1000 + 514) * 384 + 384 * 384
+
+
+def test_size_budget_skips_what_cannot_fit_once_the_trimmed_vocabulary_is_known():
+    config = search_config(layers=[0], max_size_mb=8, trim_vocab={},
+                           prune=[{}, {"ffn": 0.5, "heads": 0.33}, {"ffn": 0.5, "heads": 0.33, "layers": 3},
+                                  {"ffn": 0.67, "heads": 0.5, "layers": 4}])
+    calls = []
+
+    def build(name, stage, parent, settings):
+        calls.append(name)
+        record = {"name": name, "stage": stage, "parent": parent, "status": "built", "drop_pts": 0.0}
+        if stage == "trim-vocab":
+            record["vocab_size"] = 11_800
+        return record
+
+    records = plan_and_build(config, 6, build, shape=MINILM)
+    by_name = {r["name"]: r for r in records}
+    # the unpruned teacher is built first (it tells the trimmed vocabulary size); then 6 layers at p50-33 are
+    # 10.8 MB of weights and never trained, while the 3- and 4-layer choices may fit and are built
+    assert by_name["teacher-p50-33"]["status"] == "skipped"
+    assert by_name["teacher-p50-33"]["reason"] == ("skipped: its weights alone take 10.8 MB (int8, vocabulary 11,800), "
+                                                   "over the 8 MB budget")
+    assert "teacher-d3-p50-33" in calls and "teacher-d4-p67-50" in calls and "teacher-p50-33" not in calls
+    # with no size budget, or a pruned teacher whose config overstates it, nothing is skipped for size
+    assert all(r["status"] == "built" for r in plan_and_build(search_config(layers=[0], prune=[{"ffn": 0.5}]), 6,
+                                                              build, shape=MINILM))
+    pruned_teacher = {**MINILM, "pruned_heads": {"0": [1]}}
+    assert all(r["status"] == "built" for r in plan_and_build(config, 6, build, shape=pruned_teacher))
