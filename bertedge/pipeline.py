@@ -29,12 +29,12 @@ from .recipe import STAGE_MODULES, Recipe, stage_config, step_hash
 RUN_MARK = "recipe.yaml"
 
 
-def _stage_function(stage: str):
+def stage_function(stage: str):
     module, function, _ = STAGE_MODULES[stage]
     return getattr(importlib.import_module(module), function)
 
 
-def _read_state(path: Path) -> dict | None:
+def read_state(path: Path) -> dict | None:
     import json
 
     try:
@@ -89,7 +89,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, resume: bool = False, from_st
         config_hash = step_hash(step)
         if from_stage == name:
             redo = True
-        state = _read_state(state_file)
+        state = read_state(state_file)
         reusable = (not redo and state is not None and is_artifact(artifact_dir)
                     and state.get("config_hash") == config_hash and state.get("parent_sha") == parent_sha
                     and state.get("payload_sha") == load_artifact(artifact_dir).manifest.get("payload_sha256"))
@@ -145,7 +145,7 @@ def _execute(step, recipe: Recipe, source: Path | None, out: Path, paths: dict[s
              run_dir: Path | None = None, name: str | None = None, fresh: bool = False):
     """Call the stage's one public function with the step's config and its source artifact."""
     config = stage_config(step)
-    function = _stage_function(step.stage)
+    function = stage_function(step.stage)
     if step.stage == "search":  # its candidates live in OUT/search/NAME; the artifact is the pick
         search_dir = (run_dir or out.parent.parent) / "search" / (name or out.name)
         return function(str(source), config, out, search_dir=search_dir, fresh=fresh, overwrite=True)

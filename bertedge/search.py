@@ -366,7 +366,7 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
 
     `clock` (seconds; default time.monotonic) is what `max_hours` is checked against.
     """
-    from .pipeline import _read_state, _stage_function
+    from .pipeline import read_state, stage_function
     from .report import _dev_metrics
     from .tasks import get_task
 
@@ -399,7 +399,7 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
         dest = out / "candidates" / name
         state_file = out / "state" / f"{name}.json"
         config_hash = _hash({"stage": stage, "config": stage_config.model_dump(mode="json")})
-        state = _read_state(state_file)
+        state = read_state(state_file)
         t0 = time.time()
         if (resume and state and is_artifact(dest) and state.get("config_hash") == config_hash
                 and state.get("parent_sha") == parent_sha):
@@ -409,7 +409,7 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
         else:
             log.info(f"optimize: {name}: {stage} from {parent} {settings or ''} "
                      f"(search {time.time() - started:.0f} s so far)")
-            artifact = _stage_function(stage)(str(source), stage_config, dest, overwrite=True)
+            artifact = stage_function(stage)(str(source), stage_config, dest, overwrite=True)
             write_json_atomic(state_file, {"config_hash": config_hash, "parent_sha": parent_sha,
                                            "payload_sha": artifact.manifest.get("payload_sha256")})
             kept = False

@@ -64,7 +64,7 @@ def freeze(model, embeddings: bool, first_layers: int) -> int:
     return frozen
 
 
-class _Collator:
+class Collator:
     """Dynamic padding of feature dicts into torch tensors (labels padded with -100 per token)."""
 
     def __init__(self, encoder: TextEncoder):
@@ -239,7 +239,7 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     # eval_dataset is only a token for the Trainer's checks: `evaluate` above runs the task's own loop.
     trainer = BertEdgeTrainer(model=model, args=args, train_dataset=train_features, eval_dataset=train_features[:1],
-                              data_collator=_Collator(encoder), callbacks=callbacks)
+                              data_collator=Collator(encoder), callbacks=callbacks)
     if not progress_bars():
         from transformers.trainer_callback import PrinterCallback
 

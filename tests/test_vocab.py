@@ -111,13 +111,13 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, cli, tiny_artifacts,
 def test_keep_chars_modes_and_min_count_on_a_known_vocabulary():
     from collections import Counter
 
-    from bertedge.stages.vocab import TrimVocabConfig, _kept_ids
+    from bertedge.stages.vocab import TrimVocabConfig, kept_ids
 
     vocab = {"[PAD]": 0, "[UNK]": 1, "a": 2, "é": 3, "##a": 4, "##é": 5, "word": 6, "other": 7, "unused": 8}
     counts = Counter({6: 4, 7: 1})
     for mode, expected in (("all", [0, 1, 2, 3, 4, 5, 6, 7]), ("ascii", [0, 1, 2, 4, 6, 7]), ("none", [0, 1, 6, 7])):
-        assert _kept_ids(counts, vocab, {0, 1}, TrimVocabConfig(keep_chars=mode))[0] == expected, mode
-    kept, record = _kept_ids(counts, vocab, {0, 1}, TrimVocabConfig(keep_chars="none", min_count=2))
+        assert kept_ids(counts, vocab, {0, 1}, TrimVocabConfig(keep_chars=mode))[0] == expected, mode
+    kept, record = kept_ids(counts, vocab, {0, 1}, TrimVocabConfig(keep_chars="none", min_count=2))
     assert kept == [0, 1, 6] and record["counted_dropped"] == 1 and record["counted_kept"] == 1
 
 

@@ -179,9 +179,9 @@ def quantize_torch(src: str | Path | Artifact, config: IncQuantizeConfig, out: s
 
         inc_version = version("neural-compressor-pt")
 
-        from .quantize import _PARENT_ONLY_KEYS
+        from .quantize import PARENT_ONLY_KEYS
 
-        writer.manifest.update({k: v for k, v in parent.manifest.items() if k not in _PARENT_ONLY_KEYS})
+        writer.manifest.update({k: v for k, v in parent.manifest.items() if k not in PARENT_ONLY_KEYS})
         writer.manifest.update({
             "parent": parent_record(parent),
             "config": config.model_dump(),

@@ -253,7 +253,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
 
     from .. import pruning
     from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
-    from ..train import _Collator, train_model
+    from ..train import Collator, train_model
 
     set_seed(config.train.seed)
     task = get_task(parent.task)
@@ -288,7 +288,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
     with atomic_artifact(out, stage="prune", task=parent.task, overwrite=overwrite) as writer:
         if config.structured:
             record, rounds = _structured(model, config, schedule, train_features, encoder, evaluate, metric, base_loss,
-                                         _Collator(encoder), train_model)
+                                         Collator(encoder), train_model)
         else:
             record, rounds = _unstructured(model, config, train_features, encoder, evaluate, metric, base_loss,
                                            train_model)

@@ -26,7 +26,7 @@ from . import _onnx_quant as oq
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "quantize_report.md"
 # Manifest keys of the parent that describe the parent's own run, not the bundle's contents.
-_PARENT_ONLY_KEYS = {"format_version", "stage", "complete", "payload_sha256", "size_bytes", "environment",
+PARENT_ONLY_KEYS = {"format_version", "stage", "complete", "payload_sha256", "size_bytes", "environment",
                      "created_at", "wall_time_s", "metrics", "config", "parent", "history", "training",
                      "quantization", "validation", "tokenizer_in_graph"}
 
@@ -604,7 +604,7 @@ def _manifest(parent: Artifact, config: QuantizeConfig, preset: oq.Preset, chose
 
     scheme: oq.Scheme = chosen["scheme"]
     base = session.baseline or {}
-    inherited = {k: v for k, v in parent.manifest.items() if k not in _PARENT_ONLY_KEYS}
+    inherited = {k: v for k, v in parent.manifest.items() if k not in PARENT_ONLY_KEYS}
     cpu = cpu_info()
     integer = scheme.mode != "fp16"
     fp32_size = session.source.stat().st_size

@@ -75,7 +75,7 @@ def _text_key(example: dict) -> tuple:
                  if example.get(k) is not None)
 
 
-def _kept_ids(counts: Counter, vocab: dict[str, int], special: set[int],
+def kept_ids(counts: Counter, vocab: dict[str, int], special: set[int],
               config: TrimVocabConfig) -> tuple[list[int], dict]:
     chars = {i for t, i in vocab.items() if (len(t) == 1 or (t.startswith("##") and len(t) == 3))
              and (config.keep_chars == "all" or t[-1].isascii())} if config.keep_chars != "none" else set()
@@ -188,7 +188,7 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
 
     vocab: dict[str, int] = backend["model"]["vocab"]
     special = {a["id"] for a in backend.get("added_tokens") or []} | set(hf_tokenizer.all_special_ids)
-    kept, kept_record = _kept_ids(counts, vocab, special, config)
+    kept, kept_record = kept_ids(counts, vocab, special, config)
     id_to_token = {i: t for t, i in vocab.items()}
     tokens = [id_to_token[i] for i in kept]
     old2new = {old: new for new, old in enumerate(kept)}
