@@ -241,9 +241,14 @@ def _check_flow(recipe: Recipe) -> None:
             raise ConfigError(f"{where}: {step.stage} needs a PyTorch artifact but its source is a "
                               f"{source_stage} bundle",
                               fix="Order the stages finetune -> distill -> prune -> trim-vocab -> export -> quantize")
-        if step.stage == "quantize" and source_stage != "export":
+        if step.stage == "quantize" and step.engine == "inc" and source_stage not in SEARCH_SOURCES + ("trim-vocab",):
+            raise ConfigError(f"{where}: quantize with engine inc needs a PyTorch artifact but its source is a "
+                              f"{source_stage} step",
+                              fix="Quantize the last PyTorch step (no export before it), or use engine onnxruntime")
+        if step.stage == "quantize" and step.engine == "onnxruntime" and source_stage != "export":
             raise ConfigError(f"{where}: quantize needs an exported ONNX bundle but its source is a "
-                              f"{source_stage} step", fix="Add an export step before quantize")
+                              f"{source_stage} step", fix="Add an export step before quantize, or set engine: inc "
+                                                          "to quantize a PyTorch step with Neural Compressor")
         if step.stage == "quantize" and step.mode == "static" and not step.calibration:
             raise ConfigError(f"{where}.calibration: static quantization needs calibration data",
                               fix="Set `calibration: DATA` (e.g. the recipe's data name), or use mode: dynamic")

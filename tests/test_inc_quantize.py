@@ -91,3 +91,30 @@ def test_inc_auto_picks_within_budget_or_most_accurate(tiny_artifacts, tmp_path)
     assert q["mode"] == "static" and [t["config"] for t in q["trials"]][:2] == ["fp32", "static"]
     assert next(t for t in q["trials"] if t["config"] == "static")["verdict"] == "chosen"
     assert load_artifact(tmp_path / "q").manifest["torch_program"]["file"] == "model.pt2"
+
+
+def test_a_recipe_selects_the_inc_engine_in_one_config():
+    """Issue 23: the engine is a QuantizeConfig field, so a recipe can choose Neural Compressor; fields only
+    ONNX Runtime has are refused with it, and an inc step must start from a PyTorch step."""
+    import pytest
+
+    from bertedge.errors import ConfigError
+    from bertedge.recipe import parse_recipe
+    from bertedge.stages.quantize import QuantizeConfig
+
+    base = {"model": "minilm-l6", "task": "text-classification", "data": "sst2"}
+    recipe = parse_recipe({**base, "stages": [{"stage": "finetune"},
+                                              {"stage": "quantize", "engine": "inc", "mode": "static",
+                                               "calibration": "sst2"}]})
+    step = recipe.stages[-1]
+    assert step.engine == "inc" and step.inc_config().model_dump()["mode"] == "static"
+    assert step.inc_config().calibration_samples == 128  # Neural Compressor's own default when none is given
+    with pytest.raises(ConfigError, match="stages.1.quantize: Value error, per_channel applies to the onnxruntime "
+                                          "engine only"):
+        parse_recipe({**base, "stages": [{"stage": "finetune"},
+                                         {"stage": "quantize", "engine": "inc", "per_channel": True}]})
+    with pytest.raises(ConfigError, match="quantize with engine inc needs a PyTorch artifact but its source is a "
+                                          "export step"):
+        parse_recipe({**base, "stages": [{"stage": "finetune"}, {"stage": "export"},
+                                         {"stage": "quantize", "engine": "inc"}]})
+    assert QuantizeConfig().engine == "onnxruntime"

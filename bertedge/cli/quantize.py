@@ -122,13 +122,14 @@ def quantize(
 def _quantize_inc(src: Path, out: Path, *, mode: str, overwrite: bool, json_out: bool, **options) -> None:
     from ..config import build
     from ..errors import ConfigError
-    from ..stages.inc_quantize import IncQuantizeConfig, quantize_torch
+    from ..stages.quantize import QuantizeConfig
+    from ..stages.quantize import quantize as run_quantize
 
     if mode == "fp16":
         raise ConfigError("--engine inc quantizes to int8 only", where="--mode",
                           fix="Use --mode dynamic, static or auto with --engine inc (fp16 is an ONNX Runtime mode)")
-    config = build(IncQuantizeConfig, {"mode": mode, **options})
-    artifact = quantize_torch(src, config, out, overwrite=overwrite)
+    config = build(QuantizeConfig, {"engine": "inc", "mode": mode, **options})
+    artifact = run_quantize(src, config, out, overwrite=overwrite)
     q, metrics = artifact.manifest["quantization"], artifact.metrics
     metric = artifact.manifest.get("primary_metric")
     if json_out:

@@ -36,7 +36,15 @@ _NOT_COPIED = {MODEL_FILE, "model.ort", "required_operators.config", "bertedge.j
                "model_with_tokenizer.onnx"}
 
 
+# The fields both engines understand; every other field is ONNX Runtime's own.
+SHARED_FIELDS = ("engine", "mode", "calibration", "calibration_split", "calibration_samples", "calibration_batch_size",
+                 "max_accuracy_drop", "enforce_budget", "data", "eval_samples")
+
+
 class QuantizeConfig(StrictModel):
+    engine: Literal["onnxruntime", "inc"] = Field(
+        "onnxruntime", description="onnxruntime: an exported ONNX bundle -> an int8/fp16 bundle; inc: Intel Neural "
+                                   "Compressor on a PyTorch artifact -> an int8 torch program (bertedge[inc])")
     mode: Literal["dynamic", "static", "auto", "fp16"] = Field(
         "dynamic", description="dynamic int8, static int8 (QDQ, needs calibration), auto (accuracy gate over "
                                "candidates) or fp16 (GPU targets)")
@@ -79,12 +87,35 @@ class QuantizeConfig(StrictModel):
     def _check(self):
         if self.mode == "auto" and not self.evaluate:
             raise ValueError("mode=auto needs evaluate=True (the gate compares dev metrics)")
+        if self.engine == "inc":
+            if self.mode == "fp16":
+                raise ValueError("engine inc quantizes to int8 only (fp16 is an ONNX Runtime mode)")
+            fields = type(self).model_fields
+            given = [name for name in fields if name not in SHARED_FIELDS
+                     and getattr(self, name) != fields[name].get_default(call_default_factory=True)]
+            if given:
+                raise ValueError(f"{given[0]} applies to the onnxruntime engine only (Neural Compressor picks its "
+                                 "own scheme); drop it, or use engine onnxruntime on the exported bundle")
         return self
+
+    def inc_config(self):
+        """The same request as Neural Compressor's config (its own calibration default when none was given)."""
+        from .inc_quantize import IncQuantizeConfig
+
+        shared = {k: getattr(self, k) for k in SHARED_FIELDS if k != "engine"}
+        if "calibration_samples" not in self.model_fields_set:
+            shared.pop("calibration_samples")
+        return IncQuantizeConfig.model_validate(shared)
 
 
 def quantize(src: str | Path | Artifact, config: QuantizeConfig, out: str | Path, *,
              overwrite: bool = False) -> Artifact:
-    """Quantize the fp32 bundle `src` into a new bundle at `out`."""
+    """Quantize the fp32 bundle `src` into a new bundle at `out` (engine inc: the PyTorch artifact `src` into a
+    Neural Compressor torch program)."""
+    if config.engine == "inc":
+        from .inc_quantize import quantize_torch
+
+        return quantize_torch(src, config.inc_config(), out, overwrite=overwrite)
     out = check_output_path(out, overwrite=overwrite)
     parent = src if isinstance(src, Artifact) else load_artifact(src)
     if config.with_tokenizer and parent.manifest.get("early_exit"):
