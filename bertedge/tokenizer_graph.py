@@ -3,7 +3,9 @@
 A second graph in the bundle, next to model.onnx (which stays as it is): a WordPiece tokenizer built
 from onnxruntime-extensions custom ops (domain `ai.onnx.contrib`) merged in front of the model with
 `onnx.compose.merge_models`, so a binding with no tokenizer library (Java, C#, C++, mobile) feeds a
-raw string and reads the label. One text per run: input `text`, a string tensor of shape [1].
+raw string and reads the label. One text per run: input `text`, a string tensor of shape [1], each NUL
+(U+0000) in it replaced by U+FFFD first (`graph_text`): onnxruntime hands strings to custom ops as C
+strings, so the ops would read the text only up to its first NUL; BertNormalizer deletes both characters.
 
 Outputs (single-sentence text classification, the only task family it is built for):
 - `label`: string [1], the label name (labels[label_id]);
@@ -63,10 +65,24 @@ CJK_RANGES = r"\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x
 PUNCT_CLASS = r"!-/:-@\[-`{-~\p{P}"
 MARK_PATTERN = r"\p{Mn}"
 
+
+def graph_text(text: str) -> str:
+    """`text` as the graph's `text` input takes it: each NUL (and lone surrogate) replaced by U+FFFD.
+
+    onnxruntime hands strings to custom ops as C strings, so the ops would see the text only up to its first
+    NUL (the standard ops that could edit it in the graph need opset 20). BertNormalizer's clean_text deletes
+    NUL and U+FFFD alike, and the graph reproduces no added token containing either, so the ids are
+    HuggingFace's on the original text (deleting the NUL instead would turn '[CL\\0S]' into the token [CLS],
+    which HuggingFace does not). Every binding must do this before feeding the graph (docs/export.md)."""
+    from .runtime import tokenizable
+
+    return tokenizable(text).replace("\x00", "\ufffd")
+
+
 # Checked at export/quantize time besides the dev texts.
 ODD_TEXTS = ("", " ", "\t\n", "good", "GOOD Film!", "café naïve résumé", "Zażółć gęślą jaźń", "great😀 film 👍🏽",
              "مرحبا good", "שלום film", "中文 good", "İstanbul", "a\u200bb", " ".join(["very good film"] * 200),
-             "x" * 300)
+             "x" * 300, "a\x00b good")
 
 KNOWN_DIFFERENCES = (
     ("letters outside Latin-1, Latin Extended-A/Additional, Greek and Cyrillic whose lower case or accent "
@@ -76,7 +92,6 @@ KNOWN_DIFFERENCES = (
     "unassigned code points and characters newer than one library's Unicode tables",
     ("special tokens typed literally into the text ('[CLS]', '[SEP]', '[UNK]'): HuggingFace reads them "
      "as the special token, the graph as punctuation and letters"),
-    "NUL characters: onnxruntime passes strings as C strings to custom ops, so the text ends there",
 )
 
 
@@ -131,7 +146,7 @@ def session(path: str | Path, threads: int | None = None):
 
 def run(sess, text: str) -> dict[str, np.ndarray]:
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {"text": np.array([text], dtype=object)})))
+    return dict(zip(names, sess.run(names, {"text": np.array([graph_text(text)], dtype=object)})))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -345,7 +360,8 @@ def build(bundle_dir: Path, *, task: str, input_kind: str | None, labels: list[s
     return {
         "file": FILE,
         "inputs": [{"name": "text", "dtype": "string", "shape": [1],
-                    "note": "one UTF-8 text per run (the custom ops take one string)"}],
+                    "note": "one UTF-8 text per run (the custom ops take one string), each NUL (U+0000) replaced "
+                            "by U+FFFD (custom ops read a string up to its first NUL)"}],
         "outputs": [{"name": "label", "dtype": "string", "shape": [1]},
                     {"name": "label_id", "dtype": "int64", "shape": [1]},
                     {"name": "scores", "dtype": "float32", "shape": [1, len(names)], "note": "softmax(logits)"},

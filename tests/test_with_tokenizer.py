@@ -40,8 +40,9 @@ KNOWN_DIFFERENCES = {
     "[CLS] good [SEP]": "special tokens typed into the text: tokenizer.json matches them as [CLS]/[SEP], "
                         "the graph splits them into punctuation and letters",
     "good [UNK] film": "a literal [UNK]: the same",
-    "a\x00b good": "NUL: onnxruntime hands strings to custom ops as C strings, so the text ends at the NUL",
 }
+# Once differing: a NUL (custom ops read strings up to it; the graph's input has U+FFFD for it, test_nul).
+NUL_TEXT = "a\x00b good"
 
 ODD = [
     "", " ", "   ", "\t", "\n", "\t\n \r\n", "\u00a0", "\u3000", "\u2028", " \u2003 \u2009 ",  # empty / whitespace-only
@@ -57,7 +58,7 @@ ODD = [
     "http://example.com/film?x=1", "john@example.com", "3.14159", "1,000,000",
     "a\u200bb", "\ufeffgood", "soft\u00adhyphen", "ctrl\x07char", "del\x7fchar", "tab\tand\nnewline",
     "ｆｕｌｌｗｉｄｔｈ", "ﬁlm", "Ⅻ", "①②", "ℌ", "K", "ß", "ǅ",
-    *KNOWN_DIFFERENCES,
+    *KNOWN_DIFFERENCES, NUL_TEXT,
 ]
 
 WORDS = ["good", "great", "fine", "nice", "happy", "love", "best", "bad", "awful", "poor", "sad", "hate", "worst",
@@ -159,6 +160,32 @@ def test_graph_predicts_what_bundle_predict_does(tok_bundles, precision):
     assert result["max_score_diff"] <= 1e-6  # float32 softmax in the graph, float64 in Bundle.predict
 
 
+# The tiny vocabulary: [CLS] 2, [SEP] 3, a 5, ##b 122, c 78, good 25, ##l 132, ##s 139; no '[' or ']' ([UNK] 1).
+# Each case: the text, the ids HuggingFace's tokenizer gives it.
+NUL = [
+    ("a\x00b good", [2, 5, 122, 25, 3]),  # deleted (BertNormalizer clean_text): "ab good"
+    ("\x00", [2, 3]),
+    ("[CL\x00S]", [2, 1, 78, 132, 139, 1, 3]),  # a NUL inside a special token: no token (matched before clean)
+]
+
+
+@pytest.mark.parametrize("text, ids", NUL, ids=repr)
+def test_nul(tok_bundles, text, ids):
+    """Exact ids: the graph's equal HuggingFace's on texts with NUL."""
+    bundle = Bundle(tok_bundles["fp32"])
+    assert bundle.encoder.encode([text], max_length=MAX_LENGTH)[0].ids == ids  # the reference itself
+    assert tg.run(tg.session(tok_bundles["fp32"] / tg.FILE), text)["token_ids"][0].tolist() == ids
+
+
+def test_nul_needs_graph_text(tok_bundles):
+    """Why `graph_text` (and every binding) replaces NUL with U+FFFD: fed as is, the custom ops stop at it."""
+    assert tg.graph_text("a\x00b\x00") == "a\ufffdb\ufffd" and tg.graph_text("a\ud800b") == "a\ufffdb"
+    graph = tg.session(tok_bundles["fp32"] / tg.FILE)
+    raw = graph.run(["token_ids"], {"text": np.array(["a\x00b good"], dtype=object)})[0][0].tolist()
+    assert raw == [2, 5, 3]  # "a" only
+    assert tg.run(graph, "a\x00b good")["token_ids"][0].tolist() == [2, 5, 122, 25, 3]
+
+
 def test_manifest_records_the_graph(tok_bundles):
     for precision in ("fp32", "int8"):
         manifest = json.loads((tok_bundles[precision] / "bertedge.json").read_text())
@@ -168,6 +195,7 @@ def test_manifest_records_the_graph(tok_bundles):
         assert record["inputs"][0] == {**record["inputs"][0], "name": "text", "dtype": "string"}
         assert "register_custom_ops_library" in record["custom_ops"]["load"]
         assert record["tokenizer"]["max_length"] == MAX_LENGTH and record["tokenizer"]["strip_accents"] is True
+        assert "U+FFFD" in record["inputs"][0]["note"] and not any("NUL" in d for d in record["known_differences"])
         v = record["validation"]
         assert v["same_token_ids"] == v["same_labels"] == v["texts"] > len(tg.ODD_TEXTS)
         assert manifest["onnx"]["file"] == "model.onnx"  # the normal path is unchanged
