@@ -3,7 +3,9 @@
 A second graph in the bundle, next to model.onnx (which stays as it is): a WordPiece tokenizer built
 from onnxruntime-extensions custom ops (domain `ai.onnx.contrib`) merged in front of the model with
 `onnx.compose.merge_models`, so a binding with no tokenizer library (Java, C#, C++, mobile) feeds a
-raw string and reads the label. One text per run: input `text`, a string tensor of shape [1].
+raw string and reads the label. One text per run: input `text`, a string tensor of shape [1], each NUL
+(U+0000) in it replaced by U+FFFD first (`graph_text`): onnxruntime hands strings to custom ops as C
+strings, so the ops would read the text only up to its first NUL; BertNormalizer deletes both characters.
 
 Outputs (single-sentence text classification, the only task family it is built for):
 - `label`: string [1], the label name (labels[label_id]);
@@ -18,6 +20,10 @@ BertNormalizer on control, format, private-use and combining characters, non-ASC
 some spaces, and does not truncate sentence pairs. The graph here reproduces the tokenizer.json
 pipeline step by step instead:
 
+0. StringRegexReplace (RE2): the added tokens of tokenizer.json ([CLS], [SEP], [UNK], [PAD], [MASK], ...),
+   which HuggingFace splits out of the raw text before normalizing it (exact case, leftmost-longest),
+   each become a word of one private-use sentinel character, which the later steps keep as it is and
+   the id lookup maps to the token's id (`added_tokens`; `[cls]` stays text, as in HuggingFace);
 1. StringRegexReplace (RE2): drop what BertNormalizer's clean_text drops (control characters except
    tab/newline/return, format and private-use characters, U+FFFD), turn every Unicode space
    separator into a space, put spaces around CJK ideographs (handle_chinese_chars) and around
@@ -27,12 +33,13 @@ pipeline step by step instead:
    Latin beyond Latin-1, Greek, Cyrillic; see `letter_folds`);
 2. BasicTokenizer: lower-casing and accent stripping of Latin-1 and basic Cyrillic, split on spaces;
 3. WordpieceTokenizer, one row per word, max_input_chars_per_word as in tokenizer.json;
-4. plain ONNX ops: token strings -> ids (ai.onnx.ml LabelEncoder), a word with any unknown piece
-   becomes one [UNK] (as HuggingFace does), truncation to max_length - 2, [CLS] ... [SEP], mask and
+4. plain ONNX ops: token strings and sentinels -> ids (ai.onnx.ml LabelEncoder), a word with any
+   unknown piece becomes one [UNK] (as HuggingFace does), truncation to max_length - 2, [CLS] ... [SEP], mask and
    token types, the model, softmax, argmax, label lookup.
 
-Where it still differs from the HuggingFace tokenizers library: KNOWN_DIFFERENCES, docs/export.md and
-tests/test_with_tokenizer.py (which lists every differing input of its 1,000).
+Where it still differs from the HuggingFace tokenizers library: KNOWN_DIFFERENCES (plus, per bundle, added
+tokens with `normalized: true` or `single_word: true`, which BERT's special tokens are not), docs/export.md
+and tests/test_with_tokenizer.py (which checks that none of its 1,000 inputs differs).
 """
 
 from __future__ import annotations
@@ -52,8 +59,10 @@ OUTPUTS = ("label", "label_id", "scores", "logits", "token_ids")
 PREFIX = "tok_"
 
 # BertNormalizer.clean_text: characters removed (NUL, U+FFFD, and "other" except \t \n \r). Cs cannot
-# occur in UTF-8; Cn (unassigned) is not expressible in RE2 and is left alone.
-CLEAN_PATTERN = r"[\x{0}-\x{8}\x{B}\x{C}\x{E}-\x{1F}\x{7F}-\x{9F}\p{Cf}\p{Co}\x{FFFD}]"
+# occur in UTF-8; Cn (unassigned) is not expressible in RE2 and is left alone. Private use (Co) is spelled
+# out as ranges, so that the added tokens' sentinels (SENTINEL_BASE ...) can be kept out of it.
+CLEAN_CLASS = r"\x{0}-\x{8}\x{B}\x{C}\x{E}-\x{1F}\x{7F}-\x{9F}\p{Cf}\x{FFFD}"
+PRIVATE_USE = ((0xE000, 0xF8FF), (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD))
 # Characters that become a space (clean_text) or split words (BertPreTokenizer): Rust's White_Space.
 SPACE_PATTERN = r"[\t\n\r\p{Z}]"
 # BertNormalizer._is_chinese_char ranges.
@@ -62,11 +71,49 @@ CJK_RANGES = r"\x{4E00}-\x{9FFF}\x{3400}-\x{4DBF}\x{20000}-\x{2A6DF}\x{2A700}-\x
 # BertPreTokenizer's is_bert_punc: ASCII punctuation ranges and Unicode P*.
 PUNCT_CLASS = r"!-/:-@\[-`{-~\p{P}"
 MARK_PATTERN = r"\p{Mn}"
+# Added tokens: the private-use characters from SENTINEL_BASE (plane 16) are OPEN and CLOSE (around each
+# match of the added-token pass) and one sentinel per added token. The graph first turns these characters
+# in the user's text into U+FFFD, which, like them, cannot be part of a token's text and is deleted by
+# clean_text: so only the added-token pass makes sentinels, and the user's ones still vanish as in HF.
+SENTINEL_BASE = 0x100000
+OPEN, CLOSE = chr(SENTINEL_BASE), chr(SENTINEL_BASE + 1)
+
+
+def sentinel(i: int) -> str:
+    return chr(SENTINEL_BASE + 2 + i)
+
+
+def re2_literal(text: str) -> str:
+    """`text` as an RE2 pattern matching exactly it: every character but [A-Za-z0-9_] as \\x{HEX}."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else f"\\x{{{ord(c):X}}}" for c in text)
+
+
+def clean_pattern(n_added: int) -> str:
+    """CLEAN_CLASS plus private use, less the n_added sentinels (OPEN and CLOSE are gone by then)."""
+    ranges = list(PRIVATE_USE)
+    if n_added:  # plane 16 less the sentinels
+        first, last = SENTINEL_BASE + 2, SENTINEL_BASE + 1 + n_added
+        ranges[2:] = [(SENTINEL_BASE, first - 1), (last + 1, PRIVATE_USE[2][1])]
+    return "[" + CLEAN_CLASS + "".join(f"\\x{{{lo:X}}}-\\x{{{hi:X}}}" for lo, hi in ranges) + "]"
+
+
+def graph_text(text: str) -> str:
+    """`text` as the graph's `text` input takes it: each NUL (and lone surrogate) replaced by U+FFFD.
+
+    onnxruntime hands strings to custom ops as C strings, so the ops would see the text only up to its first
+    NUL (the standard ops that could edit it in the graph need opset 20). BertNormalizer's clean_text deletes
+    NUL and U+FFFD alike, and the graph reproduces no added token containing either, so the ids are
+    HuggingFace's on the original text (deleting the NUL instead would turn '[CL\\0S]' into the token [CLS],
+    which HuggingFace does not). Every binding must do this before feeding the graph (docs/export.md)."""
+    from .runtime import tokenizable
+
+    return tokenizable(text).replace("\x00", "\ufffd")
+
 
 # Checked at export/quantize time besides the dev texts.
 ODD_TEXTS = ("", " ", "\t\n", "good", "GOOD Film!", "café naïve résumé", "Zażółć gęślą jaźń", "great😀 film 👍🏽",
              "مرحبا good", "שלום film", "中文 good", "İstanbul", "a\u200bb", " ".join(["very good film"] * 200),
-             "x" * 300)
+             "x" * 300, "[CLS] good [SEP]", "[cls] good[MASK]film", "a\x00b good")
 
 KNOWN_DIFFERENCES = (
     ("letters outside Latin-1, Latin Extended-A/Additional, Greek and Cyrillic whose lower case or accent "
@@ -74,9 +121,6 @@ KNOWN_DIFFERENCES = (
     ("characters whose decomposition is not a letter plus marks: Hangul syllables (HuggingFace splits them "
      "into jamo when it strips accents), '≠' ('=' + U+0338)"),
     "unassigned code points and characters newer than one library's Unicode tables",
-    ("special tokens typed literally into the text ('[CLS]', '[SEP]', '[UNK]'): HuggingFace reads them "
-     "as the special token, the graph as punctuation and letters"),
-    "NUL characters: onnxruntime passes strings as C strings to custom ops, so the text ends there",
 )
 
 
@@ -131,7 +175,7 @@ def session(path: str | Path, threads: int | None = None):
 
 def run(sess, text: str) -> dict[str, np.ndarray]:
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {"text": np.array([text], dtype=object)})))
+    return dict(zip(names, sess.run(names, {"text": np.array([graph_text(text)], dtype=object)})))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -172,12 +216,43 @@ def tokenizer_settings(bundle_dir: Path, task: str, input_kind: str | None) -> d
                               fix="Drop --with-tokenizer for this model")
     lowercase = bool(normalizer.get("lowercase", True))
     strip = normalizer.get("strip_accents")
+    added, not_reproduced = added_tokens(path)
     return {"vocab": vocab, "unk_token": unk, "cls_token": cls, "sep_token": sep,
+            "added_tokens": added, "added_not_reproduced": not_reproduced,
             "suffix": model.get("continuing_subword_prefix", "##"),
             "max_input_chars_per_word": int(model.get("max_input_chars_per_word", 100)),
             "lowercase": lowercase, "strip_accents": lowercase if strip is None else bool(strip),
             "clean_text": bool(normalizer.get("clean_text", True)),
             "handle_chinese_chars": bool(normalizer.get("handle_chinese_chars", True))}
+
+
+def added_tokens(path: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """tokenizer.json's added tokens: ([(content, id)] the graph matches in the raw text, [the others]).
+
+    Read through the tokenizers library itself, so the ids and flags are the ones it uses (an added token
+    already in the WordPiece vocabulary takes that id, whatever `added_tokens` says).
+
+    HuggingFace (tokenizers' AddedVocabulary) splits added tokens out of the text before the normalizer:
+    those with `normalized: false` (BERT's special tokens) by their exact, case-sensitive content in the raw
+    text, leftmost-longest; `[cls]` is not `[CLS]` and stays text. `lstrip`/`rstrip` make the token swallow
+    the whitespace next to it, which cannot change the ids (whitespace only separates words) and needs no
+    step. Not reproduced (listed in known_differences): `normalized: true` tokens, matched in the normalized
+    text, `single_word: true` ones, matched only between non-word characters, and (never seen) tokens with
+    NUL, U+FFFD or plane-16 private-use characters in them."""
+    from tokenizers import Tokenizer
+
+    reserved = range(SENTINEL_BASE, SENTINEL_BASE + 0x10000)  # plane 16
+    added, seen, others = [], set(), []
+    for token_id, token in sorted(Tokenizer.from_file(str(path)).get_added_tokens_decoder().items()):
+        content = token.content
+        if not content or content in seen:
+            continue
+        seen.add(content)
+        if token.normalized or token.single_word or any(c in "\x00\ufffd" or ord(c) in reserved for c in content):
+            others.append(content)
+        else:
+            added.append((content, int(token_id)))
+    return added, others
 
 
 def _special(post: dict, which: str, default: str) -> str:
@@ -216,8 +291,20 @@ def tokenizer_graph(settings: dict, max_length: int, opset: int, model_inputs: l
         return node("StringRegexReplace", [src, pat, rew], [name], domain=DOMAIN, global_replace=1)
 
     text = "text"
+    added = settings.get("added_tokens") or []
+    if added:
+        # the user's own OPEN/CLOSE/sentinel characters become U+FFFD (clean_text deletes both); each match,
+        # leftmost-longest as HuggingFace's trie (RE2 takes the first alternative: longest first), is
+        # wrapped in OPEN ... CLOSE, then each token's wrapped matches become its sentinel between spaces
+        last = SENTINEL_BASE + 1 + len(added)
+        text = regex(text, "added_reserved", f"[\\x{{{SENTINEL_BASE:X}}}-\\x{{{last:X}}}]", "\ufffd")
+        longest_first = sorted(added, key=lambda token: -len(token[0]))
+        text = regex(text, "added_match", "(" + "|".join(re2_literal(c) for c, _ in longest_first) + ")",
+                     OPEN + "\\1" + CLOSE)
+        for i, (content, _) in enumerate(added):
+            text = regex(text, f"added_{i}", re2_literal(OPEN + content + CLOSE), f" {sentinel(i)} ")
     if settings["clean_text"]:
-        text = regex(text, "clean", CLEAN_PATTERN, "")
+        text = regex(text, "clean", clean_pattern(len(added)), "")
     text = regex(text, "spaces", SPACE_PATTERN, " ")
     isolate = PUNCT_CLASS + (CJK_RANGES if settings["handle_chinese_chars"] else "")
     text = regex(text, "isolate", f"([{isolate}])", r" \1 ")
@@ -229,16 +316,21 @@ def tokenizer_graph(settings: dict, max_length: int, opset: int, model_inputs: l
                  strip_accents=int(settings["strip_accents"]), tokenize_chinese_chars=0, tokenize_punctuation=0,
                  remove_control_chars=0)
     vocab = settings["vocab"]
+    # each sentinel is a one-character word: a piece of its own (any unused id; the lookup below gives its own)
+    top = max((int(v) for v in vocab.values()), default=-1)
+    wordpiece_vocab = {**vocab, **{sentinel(i): top + 1 + i for i in range(len(added))}}
     no_rows = const("no_rows", [], dims=[0])
     pieces, _, begins, limits = node(
         "WordpieceTokenizer", [words, no_rows], ["pieces", "row_lengths", "begins", "limits"], domain=DOMAIN,
-        vocab=json.dumps(vocab, ensure_ascii=False), suffix_indicator=settings["suffix"],
+        vocab=json.dumps(wordpiece_vocab, ensure_ascii=False), suffix_indicator=settings["suffix"],
         unknown_token=settings["unk_token"], max_input_chars_per_word=settings["max_input_chars_per_word"])
-    # piece strings -> ids (a piece outside the vocabulary can only be the unknown token)
-    ordered = sorted(vocab.items(), key=lambda kv: kv[1])
+    # piece strings -> ids (a piece outside the vocabulary can only be the unknown token), sentinels -> the
+    # added tokens' ids
+    ordered = [(k, int(v)) for k, v in sorted(vocab.items(), key=lambda kv: kv[1])]
+    ordered += [(sentinel(i), token_id) for i, (_, token_id) in enumerate(added)]
     unk_id, cls_id, sep_id = (int(vocab[settings[k]]) for k in ("unk_token", "cls_token", "sep_token"))
     ids = node("LabelEncoder", [pieces], ["piece_ids"], domain="ai.onnx.ml",
-               keys_strings=[k for k, _ in ordered], values_int64s=[int(v) for _, v in ordered], default_int64=unk_id)
+               keys_strings=[k for k, _ in ordered], values_int64s=[v for _, v in ordered], default_int64=unk_id)
     # A word with an unknown piece becomes one [UNK] (HuggingFace's WordPiece); the op keeps the pieces
     # before it. Every word has at least one piece, so the words' first pieces are `begins`.
     zero, one = const("zero", [0]), const("one", [1])
@@ -345,7 +437,8 @@ def build(bundle_dir: Path, *, task: str, input_kind: str | None, labels: list[s
     return {
         "file": FILE,
         "inputs": [{"name": "text", "dtype": "string", "shape": [1],
-                    "note": "one UTF-8 text per run (the custom ops take one string)"}],
+                    "note": "one UTF-8 text per run (the custom ops take one string), each NUL (U+0000) replaced "
+                            "by U+FFFD (custom ops read a string up to its first NUL)"}],
         "outputs": [{"name": "label", "dtype": "string", "shape": [1]},
                     {"name": "label_id", "dtype": "int64", "shape": [1]},
                     {"name": "scores", "dtype": "float32", "shape": [1, len(names)], "note": "softmax(logits)"},
@@ -357,11 +450,16 @@ def build(bundle_dir: Path, *, task: str, input_kind: str | None, labels: list[s
                        "ops": contrib + ["LabelEncoder (ai.onnx.ml, standard)"],
                        "load": "SessionOptions.register_custom_ops_library(onnxruntime_extensions.get_library_path())"},
         "tokenizer": {"max_length": max_length, "lowercase": settings["lowercase"],
+                      "added_tokens": [content for content, _ in settings["added_tokens"]],
+                      "added_tokens_not_reproduced": list(settings["added_not_reproduced"]),
                       "strip_accents": settings["strip_accents"], "clean_text": settings["clean_text"],
                       "handle_chinese_chars": settings["handle_chinese_chars"],
                       "max_input_chars_per_word": settings["max_input_chars_per_word"],
                       "truncation": f"the first {max_length - 2} word pieces, then [CLS] ... [SEP]"},
-        "known_differences": list(KNOWN_DIFFERENCES),
+        "known_differences": list(KNOWN_DIFFERENCES) + (
+            [f"added tokens with normalized or single_word set, not reproduced (the graph reads them as text): "
+             f"{', '.join(settings['added_not_reproduced'])}"] if settings["added_not_reproduced"]
+            else []),
         "size_bytes": path.stat().st_size,
     }
 

@@ -217,6 +217,10 @@ def write_tokenizer_graph(bundle_dir: Path, parent: Artifact, encoder, max_lengt
 
     record = tokenizer_graph.build(bundle_dir, task=parent.task, input_kind=input_kind_of(parent),
                                    labels=parent.labels or None, max_length=max_length, model_file=model_file)
+    if record["tokenizer"]["added_tokens_not_reproduced"]:
+        log.warning(f"{tokenizer_graph.FILE}: tokenizer.json's added tokens "
+                    f"{record['tokenizer']['added_tokens_not_reproduced']} have normalized or single_word set, which "
+                    f"the graph does not reproduce; it reads them as text (docs/export.md)")
     checked = list(texts[:256]) + list(tokenizer_graph.ODD_TEXTS)
     record["validation"] = tokenizer_graph.validate(bundle_dir, checked, encoder, max_length,
                                                     parent.labels or None, model_file=model_file)
