@@ -3,7 +3,8 @@
     python benchmarks/collect_run.py RUN_DIR --command "bertedge run recipes/conll2003.yaml --out RUN_DIR --resume"
 
 Writes report.md (prefixed with the command, the date and each step's wall time from the run's
-state and manifests), report.json, recipe.yaml and the plots. The artifacts themselves stay in RUN_DIR.
+state and manifests), report.json, recipe.yaml and the plots, and for each search step STEP its
+STEP-search.md, STEP-search.json and STEP-pareto.png. The artifacts themselves stay in RUN_DIR.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def main() -> None:
     for name in ("report.json", "recipe.yaml", "pareto.png", "latency.png"):
         if (args.run_dir / name).is_file():
             shutil.copy(args.run_dir / name, dest / name)
+    # a search step's own record: every candidate with its verdict, its cost, and its Pareto plot
+    for search_dir in sorted((args.run_dir / "search").glob("*")) if (args.run_dir / "search").is_dir() else []:
+        for name in ("search.md", "search.json", "pareto.png"):
+            if (search_dir / name).is_file():
+                shutil.copy(search_dir / name, dest / f"{search_dir.name}-{name}")
     print(dest)
 
 
