@@ -283,6 +283,17 @@ def teacher_outputs(teacher_model, teacher: Artifact, encoder, features: list[di
     return np.load(file, mmap_mode="r"), {"path": str(directory), "hit": False}
 
 
+def cached_rows(cache, index, seq_len: int, device):
+    """The batch's rows of a `teacher_outputs` cache as a tensor on `device`, per-token rows cut to `seq_len`."""
+    import numpy as np
+    import torch
+
+    rows = np.asarray(cache[index.cpu().numpy()])
+    if rows.ndim == 3:  # per-token rows are stored padded to the longest feature
+        rows = rows[:, :seq_len]
+    return torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+
+
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -361,7 +372,6 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
         unlabeled = subsample(read_unlabeled(config.unlabeled, config.task, pairs), config.max_unlabeled_samples,
                               config.train.seed)
 
-    import numpy as np
     import torch
     from transformers import set_seed
 
@@ -440,10 +450,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
             if config.alpha < 1:
                 teacher_logits = soft_targets(task, teacher_out)
         elif cache is not None:
-            rows = np.asarray(cache[index.cpu().numpy()])
-            if rows.ndim == 3:  # per-token rows are stored padded to the longest feature
-                rows = rows[:, :inputs["input_ids"].shape[1]]
-            teacher_logits = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+            teacher_logits = cached_rows(cache, index, inputs["input_ids"].shape[1], device)
         parts = kd_loss(task, outputs, teacher_logits, gold, inputs["attention_mask"], temperature=config.temperature,
                         alpha=config.alpha, labeled=labeled)
         loss = parts["loss"]

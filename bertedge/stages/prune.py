@@ -183,10 +183,10 @@ def _to_remove(scores: list[list[float]], keep, scope: str) -> list[list[int]]:
 def _kd_loss(teacher, task_name: str, config: PruneConfig, cache=None):
     """Loss for recovery by distillation: the distill stage's KD losses on logits. With `cache` (the teacher's
     logits per train feature, rows found by the batch's `index`), the teacher does not run."""
-    import numpy as np
     import torch
 
     from ..distill_losses import kd_loss, teacher_logits
+    from .distill import cached_rows
 
     task = get_task(task_name)
 
@@ -197,10 +197,7 @@ def _kd_loss(teacher, task_name: str, config: PruneConfig, cache=None):
         out = model(**features)
         device = out[0].device
         if cache is not None and index is not None:
-            rows = np.asarray(cache[index.cpu().numpy()])
-            if rows.ndim == 3:  # per-token rows are stored padded to the longest feature
-                rows = rows[:, :features["input_ids"].shape[1]]
-            soft = torch.from_numpy(np.ascontiguousarray(rows)).to(device)
+            soft = cached_rows(cache, index, features["input_ids"].shape[1], device)
         else:
             if next(teacher.parameters()).device != device:
                 teacher.to(device)  # the Trainer placed the student; follow it
