@@ -40,11 +40,12 @@ DATASETS = {
 SCHEDULES = {"old": ["--epochs", "3", "--lr", "5e-5"], "new": []}
 
 
-def run_one(name: str, schedule: str, out: Path, resume: bool) -> dict:
+def run_one(name: str, schedule: str, out: Path, resume: bool, seed: int = 42) -> dict:
     task, extra, _, _ = DATASETS[name]
     manifest = out / "bertedge.json"
     command = [sys.executable, "-m", "bertedge", "finetune", "--model", "minilm-l6", "--task", task, "--data", name,
-               "--out", str(out), "--overwrite", *extra, *SCHEDULES[schedule]]
+               "--out", str(out), "--overwrite", *extra, *SCHEDULES[schedule],
+               *(["--seed", str(seed)] if seed != 42 else [])]
     if not (resume and manifest.is_file()):
         log = out.with_suffix(".log")
         start = time.perf_counter()
@@ -58,7 +59,7 @@ def run_one(name: str, schedule: str, out: Path, resume: bool) -> dict:
         wall = None
     data = json.loads(manifest.read_text(encoding="utf-8"))
     training = data.get("training") or {}
-    return {"command": " ".join(command[1:]), "metrics": data["metrics"], "schedule": data.get("schedule"),
+    return {"command": " ".join(command[1:]), "seed": seed, "metrics": data["metrics"], "schedule": data.get("schedule"),
             "global_step": training.get("global_step"), "best_step": training.get("best_step"),
             "stopped_early": training.get("stopped_early"),
             "train_runtime_s": training.get("train_runtime_s"), "wall_s": wall}
@@ -77,21 +78,57 @@ def classes_never_predicted(metrics: dict | None) -> int | None:
                if sum(row[c] for row in confusion) == 0 and sum(confusion[c]) > 0)
 
 
+def mean_over_seeds(runs: dict, metric: str) -> dict:
+    """Fold extra-seed runs into the old/new rows: the row's dev/test metrics become the mean over every seed,
+    and each seed's own value is kept under per_seed."""
+    out = {}
+    for schedule in SCHEDULES:
+        all_runs = [runs[schedule], *runs["seeds"][schedule]]
+        merged = dict(runs[schedule])
+        merged["metrics"] = {}
+        merged["per_seed"] = [{"seed": r["seed"], **{split: scalar(r["metrics"].get(split), metric)
+                                                     for split in ("dev", "test")}} for r in all_runs]
+        for split in ("dev", "test"):
+            per = [r["metrics"].get(split) for r in all_runs]
+            if all(per):
+                merged["metrics"][split] = {key: sum(float(p[key]) for p in per) / len(per) for key in per[0]
+                                            if all(isinstance(p.get(key), (int, float)) for p in per)}
+        merged["global_step"] = sum((r["global_step"] or 0) for r in all_runs) / len(all_runs)
+        merged["train_runtime_s"] = sum((r["train_runtime_s"] or 0) for r in all_runs) / len(all_runs)
+        out[schedule] = merged
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="banking77,ncbi_disease,mrpc,rte")
     parser.add_argument("--resume", action="store_true", help="Keep finished runs.")
+    parser.add_argument("--seeds", action="append", default=[], metavar="NAME=S1,S2,...",
+                        help="Extra seeds for one dataset (its row becomes the mean over seed 42 and these), "
+                             "e.g. rte=43,44 for a dev split too small for one seed to tell.")
     parser.add_argument("--note", default="", help="A line for the results file (e.g. how the runs were made).")
     args = parser.parse_args()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
         raise SystemExit(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
+    extra_seeds: dict[str, list[int]] = {}
+    for item in args.seeds:
+        key, _, values = item.partition("=")
+        if key not in names or not values:
+            raise SystemExit(f"--seeds {item!r}: expected NAME=S1,S2 with NAME one of {', '.join(names)}")
+        extra_seeds[key] = [int(v) for v in values.split(",")]
     root = cache_dir() / "finetune-defaults"
     root.mkdir(parents=True, exist_ok=True)
     rows = {}
     for name in names:
         rows[name] = {s: run_one(name, s, root / f"{name}-{s}", args.resume) for s in SCHEDULES}
+        for seed in extra_seeds.get(name, []):
+            for s in SCHEDULES:
+                rows[name].setdefault("seeds", {}).setdefault(s, []).append(
+                    run_one(name, s, root / f"{name}-{s}-seed{seed}", args.resume, seed))
+        if name in extra_seeds:
+            rows[name] = mean_over_seeds(rows[name], DATASETS[name][2])
         print(f"{name}: done", flush=True)
 
     from bertedge.stages.finetune import AUTO_EPOCHS, AUTO_LR, AUTO_PATIENCE, AUTO_TARGET_STEPS
@@ -145,6 +182,16 @@ def main() -> None:
             m = run["macro_f1"]
             return m.get("test") if m.get("test") is not None else m.get("dev")
         lines.append(f"| {name} | {pick(runs['old']):.4f} | {pick(runs['new']):.4f} |")
+    seeded = {name: runs for name, runs in rows.items() if "per_seed" in runs["old"]}
+    if seeded:
+        lines += ["", "Rows with several seeds are the mean over the seeds; each seed's own dev metric:", "",
+                  "| dataset | schedule | per seed (dev) | mean | min..max |", "| --- | --- | --- | ---: | --- |"]
+        for name, runs in seeded.items():
+            for schedule in SCHEDULES:
+                per = [p for p in runs[schedule]["per_seed"] if p["dev"] is not None]
+                values = [p["dev"] for p in per]
+                lines.append(f"| {name} | {schedule} | " + ", ".join(f"{p['seed']}: {p['dev']:.4f}" for p in per)
+                             + f" | {sum(values) / len(values):.4f} | {min(values):.4f}..{max(values):.4f} |")
     lines += ["", "Commands (each run's own): see finetune-defaults.json (`runs.NAME.old.command`)."]
     json_path, md_path = write_results("finetune-defaults", {"runs": rows}, "\n".join(lines) + "\n")
     print(f"wrote {md_path} and {json_path}")
