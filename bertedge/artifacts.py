@@ -40,6 +40,7 @@ FORMAT_VERSION = 1
 PARTIAL_MARK = ".partial-"
 OLD_MARK = ".old-"  # --overwrite: the replaced artifact, between the two renames of the swap
 LOCK_MARK = ".lock"  # .NAME.lock: the PID of the process writing NAME
+MASKED_LM_TASK = "fill-mask"  # a `bertedge adapt` output's task: the transformers pipeline name of a masked-LM model
 _LEFTOVER = re.compile(r"^\..+(\.partial|\.old)-(\d+)$")
 
 
@@ -59,6 +60,11 @@ class Artifact:
     @property
     def labels(self) -> list[str]:
         return list(self.manifest.get("labels") or [])
+
+    @property
+    def is_masked_lm(self) -> bool:
+        """A `bertedge adapt` output: an encoder with a masked-LM head, not a task model."""
+        return self.manifest["task"] == MASKED_LM_TASK
 
     @property
     def is_bundle(self) -> bool:
@@ -443,7 +449,7 @@ def require_fp32_torch_artifact(artifact: Artifact, stage: str, *, bundle_fix: s
 
 def require_task_model(artifact: Artifact) -> None:
     """Refuse a `bertedge adapt` output (an encoder with a masked-LM head) where a task model is needed."""
-    if artifact.task == "fill-mask":
+    if artifact.is_masked_lm:
         raise ArtifactError("this is a masked-LM model from `bertedge adapt`, not a fine-tuned task model",
                             where=str(artifact.path),
                             fix=f"Fine-tune it first: bertedge finetune --model {artifact.path} --task TASK --data DATA")

@@ -6,13 +6,17 @@ strict (`extra="forbid"`), so a misspelled recipe key is an error, not silently 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .tasks import TASK_NAMES, get_task
 
-Task = Literal["text-classification", "token-classification", "question-answering"]
+if TYPE_CHECKING:
+    Task = str
+else:
+    Task = Literal[TASK_NAMES]  # the names in bertedge.tasks.TASKS
 
 
 class StrictModel(BaseModel):
@@ -82,9 +86,10 @@ class FinetuneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _defaults(self):
+        task = get_task(self.task)
         if self.max_length is None:
-            object.__setattr__(self, "max_length", 384 if self.task == "question-answering" else 128)
-        if self.task == "question-answering" and self.doc_stride >= self.max_length:
+            object.__setattr__(self, "max_length", task.default_max_length)
+        if "doc_stride" in task.extra_settings and self.doc_stride >= self.max_length:
             raise ValueError(f"doc_stride ({self.doc_stride}) must be smaller than max_length ({self.max_length})")
         return self
 

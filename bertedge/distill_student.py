@@ -152,16 +152,13 @@ def pretrained_student(reference: str, task: str, labels: list[str] | None, teac
 
     from .modeling import load_hf_tokenizer, model_class
     from .models import resolve_model
+    from .tasks import get_task
 
     resolved = resolve_model(reference)
     tokenizer = load_hf_tokenizer(resolved.path)
     check_same_tokenizer(tokenizer, teacher_tokenizer, where=f"--student {reference}")
     config = AutoConfig.from_pretrained(resolved.path)
-    if labels is not None:
-        config.update({"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                       "label2id": {name: i for i, name in enumerate(labels)}})
-    elif task == "question-answering":
-        config.update({"num_labels": 2})
+    config.update(get_task(task).head_config(labels))
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         model = model_class(task).from_pretrained(resolved.path, config=config, ignore_mismatched_sizes=True,

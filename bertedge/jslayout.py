@@ -26,6 +26,7 @@ import shutil
 from pathlib import Path
 
 from .errors import ArtifactError
+from .tasks import get_task
 
 LAYOUTS = ("bertedge", "transformers.js")
 ONNX_DIR = "onnx"
@@ -75,7 +76,7 @@ def write_transformers_js_layout(bundle_dir: Path, *, precision: str, max_length
                             fix="Re-export the bundle with this bertedge")
     config = _read_json(config_path)
     config.setdefault("model_type", "bert")
-    if task in ("text-classification", "token-classification") and labels:
+    if get_task(task).label_set and labels:
         # The pipeline names classes from id2label; keep them equal to the labels bertedge predicts.
         config["id2label"] = {str(i): label for i, label in enumerate(labels)}
         config["label2id"] = {label: i for i, label in enumerate(labels)}

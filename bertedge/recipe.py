@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 
 from .config import StrictModel, Task, format_validation_error, read_yaml
 from .errors import ConfigError
+from .tasks import get_task
 
 # stage -> (module, stage function, config class)
 STAGE_MODULES: dict[str, tuple[str, str, str]] = {
@@ -233,7 +234,7 @@ def _check_flow(recipe: Recipe) -> None:
                               f"PyTorch teacher (a finetune, distill or prune step), not the {source_stage} step "
                               f"'{source_name}'",
                               fix="Put the search step right after its teacher, or name the teacher with `source:`")
-        if step.stage == "early-exit" and recipe.task != "text-classification":
+        if step.stage == "early-exit" and not get_task(recipe.task).per_sequence:
             raise ConfigError(f"{where}: early exit needs a text-classification model; this recipe's task is "
                               f"{recipe.task}", fix="Drop the early-exit step for this task")
         if step.stage in ("distill", "prune", "trim-vocab", "export", "early-exit") and \

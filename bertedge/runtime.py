@@ -160,9 +160,7 @@ class Bundle:
         self.batch_invariant = batch_invariant(self.manifest)
         self.per_sequence = (not self.batch_invariant) if per_sequence is None else bool(per_sequence)
         interface = self.manifest.get("interface") or {}
-        self.input_kind = interface.get("input_kind") or {
-            "text-classification": "single-sentence", "token-classification": "words",
-            "question-answering": "question-context"}[self.task.name]
+        self.input_kind = interface.get("input_kind") or self.task.input_kind({})
 
     def _setup_early_exit(self, provider, threads, optimization, rule, threshold) -> None:
         from .early_exit import check_threshold, run_segments
@@ -292,9 +290,9 @@ class Bundle:
         outputs = run_forward(features, self.encoder, self._forward, self.inference_batch_size(batch_size),
                               task.per_token_outputs)
         predictions = task.postprocess(examples, features, outputs, settings, self.labels)
-        if task.name == "text-classification":
+        if task.output_kind == "sequence":
             results = [self._classification(p, o) for p, o in zip(predictions, outputs)]
-        elif task.name == "token-classification":
+        elif task.output_kind == "token":
             results = [self._entities(ex, f, p, o) for ex, f, p, o in zip(examples, features, predictions, outputs)]
         else:
             results = [{"answer": ex["_context"][p["start"]:p["end"]], "start": p["start"], "end": p["end"],

@@ -183,8 +183,10 @@ def run(sess, text: str) -> dict[str, np.ndarray]:
 
 def tokenizer_settings(bundle_dir: Path, task: str, input_kind: str | None) -> dict:
     """What the graph must reproduce, read from tokenizer.json; refuses what it cannot reproduce."""
-    if task != "text-classification" or input_kind == "sentence-pair":
-        what = "sentence-pair classification" if task == "text-classification" else task
+    from .tasks import get_task
+
+    if not get_task(task).per_sequence or input_kind == "sentence-pair":
+        what = "sentence-pair classification" if input_kind == "sentence-pair" else task
         raise ConfigError(f"builds a tokenizer graph for single-sentence text classification only, not {what}",
                           where=OPTION, fix="Drop --with-tokenizer; tokenize with tokenizer.json and run model.onnx "
                                             "(the manifest's interface says how)")

@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .errors import TrainingError
+from .tasks import OUTPUT_NAMES
 from .tokenization import TextEncoder
 
 
@@ -100,7 +101,7 @@ def torch_forward(model, device=None) -> Callable[[dict[str, np.ndarray]], dict[
         dev = device or next(model.parameters()).device
         with torch.no_grad():
             out = model(**{k: torch.from_numpy(v).to(dev) for k, v in batch.items()})
-        return {k: v.float().cpu().numpy() for k, v in out.items() if k in ("logits", "start_logits", "end_logits")}
+        return {k: v.float().cpu().numpy() for k, v in out.items() if k in OUTPUT_NAMES}
 
     return forward
 

@@ -637,9 +637,11 @@ def recipe_fragment(config: FinetuneConfig, result: dict) -> str:
     step.pop("data", None)  # the recipe's top-level `data:` feeds the step
     step.pop("init_from", None)
     step.pop("reinit_head", None)
-    if config.task != "question-answering":  # QA-only settings would only confuse a classification recipe
-        step.pop("doc_stride", None)
-        step.pop("max_answer_length", None)
+    from .tasks import get_task
+
+    for name in ("doc_stride", "max_answer_length"):  # QA-only settings would only confuse another task's recipe
+        if name not in get_task(config.task).extra_settings:
+            step.pop(name, None)
     best = result["best"]
     header = [
         f"# bertedge tune: best of {len(result['trials'])} trials ({result['counts']}) on {result['task']}",

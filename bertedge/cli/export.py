@@ -181,7 +181,7 @@ def predict(
                     "prediction can change with the rest of its batch (see quantization.b32_vs_b1 in bertedge.json)")
 
     if label_column is not None:
-        if model.task.name != "text-classification":
+        if not model.task.per_sequence:
             raise ConfigError(f"scores classification bundles only (this one is {model.task.name})",
                               where="--label-column", fix="Score other tasks with `bertedge eval BUNDLE --data ...`")
         if input_file is None:

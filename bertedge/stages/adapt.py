@@ -15,13 +15,14 @@ import numpy as np
 from pydantic import Field
 
 from .. import log
-from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
+from ..artifacts import MASKED_LM_TASK, Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
 from ..config import StrictModel, TrainConfig
-from ..data import SINGLE_COLUMNS, read_lines, read_table, subsample
+from ..data import subsample
+from ..datafiles import SINGLE_COLUMNS, read_lines, read_table
 from ..errors import ConfigError, DataError, ModelError
 from ..models import resolve_model
 
-ADAPT_TASK = "fill-mask"  # the transformers pipeline name of a masked-LM model
+ADAPT_TASK = MASKED_LM_TASK
 METRIC = "masked_accuracy"
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl")
 

@@ -134,13 +134,14 @@ def _load_checked(config: DistillConfig, teacher: Artifact) -> TaskData:
                     elif ex[key] is not None:
                         ex[key] = remap[ex[key]]
             data.labels = list(teacher.labels)
-    if teacher.task == "text-classification":
-        teacher_pairs = bool(((teacher.manifest.get("data") or {}).get("columns") or {}).get("text_pair"))
-        data_pairs = bool((data.source.get("columns") or {}).get("text_pair"))
-        if teacher_pairs != data_pairs and "columns" in (teacher.manifest.get("data") or {}):
-            kinds = {True: "sentence pairs", False: "single sentences"}
-            raise ConfigError(f"the teacher was trained on {kinds[teacher_pairs]} but the data has {kinds[data_pairs]}",
-                              where=f"--data {config.data.data}", fix="Distill on data shaped like the teacher's")
+    task = get_task(teacher.task)
+    teacher_kind = task.input_kind((teacher.manifest.get("data") or {}).get("columns") or {})
+    data_kind = task.input_kind(data.source.get("columns") or {})
+    if teacher_kind != data_kind and "columns" in (teacher.manifest.get("data") or {}):
+        kinds = {"sentence-pair": "sentence pairs", "single-sentence": "single sentences"}
+        raise ConfigError(f"the teacher was trained on {kinds.get(teacher_kind, teacher_kind)} but the data has "
+                          f"{kinds.get(data_kind, data_kind)}", where=f"--data {config.data.data}",
+                          fix="Distill on data shaped like the teacher's")
     return data
 
 
@@ -151,6 +152,7 @@ def read_unlabeled(path: str, task: str, pairs: bool) -> list[dict]:
     otherwise one example a line, fields separated by a tab (pair: text<TAB>text_pair; QA:
     question<TAB>context; NER: the sentence, split on whitespace).
     """
+    kind = get_task(task)
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError("no such unlabeled text file", where=str(path), fix="Pass a .txt or .jsonl file to --unlabeled")
@@ -172,32 +174,10 @@ def read_unlabeled(path: str, task: str, pairs: bool) -> list[dict]:
             else:
                 fields = line.split("\t")
                 row = {"fields": fields}
-            examples.append(_unlabeled_example(row, task, pairs, where))
+            examples.append(kind.unlabeled_example(row, pairs, where))
     if not examples:
         raise DataError("the unlabeled file holds no examples", where=str(file), fix="Add one example a line")
     return examples
-
-
-def _unlabeled_example(row: dict, task: str, pairs: bool, where: str) -> dict:
-    fields = row.get("fields")
-    if task == "text-classification":
-        text, pair = (fields[0], fields[1] if len(fields) > 1 else None) if fields else (row.get("text"), row.get("text_pair"))
-        if not isinstance(text, str) or (pairs and not isinstance(pair, str)):
-            need = "text<TAB>text_pair" if pairs else "text"
-            raise DataError(f"expected {need} for this {'sentence-pair' if pairs else 'single-sentence'} teacher",
-                            where=where, fix=f"Write {need} on each line" if fields else f"Give the keys {need}")
-        return {"text": text, "text_pair": pair if pairs else None, "label": None}
-    if task == "token-classification":
-        tokens = fields[0].split() if fields else row.get("tokens") or str(row.get("text", "")).split()
-        if not tokens:
-            raise DataError("expected a sentence (or {\"tokens\": [...]})", where=where, fix="Write one sentence a line")
-        return {"tokens": list(tokens), "tags": None}
-    question, context = (fields[0], fields[1] if len(fields) > 1 else None) if fields else (row.get("question"), row.get("context"))
-    if not isinstance(question, str) or not isinstance(context, str):
-        raise DataError("expected question<TAB>context (or {\"question\", \"context\"})", where=where,
-                        fix="Give every line a question and a context")
-    return {"id": where, "title": "", "question": question, "context": context,
-            "answers": {"text": [], "answer_start": []}}
 
 
 # ----------------------------------------------------------------------------- teacher output cache
@@ -299,7 +279,7 @@ def cached_rows(cache, index, seq_len: int, device):
 
 def _resolved(config: DistillConfig, teacher: Artifact) -> DistillConfig:
     """Fill the task, data and sequence settings from the teacher."""
-    if config.task is not None and config.task != teacher.task:
+    if config.task not in (None, teacher.task):
         raise ConfigError(f"the teacher is a {teacher.task} model, not {config.task}", where="task",
                           fix=f"Drop the task, or use a teacher fine-tuned for {config.task}")
     settings = teacher.manifest.get("settings") or {}
@@ -309,7 +289,7 @@ def _resolved(config: DistillConfig, teacher: Artifact) -> DistillConfig:
         if getattr(config, name) is None:
             update[name] = settings.get(name, default)
     resolved = config.model_copy(update=update)
-    if resolved.task == "question-answering" and resolved.doc_stride >= resolved.max_length:
+    if "doc_stride" in get_task(resolved.task).extra_settings and resolved.doc_stride >= resolved.max_length:
         raise ConfigError(f"doc_stride ({resolved.doc_stride}) must be smaller than max_length ({resolved.max_length})",
                           where="--doc-stride", fix="Lower --doc-stride or raise --max-length")
     return resolved
@@ -360,7 +340,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
         raise ModelError("the teacher must be a PyTorch artifact, not an ONNX bundle", where=str(teacher_path),
                          fix="Pass the fine-tuned artifact the bundle was exported from")
     config = _resolved(config, teacher)
-    if config.augment and config.task != "text-classification":
+    if config.augment and not get_task(config.task).per_sequence:
         raise ConfigError(f"--augment works on text classification only, and the teacher is a {config.task} model",
                           where="--augment", fix="Drop --augment, or widen the transfer set with --unlabeled FILE")
     task = get_task(config.task)

@@ -46,6 +46,7 @@ from ..early_exit import (
     exit_layers,
 )
 from ..errors import ArtifactError, ConfigError
+from ..tasks import get_task
 
 HEADS_FILE = "exit_heads.safetensors"
 SEGMENT_FILE = "segment_{}.onnx"
@@ -89,7 +90,7 @@ class EarlyExitConfig(StrictModel):
 
 def require_early_exit_task(artifact: Artifact, where: str = "bertedge early-exit") -> None:
     """Early exit is for text classification; a token-classification or QA artifact is refused in one line."""
-    if artifact.task != "text-classification":
+    if not get_task(artifact.task).per_sequence:
         raise ConfigError(f"early exit needs a text-classification model (single sentences or pairs); this artifact "
                           f"is {artifact.task}", where=where,
                           fix="Pass a text-classification artifact, or drop the early-exit step for this task")

@@ -196,7 +196,7 @@ def _validate_segments(model, modules, sessions, encoder, features, examples, se
                        record) -> dict:
     import torch
 
-    from .export import prediction_agreement
+    from ..tasks import get_task
 
     torch_fns = _torch_segment_fns(modules)
     layers = len(modules)
@@ -237,7 +237,7 @@ def _validate_segments(model, modules, sessions, encoder, features, examples, se
     labels = parent.labels or None
     torch_metrics, ort_metrics = _metrics(torch_pred, gold, labels), _metrics(ort_pred, gold, labels)
     ort_full = _metrics(ort_layers[:, -1].argmax(-1), gold, labels)
-    agreement = prediction_agreement("text-classification", [{"label_id": int(p)} for p in torch_pred],
+    agreement = get_task(parent.task).prediction_agreement([{"label_id": int(p)} for p in torch_pred],
                                      [{"label_id": int(p)} for p in ort_pred])
     metric = {"name": "accuracy", "torch": torch_metrics["accuracy"], "onnx": ort_metrics["accuracy"]}
     metric["delta"] = abs(metric["onnx"] - metric["torch"])

@@ -188,12 +188,7 @@ def input_kind_of(artifact: Artifact) -> str:
     recorded = (artifact.manifest.get("interface") or {}).get("input_kind")
     if recorded:
         return recorded
-    if artifact.task == "token-classification":
-        return "words"
-    if artifact.task == "question-answering":
-        return "question-context"
-    columns = (artifact.manifest.get("data") or {}).get("columns") or {}
-    return "sentence-pair" if columns.get("text_pair") else "single-sentence"
+    return get_task(artifact.task).input_kind((artifact.manifest.get("data") or {}).get("columns") or {})
 
 
 def check_with_tokenizer(artifact: Artifact) -> None:
@@ -205,8 +200,7 @@ def check_with_tokenizer(artifact: Artifact) -> None:
                           fix="Drop --with-tokenizer, or export the full-depth model")
     tokenizer_graph.require_extensions()
     kind = input_kind_of(artifact)
-    if (artifact.path / "tokenizer.json").is_file() or artifact.task != "text-classification" \
-            or kind != "single-sentence":
+    if (artifact.path / "tokenizer.json").is_file() or kind != "single-sentence":
         tokenizer_graph.tokenizer_settings(artifact.path, artifact.task, kind)  # raises the one-line refusal
 
 
@@ -332,7 +326,7 @@ def _validate(model, model_path: Path, encoder, task, examples, settings, parent
     metric_name = parent.manifest.get("primary_metric") or task.primary_metric
     if metric_name not in torch_metrics:
         metric_name = task.primary_metric
-    agreement = prediction_agreement(task.name, torch_pred, ort_pred)
+    agreement = task.prediction_agreement(torch_pred, ort_pred)
     metric = {"name": metric_name, "torch": torch_metrics.get(metric_name), "onnx": ort_metrics.get(metric_name)}
     metric["delta"] = (abs(metric["onnx"] - metric["torch"]) if isinstance(metric["onnx"], float)
                        and isinstance(metric["torch"], float) else None)
@@ -365,17 +359,6 @@ def compare_outputs(reference: list[dict], candidate: list[dict], atol: float) -
         scale = max(float(np.max(np.abs(r[name]))) for r in reference)
         report[name] = {"max_abs_diff": diff, "max_abs_value": scale, "ok": diff <= atol}
     return report
-
-
-def prediction_agreement(task_name: str, a: list, b: list) -> float:
-    """Fraction of examples whose predictions are identical (label / every word's tag / answer span)."""
-    from ..tasks import get_task
-
-    if not a:
-        return 1.0
-    key = get_task(task_name).prediction_key
-    same = [key(x) == key(y) for x, y in zip(a, b)]
-    return sum(same) / len(same)
 
 
 # ----------------------------------------------------------------------------- ORT format
@@ -467,9 +450,9 @@ def interface_record(parent: Artifact, task_name: str, settings, onnx_io: dict, 
     """How to call the model without bertedge: preprocessing, inputs, outputs, postprocessing."""
     tokenizer = parent.manifest.get("tokenizer") or {}
     columns = (parent.manifest.get("data") or {}).get("columns") or {}
-    pair = task_name == "text-classification" and bool(columns.get("text_pair"))
-    kind = {"text-classification": "sentence-pair" if pair else "single-sentence",
-            "token-classification": "words", "question-answering": "question-context"}[task_name]
+    task = get_task(task_name)
+    kind = task.input_kind(columns)
+    pair = kind == "sentence-pair"
     record = {
         "input_kind": kind,
         "tokenizer": "tokenizer.json (HuggingFace tokenizers format: normalisation, pre-tokenisation, "
@@ -482,36 +465,7 @@ def interface_record(parent: Artifact, task_name: str, settings, onnx_io: dict, 
         "input_dtype": "int64 for every input",
         "max_length": settings.max_length,
     }
-    if task_name == "text-classification":
-        record.update({
-            "truncation": f"longest_first to max_length {settings.max_length} tokens (special tokens included); "
-                          "bertedge flags truncated inputs",
-            "token_type_ids": "0 for the first text (with [CLS] and its [SEP]), 1 for the second" if pair else "all 0",
-            "postprocessing": "softmax over logits[batch, num_labels]; label = labels[argmax]",
-        })
-    elif task_name == "token-classification":
-        record.update({
-            "truncation": f"words are tokenized separately (is_pretokenized) and truncated to max_length "
-                          f"{settings.max_length}; words cut off are tagged O and flagged",
-            "token_type_ids": "all 0",
-            "postprocessing": "argmax over logits[batch, sequence, num_labels] at the FIRST word piece of each "
-                              "word gives the word's tag (IOB2: B-X starts an entity, I-X continues it); "
-                              "bertedge splits raw text into words on whitespace and punctuation",
-        })
-    else:
-        record.update({
-            "truncation": f"only the context is truncated: question + context windows of max_length "
-                          f"{settings.max_length} tokens overlapping by doc_stride {settings.doc_stride} tokens "
-                          "(the question is left-stripped)",
-            "doc_stride": settings.doc_stride,
-            "max_answer_length": settings.max_answer_length,
-            "n_best": settings.n_best,
-            "token_type_ids": "0 for [CLS] question [SEP], 1 for context [SEP]",
-            "postprocessing": f"over all windows, the context span (s <= e, e - s + 1 <= "
-                              f"{settings.max_answer_length}) among the top {settings.n_best} start and end "
-                              "logits with the largest start_logits[s] + end_logits[e]; map tokens back to "
-                              "characters with the tokenizer's offsets",
-        })
+    record.update(task.interface_notes(settings, pair))
     record["inputs"] = [i["name"] for i in onnx_io["inputs"]]
     record["outputs"] = [o["name"] for o in onnx_io["outputs"]]
     return record

@@ -39,7 +39,7 @@ def evaluate_split(model, encoder, task_name: str, examples: list[dict], setting
 
 
 def _head_decision(config: FinetuneConfig, parent: Artifact, labels: list[str] | None) -> tuple[bool, str]:
-    same_task = parent.task == config.task
+    same_task = parent.task in (config.task,)
     same_labels = (parent.labels or None) == (labels or None)
     if config.reinit_head == "always":
         return True, "forced by reinit_head=always"
@@ -120,12 +120,7 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
 
     set_seed(config.train.seed)
     hf_config = AutoConfig.from_pretrained(resolved.path)
-    overrides = {}
-    if data.labels is not None:
-        overrides = {"num_labels": len(data.labels), "id2label": dict(enumerate(data.labels)),
-                     "label2id": {name: i for i, name in enumerate(data.labels)}}
-    elif config.task == "question-answering":
-        overrides = {"num_labels": 2}
+    overrides = get_task(config.task).head_config(data.labels)
     for field, attr in (("hidden_dropout", "hidden_dropout_prob"), ("attention_dropout", "attention_probs_dropout_prob"),
                         ("classifier_dropout", "classifier_dropout")):
         value = getattr(config, field)

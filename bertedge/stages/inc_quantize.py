@@ -105,7 +105,9 @@ class TaskProgram:
 
 
 def output_names(task: str) -> list[str]:
-    return ["start_logits", "end_logits"] if task == "question-answering" else ["logits"]
+    from ..tasks import get_task
+
+    return list(get_task(task).output_names)
 
 
 def quantize_torch(src: str | Path | Artifact, config: IncQuantizeConfig, out: str | Path, *,

@@ -236,7 +236,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
         if teacher_artifact.is_bundle:
             raise ArtifactError("distill_from must be a PyTorch artifact, not an ONNX bundle",
                                 where="--distill-from", fix="Pass the unpruned PyTorch artifact")
-        if teacher_artifact.task != parent.task or teacher_artifact.labels != parent.labels:
+        if (teacher_artifact.task, teacher_artifact.labels) != (parent.task, parent.labels):
             raise ConfigError(f"the teacher is a {teacher_artifact.task} model with labels {teacher_artifact.labels}, "
                               f"the pruned model a {parent.task} model with labels {parent.labels}",
                               where="--distill-from", fix="Distill from a model of the same task and label set")

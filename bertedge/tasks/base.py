@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+from ..datafiles import Columns
 from ..tokenization import TextEncoder
 
 Forward = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -23,6 +26,16 @@ class TaskSettings:
         return asdict(self)
 
 
+@dataclass
+class SplitFile:
+    """One split file read for a task: its examples (gold still raw names), the columns it was read with
+    (classification: the manifest's `columns` record) and each example's line number (for file:line errors)."""
+
+    examples: list[dict]
+    columns: dict | None = None
+    line_numbers: list[int] | None = None
+
+
 class Task:
     name: str = ""
     output_names: tuple[str, ...] = ("logits",)
@@ -35,6 +48,24 @@ class Task:
     output_kind: str = "sequence"
     gold_key: str = "label"  # the example field holding the gold answer (label ids are remapped through it)
     default_max_length: int = 128
+    # Whether the head predicts one of a label set (derived from the train split, recorded as the artifact's
+    # labels); QA predicts a span and has none.
+    label_set: bool = True
+    min_labels: int = 1  # fewest labels in the train split that make a usable dataset
+    accepts_label_names: bool = False  # whether --label-names can rename the raw label values
+    # The settings this task reads beyond max_length (QA: the window overlap and the longest answer); the
+    # others are left out of its recipes and not checked.
+    extra_settings: tuple[str, ...] = ()
+    # Split files: the extensions a split may have, in the order tried.
+    data_extensions: tuple[str, ...] = ()
+    # Whether a directory with only a dev file is split into train and dev (SQuAD: by article).
+    splits_lone_dev_file: bool = False
+
+    @property
+    def per_sequence(self) -> bool:
+        """One prediction (a label) per sequence: what early exit, text augmentation and scoring a predict
+        input's label column need."""
+        return self.output_kind == "sequence"
 
     def has_gold(self, example: dict) -> bool:
         """Whether the example carries a gold answer (a test split may not)."""
@@ -47,6 +78,61 @@ class Task:
     def text_example(self, text: str) -> dict:
         """An unlabeled example made of one text (e.g. a long synthetic one for timing)."""
         raise NotImplementedError
+
+    def unlabeled_example(self, row: dict, pairs: bool, where: str) -> dict:
+        """An unlabeled example from one line of an unlabeled-text file: {"fields": [...]} (a tab-separated
+        line) or a JSON object. `pairs`: the teacher reads sentence pairs."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------- data files
+
+    def read_split(self, path: Path, columns: Columns) -> SplitFile:
+        """The examples of one split file, gold as raw names (mapped to ids once the label set is known)."""
+        raise NotImplementedError
+
+    def hub_examples(self, rows, columns: Columns, where: str) -> list[dict]:
+        """The examples of one split of a datasets-hub dataset."""
+        raise NotImplementedError
+
+    def label_order(self, values: set[str]) -> list[str]:
+        """The label set in the order the head predicts it (tasks with a label_set)."""
+        raise NotImplementedError
+
+    def split_lone_dev_file(self, examples: list[dict]) -> tuple[list[dict], list[dict], dict]:
+        """(train, dev, the manifest's split record) from the only file there is (see splits_lone_dev_file)."""
+        raise NotImplementedError
+
+    def carve_dev(self, train: list[dict], fraction: float, rng: random.Random) -> tuple[list[int], str, dict]:
+        """(dev indices, how they were picked, extra record fields): about `fraction` of train held out as dev.
+        By default at random by example."""
+        indices = list(range(len(train)))
+        rng.shuffle(indices)
+        return indices[:round(fraction * len(train))], "random by sentence", {}
+
+    # ------------------------------------------------------------------------- models and bundles
+
+    def head_config(self, labels: list[str] | None) -> dict:
+        """The transformers config fields of a fresh head for this task and label set."""
+        if labels is None:
+            return {}
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {name: i for i, name in enumerate(labels)}}
+
+    def input_kind(self, columns: dict) -> str:
+        """single-sentence, sentence-pair, words or question-context (a manifest's interface.input_kind), from
+        the data record's `columns`."""
+        raise NotImplementedError
+
+    def interface_notes(self, settings: TaskSettings, pair: bool) -> dict[str, Any]:
+        """The truncation, token_type_ids and postprocessing notes of a bundle's interface record."""
+        raise NotImplementedError
+
+    def prediction_agreement(self, a: list, b: list) -> float:
+        """Fraction of examples whose predictions are identical (label / every word's tag / answer span)."""
+        if not a:
+            return 1.0
+        same = [self.prediction_key(x) == self.prediction_key(y) for x, y in zip(a, b)]
+        return sum(same) / len(same)
 
     def train_features(self, examples: list[dict], encoder: TextEncoder, settings: TaskSettings) -> list[dict]:
         raise NotImplementedError

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import collections
+import json
 import re
 import string
+from pathlib import Path
 
 import numpy as np
 
-from .base import Task
+from ..datafiles import read_table
+from ..errors import DataError
+from .base import SplitFile, Task
+
+SQUAD_EVAL_EVERY = 5  # by-article split: article i goes to dev when i % 5 == 4 (20%)
 
 
 def normalize_answer(text: str) -> str:
@@ -45,6 +51,87 @@ def squad_metrics(predictions: list[str], gold: list[list[str]]) -> dict:
     return {"exact_match": em / n if n else 0.0, "f1": f1 / n if n else 0.0}
 
 
+def read_squad(path: Path) -> list[dict]:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError("file is empty", where=str(path), fix="Use the SQuAD JSON format")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError("file is not valid UTF-8", where=f"{path}:{line}", fix="Re-encode it as UTF-8") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON (column {exc.colno}: {exc.msg})", where=f"{path}:{exc.lineno}",
+                        fix="Use the SQuAD JSON format") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise DataError("expected a SQuAD object with a 'data' list", where=str(path),
+                        fix='Use {"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}')
+    examples = []
+    for a, article in enumerate(doc["data"]):
+        title = article.get("title", f"article-{a}")
+        for p, para in enumerate(article.get("paragraphs", [])):
+            context = para.get("context")
+            if not isinstance(context, str):
+                raise DataError("paragraph has no 'context' string", where=f"{path}: data[{a}].paragraphs[{p}]",
+                                fix="Every paragraph needs a context")
+            for q, qa in enumerate(para.get("qas", [])):
+                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}] (id {qa.get('id', '?')})"
+                answers = qa.get("answers") or []
+                for k, ans in enumerate(answers):
+                    start, ans_text = ans.get("answer_start"), ans.get("text", "")
+                    if not isinstance(start, int) or context[start:start + len(ans_text)] != ans_text:
+                        found = context[start:start + len(ans_text)] if isinstance(start, int) else None
+                        raise DataError(
+                            f"answers[{k}] text {ans_text!r} does not match the context at answer_start={start} "
+                            f"(context has {found!r} there)", where=where,
+                            fix="Fix answer_start to the character offset of the answer in the context")
+                if not isinstance(qa.get("question"), str):
+                    raise DataError("question is missing", where=where, fix="Every qa needs a question")
+                examples.append({
+                    "id": str(qa.get("id", f"{a}-{p}-{q}")), "title": title, "article": a,
+                    "question": qa["question"], "context": context,
+                    "answers": {"text": [x["text"] for x in answers],
+                                "answer_start": [x["answer_start"] for x in answers]},
+                })
+    if not examples:
+        raise DataError("no questions found", where=str(path), fix="Use the SQuAD JSON format")
+    return examples
+
+
+def read_qa_jsonl(path: Path) -> list[dict]:
+    _, rows = read_table(path)
+    out = []
+    for number, row in rows:
+        if not isinstance(row.get("question"), str) or not isinstance(row.get("context"), str):
+            raise DataError("expected 'question' and 'context' strings", where=f"{path}:{number}",
+                            fix='Write {"question", "context", "answers": {"text": [...], "answer_start": [...]}}')
+        answers = row.get("answers") or {"text": [], "answer_start": []}
+        for t, s in zip(answers.get("text", []), answers.get("answer_start", [])):
+            if row["context"][s:s + len(t)] != t:
+                raise DataError(f"answer {t!r} does not match the context at answer_start={s}",
+                                where=f"{path}:{number}", fix="Fix answer_start")
+        out.append({"id": str(row.get("id", number)), "title": row.get("title", ""), "article": 0,
+                    "question": row["question"], "context": row["context"], "answers": answers})
+    return out
+
+
+def split_by_article(examples: list[dict]) -> tuple[list[dict], list[dict], dict]:
+    """Deterministic 80/20 split by article: article i goes to dev when i % 5 == 4."""
+    articles = sorted({ex["article"] for ex in examples})
+    dev_articles = {a for a in articles if a % SQUAD_EVAL_EVERY == SQUAD_EVAL_EVERY - 1}
+    train = [ex for ex in examples if ex["article"] not in dev_articles]
+    dev = [ex for ex in examples if ex["article"] in dev_articles]
+    info = {
+        "kind": "by-article", "rule": f"article index % {SQUAD_EVAL_EVERY} == {SQUAD_EVAL_EVERY - 1} -> dev",
+        "train_articles": len(articles) - len(dev_articles), "dev_articles": len(dev_articles),
+        "train_questions": len(train), "dev_questions": len(dev),
+        "note": "Only the SQuAD dev file is available here; train and dev are disjoint sets of its articles.",
+    }
+    return train, dev, info
+
+
 class QuestionAnswering(Task):
     name = "question-answering"
     output_names = ("start_logits", "end_logits")
@@ -55,6 +142,10 @@ class QuestionAnswering(Task):
     output_kind = "span"
     gold_key = "answers"
     default_max_length = 384
+    label_set = False
+    extra_settings = ("doc_stride", "max_answer_length")
+    data_extensions = (".json", ".jsonl")
+    splits_lone_dev_file = True
 
     def has_gold(self, example):
         return bool(example["answers"]["text"])
@@ -65,6 +156,67 @@ class QuestionAnswering(Task):
     def text_example(self, text):
         return {"id": "timing", "question": "what was the movie ?", "context": text,
                 "answers": {"text": [], "answer_start": []}}
+
+    def unlabeled_example(self, row, pairs, where):
+        fields = row.get("fields")
+        question, context = (fields[0], fields[1] if len(fields) > 1 else None) if fields else (row.get("question"), row.get("context"))
+        if not isinstance(question, str) or not isinstance(context, str):
+            raise DataError("expected question<TAB>context (or {\"question\", \"context\"})", where=where,
+                            fix="Give every line a question and a context")
+        return {"id": where, "title": "", "question": question, "context": context,
+                "answers": {"text": [], "answer_start": []}}
+
+    def read_split(self, path, columns):
+        return SplitFile(read_qa_jsonl(path) if path.suffix == ".jsonl" else read_squad(path))
+
+    def hub_examples(self, rows, columns, where):
+        return [{"id": r["id"], "title": r.get("title", ""), "article": 0, "question": r["question"],
+                 "context": r["context"], "answers": r["answers"]} for r in rows]
+
+    def split_lone_dev_file(self, examples):
+        return split_by_article(examples)
+
+    def carve_dev(self, train, fraction, rng):
+        """By article, so no context is in both parts (as the SQuAD split does)."""
+        def group_of(ex):  # the article when the reader knows it, else the title, else the context
+            for key in ("article", "title"):
+                if ex.get(key) not in (None, ""):
+                    return key, ex[key]
+            return "context", ex["context"]
+        groups: dict = {}
+        for i, ex in enumerate(train):
+            groups.setdefault(group_of(ex), []).append(i)
+        order = sorted(groups, key=lambda g: min(groups[g]))
+        rng.shuffle(order)
+        target, dev_index = fraction * len(train), []
+        for g in order:
+            if len(dev_index) >= target:
+                break
+            dev_index.extend(groups[g])
+        held_groups = {group_of(train[i]) for i in dev_index}
+        return dev_index, "by article", {"dev_articles": len(held_groups),
+                                         "train_articles": len(groups) - len(held_groups)}
+
+    def head_config(self, labels):
+        return {"num_labels": 2}  # start and end logits
+
+    def input_kind(self, columns):
+        return "question-context"
+
+    def interface_notes(self, settings, pair):
+        return {
+            "truncation": f"only the context is truncated: question + context windows of max_length "
+                          f"{settings.max_length} tokens overlapping by doc_stride {settings.doc_stride} tokens "
+                          "(the question is left-stripped)",
+            "doc_stride": settings.doc_stride,
+            "max_answer_length": settings.max_answer_length,
+            "n_best": settings.n_best,
+            "token_type_ids": "0 for [CLS] question [SEP], 1 for context [SEP]",
+            "postprocessing": f"over all windows, the context span (s <= e, e - s + 1 <= "
+                              f"{settings.max_answer_length}) among the top {settings.n_best} start and end "
+                              "logits with the largest start_logits[s] + end_logits[e]; map tokens back to "
+                              "characters with the tokenizer's offsets",
+        }
 
     def windows(self, examples, encoder, settings):
         """Per example, its (question, context-chunk) windows overlapping by `doc_stride` tokens."""

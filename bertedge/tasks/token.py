@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from .base import Task
+from ..datafiles import read_lines, read_table
+from ..errors import DataError
+from .base import SplitFile, Task
 
 IGNORE = -100
 
@@ -63,6 +67,59 @@ def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
             "token_accuracy": correct_tokens / total_tokens if total_tokens else 0.0}
 
 
+def ner_label_order(tags: set[str]) -> list[str]:
+    """O first, then each entity type's B- and I- tags, types sorted."""
+    types = sorted({t.split("-", 1)[1] for t in tags if "-" in t})
+    ordered = ["O"] if "O" in tags else []
+    for t in types:
+        ordered += [p for p in (f"B-{t}", f"I-{t}") if p in tags]
+    ordered += sorted(tags - set(ordered))
+    return ordered
+
+
+def read_conll(path: Path, label_field: int = -1) -> list[dict]:
+    """Column text (token ... tag), blank line between sentences, -DOCSTART- lines skipped."""
+    lines = read_lines(path)
+    sentences, tokens, tags, n_fields = [], [], [], None
+    for number, line in enumerate(lines, start=1):
+        if line.startswith("-DOCSTART-"):
+            continue
+        if not line.strip():
+            if tokens:
+                sentences.append({"tokens": tokens, "tags": tags})
+                tokens, tags = [], []
+            continue
+        parts = line.split()
+        if n_fields is None:
+            if len(parts) < 2:
+                raise DataError(f"expected at least 2 fields (token and tag), found {len(parts)}",
+                                where=f"{path}:{number}", fix="Use 'token ... tag' columns separated by spaces")
+            n_fields = len(parts)
+        if len(parts) != n_fields:
+            raise DataError(f"expected {n_fields} fields, found {len(parts)}", where=f"{path}:{number}",
+                            fix="Every token line needs the same columns; separate sentences with a blank line")
+        tokens.append(parts[0])
+        tags.append(parts[label_field])
+    if tokens:
+        sentences.append({"tokens": tokens, "tags": tags})
+    if not sentences:
+        raise DataError("no sentences found", where=str(path), fix="Use CoNLL column format")
+    return sentences
+
+
+def read_token_jsonl(path: Path) -> list[dict]:
+    _, rows = read_table(path)
+    out = []
+    for number, row in rows:
+        tokens = row.get("tokens")
+        tags = row.get("tags", row.get("ner_tags", row.get("labels")))
+        if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
+            raise DataError("expected 'tokens' and 'tags' lists of equal length", where=f"{path}:{number}",
+                            fix='Write {"tokens": [...], "tags": [...]} per line')
+        out.append({"tokens": [str(t) for t in tokens], "tags": [str(t) for t in tags]})
+    return out
+
+
 class TokenClassification(Task):
     name = "token-classification"
     output_names = ("logits",)
@@ -72,12 +129,44 @@ class TokenClassification(Task):
     ort_task = "token-classification"
     output_kind = "token"
     gold_key = "tags"
+    data_extensions = (".txt", ".conll", ".iob", ".tsv", ".jsonl")
 
     def with_dummy_gold(self, example):
         return {**example, "tags": [0] * len(example["tokens"])}
 
     def text_example(self, text):
         return {"tokens": text.split(), "tags": None}
+
+    def unlabeled_example(self, row, pairs, where):
+        fields = row.get("fields")
+        tokens = fields[0].split() if fields else row.get("tokens") or str(row.get("text", "")).split()
+        if not tokens:
+            raise DataError("expected a sentence (or {\"tokens\": [...]})", where=where, fix="Write one sentence a line")
+        return {"tokens": list(tokens), "tags": None}
+
+    def read_split(self, path, columns):
+        return SplitFile(read_token_jsonl(path) if path.suffix == ".jsonl" else read_conll(path))
+
+    def hub_examples(self, rows, columns, where):
+        tag_col = columns.label or "ner_tags"
+        names = rows.features[tag_col].feature.names
+        return [{"tokens": r["tokens"], "tags": [names[t] for t in r[tag_col]]} for r in rows]
+
+    def label_order(self, values):
+        return ner_label_order(values)
+
+    def input_kind(self, columns):
+        return "words"
+
+    def interface_notes(self, settings, pair):
+        return {
+            "truncation": f"words are tokenized separately (is_pretokenized) and truncated to max_length "
+                          f"{settings.max_length}; words cut off are tagged O and flagged",
+            "token_type_ids": "all 0",
+            "postprocessing": "argmax over logits[batch, sequence, num_labels] at the FIRST word piece of each "
+                              "word gives the word's tag (IOB2: B-X starts an entity, I-X continues it); "
+                              "bertedge splits raw text into words on whitespace and punctuation",
+        }
 
     def _encode(self, examples, encoder, settings):
         return encoder.encode([ex["tokens"] for ex in examples], max_length=settings.max_length, pretokenized=True)
