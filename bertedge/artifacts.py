@@ -40,6 +40,11 @@ FORMAT_VERSION = 1
 PARTIAL_MARK = ".partial-"
 OLD_MARK = ".old-"  # --overwrite: the replaced artifact, between the two renames of the swap
 LOCK_MARK = ".lock"  # .NAME.lock: the PID of the process writing NAME
+# Manifest keys of a parent that describe the parent's own run, not its contents: a stage that writes a new
+# bundle from a parent's files (quantize) does not inherit them.
+PARENT_ONLY_KEYS = {"format_version", "stage", "complete", "payload_sha256", "size_bytes", "environment",
+                     "created_at", "wall_time_s", "metrics", "config", "parent", "history", "training",
+                     "quantization", "validation", "tokenizer_in_graph"}
 MASKED_LM_TASK = "fill-mask"  # a `bertedge adapt` output's task: the transformers pipeline name of a masked-LM model
 _LEFTOVER = re.compile(r"^\..+(\.partial|\.old)-(\d+)$")
 

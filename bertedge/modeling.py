@@ -52,7 +52,7 @@ def load_torch_artifact(artifact: Artifact, **kwargs):
                             fix="Pass the PyTorch artifact it was exported from")
     require_task_model(artifact)
     if artifact.manifest.get("torch_program"):  # Neural Compressor int8 (quantize --engine inc)
-        from .stages.inc_quantize import ProgramModel
+        from .torch_program import ProgramModel
 
         return ProgramModel(artifact), load_hf_tokenizer(artifact.path)
     from .pruning import load_pretrained  # also rebuilds per-layer FFN widths written by `prune`

@@ -88,10 +88,10 @@ if kill_at == "validate":
     import bertedge.stages.export as export
     export._validate = lambda *a, **k: die()
 if kill_at == "evaluate":
-    import bertedge.stages.quantize as quantize
-    quantize._Session.evaluate = lambda self, path: die()
+    from bertedge.stages.quantize import stage
+    stage.QuantizeRun.evaluate = lambda self, path: die()
 if kill_at == "calibration":
-    from bertedge.stages import _onnx_quant as oq
+    from bertedge.stages.quantize import ort_int8 as oq
     real_next = oq.CalibrationReader.get_next
     def get_next(self):
         if self.batches_seen == 1:  # one batch of ranges collected, the second one asked for

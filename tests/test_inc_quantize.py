@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_one_line_error
 
 from bertedge.artifacts import load_artifact
-from bertedge.stages.inc_quantize import IncQuantizeConfig, quantize_torch
+from bertedge.stages.quantize.inc import IncQuantizeConfig, quantize_torch
 
 
 def quant_ops(artifact) -> dict[str, int]:

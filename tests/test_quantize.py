@@ -11,9 +11,9 @@ import onnx
 import pytest
 from conftest import assert_one_line_error
 
-import bertedge.stages.quantize as qstage
-from bertedge.stages import _onnx_quant as oq
-from bertedge.stages.quantize import QuantizeConfig, choose_candidate, quantize
+from bertedge.stages.quantize import Candidate, QuantizeConfig, choose_candidate, quantize
+from bertedge.stages.quantize import ort_int8 as oq
+from bertedge.stages.quantize import stage as qstage
 
 
 def ops(path: Path) -> Counter:
@@ -127,10 +127,8 @@ def test_calibration_reader_streams_one_batch_per_range():
 
 
 def test_choose_candidate_rules():
-    rows = [{"name": "a", "status": "ok", "drop_pts": 2.0, "p50_ms": 1.0},
-            {"name": "b", "status": "ok", "drop_pts": 0.4, "p50_ms": 3.0},
-            {"name": "c", "status": "ok", "drop_pts": 0.5, "p50_ms": 2.0},
-            {"name": "d", "status": "failed: x"}]
+    rows = [Candidate("a", drop_pts=2.0, p50_ms=1.0), Candidate("b", drop_pts=0.4, p50_ms=3.0),
+            Candidate("c", drop_pts=0.5, p50_ms=2.0), Candidate("d", status="failed: x")]
     assert choose_candidate(rows, 0.5) == (rows[2], True)  # fastest within budget, boundary included
     assert choose_candidate(rows, 0.45) == (rows[1], True)
     assert choose_candidate(rows, 0.1) == (rows[1], False)  # none within: most accurate
@@ -140,11 +138,11 @@ def test_choose_candidate_rules():
 def _contrive(monkeypatch, scores: dict[str, float], latency: dict[str, float]):
     """Fake dev scores and timings per candidate name; quantization and sensitivity stay real."""
     by_path: dict[Path, str] = {}
-    build = qstage._Session.build
+    build = qstage.QuantizeRun.build
 
     def tracking_build(self, scheme):
         row = build(self, scheme)
-        by_path[row["path"]] = scheme.name
+        by_path[row.path] = scheme.name
         return row
 
     def fake_evaluate(self, path):
@@ -153,8 +151,8 @@ def _contrive(monkeypatch, scores: dict[str, float], latency: dict[str, float]):
     def fake_time(paths, batch, **kw):
         return {k: {"p50_ms": latency[by_path.get(p, "fp32")], "p90_ms": 0.0, "runs": 1} for k, p in paths.items()}
 
-    monkeypatch.setattr(qstage._Session, "build", tracking_build)
-    monkeypatch.setattr(qstage._Session, "evaluate", fake_evaluate)
+    monkeypatch.setattr(qstage.QuantizeRun, "build", tracking_build)
+    monkeypatch.setattr(qstage.QuantizeRun, "evaluate", fake_evaluate)
     monkeypatch.setattr(oq, "time_models", fake_time)
 
 
@@ -219,7 +217,7 @@ def test_cli_flags_map_onto_config(cli, monkeypatch, tmp_path):
         seen.update(config=config, out=out)
         raise SystemExit(0)
 
-    monkeypatch.setattr(qstage, "quantize", fake)
+    monkeypatch.setattr("bertedge.stages.quantize.quantize", fake)  # what the command calls
     with pytest.raises(SystemExit):
         cli("quantize", "b", "--out", str(tmp_path / "o"), "--mode", "static", "--preset", "arm64",
             "--per-channel", "--no-reduce-range", "--calibration", "sst2", "--calibration-samples", "64",
@@ -289,7 +287,7 @@ def _fake_scores(monkeypatch, score: float):
     def fake_evaluate(self, path):
         return {"accuracy": 0.90 if path == self.source else score}
 
-    monkeypatch.setattr(qstage._Session, "evaluate", fake_evaluate)
+    monkeypatch.setattr(qstage.QuantizeRun, "evaluate", fake_evaluate)
 
 
 def test_plain_dynamic_over_budget_warns(fp32, tmp_path, monkeypatch, caplog):

@@ -13,8 +13,8 @@ import torch
 from conftest import assert_one_line_error, finetune_tiny
 
 from bertedge.artifacts import PARTIAL_MARK, load_artifact
-from bertedge.stages import _onnx_quant as oq
 from bertedge.stages.export import ExportConfig, export
+from bertedge.stages.quantize import fp16 as oq
 
 OVERFLOW_TENSOR = "/bert/encoder/layer.0/output/dense/MatMul_output_0"
 OVERFLOW_NODE = "/bert/encoder/layer.0/output/dense/MatMul"

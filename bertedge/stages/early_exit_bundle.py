@@ -278,8 +278,7 @@ def quantize_early_exit(parent: Artifact, config, out: str | Path, *, overwrite:
     from ..evaluate import artifact_settings, load_eval_examples
     from ..runtime import Bundle
     from ..tasks import get_task
-    from . import _onnx_quant as oq
-    from .quantize import _base_schemes, _preset
+    from .quantize import ort_int8 as oq
 
     if config.mode not in ("dynamic", "auto"):
         raise QuantizationError(f"--mode {config.mode} is not available for early-exit bundles",
@@ -293,8 +292,8 @@ def quantize_early_exit(parent: Artifact, config, out: str | Path, *, overwrite:
     out = check_output_path(out, overwrite=overwrite)
     protocol = parent.manifest["early_exit"]
     files = [s["file"] for s in protocol["segments"]]
-    preset = _preset(config)
-    schemes = _base_schemes(config, preset, parent.path / files[0])
+    preset = oq.preset_for(config.preset)
+    schemes = oq.base_schemes(config, preset, parent.path / files[0])
     fp32 = Bundle(parent.path)
     task = get_task(parent.task)
     settings = artifact_settings(parent)

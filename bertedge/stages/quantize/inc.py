@@ -27,12 +27,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from .. import log
-from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record, require_task_model
-from ..config import StrictModel
-from ..errors import ArtifactError, QuantizationError
+from ... import log
+from ...artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record, require_task_model
+from ...config import StrictModel
+from ...errors import QuantizationError
+from ...torch_program import PROGRAM_FILE, program_forward
 
-PROGRAM_FILE = "model.pt2"
 # Files of the parent that the program replaces (the fp32 weights) or that describe the parent.
 _NOT_COPIED = {"model.safetensors", "pytorch_model.bin", "bertedge.json", "training_args.bin"}
 COMPILE_NOTE = ("PT2E reference int8: eager PyTorch runs it slower than fp32; run it under "
@@ -105,7 +105,7 @@ class TaskProgram:
 
 
 def output_names(task: str) -> list[str]:
-    from ..tasks import get_task
+    from ...tasks import get_task
 
     return list(get_task(task).output_names)
 
@@ -131,11 +131,11 @@ def quantize_torch(src: str | Path | Artifact, config: IncQuantizeConfig, out: s
 
     import torch
 
-    from ..evaluate import artifact_settings, load_eval_examples
-    from ..modeling import encoder_from_hf, load_torch_artifact
-    from ..tasks import get_task
-    from ..tasks.base import evaluate_examples
-    from ..train import torch_forward
+    from ...evaluate import artifact_settings, load_eval_examples
+    from ...modeling import encoder_from_hf, load_torch_artifact
+    from ...tasks import get_task
+    from ...tasks.base import evaluate_examples
+    from ...train import torch_forward
 
     started = time.perf_counter()
     task = get_task(parent.task)
@@ -181,7 +181,7 @@ def quantize_torch(src: str | Path | Artifact, config: IncQuantizeConfig, out: s
 
         inc_version = version("neural-compressor-pt")
 
-        from .quantize import PARENT_ONLY_KEYS
+        from ...artifacts import PARENT_ONLY_KEYS
 
         writer.manifest.update({k: v for k, v in parent.manifest.items() if k not in PARENT_ONLY_KEYS})
         writer.manifest.update({
@@ -268,7 +268,7 @@ def _dynamic_shapes(inputs: list[str], max_positions: int) -> tuple:
 
 
 def _calibration_batches(parent: Artifact, config: IncQuantizeConfig, encoder, settings) -> list[dict]:
-    from ..evaluate import artifact_data_spec, calibration_features
+    from ...evaluate import artifact_data_spec, calibration_features
 
     features = calibration_features(parent, config.calibration, config.calibration_split, config.calibration_samples,
                                     encoder, settings)
@@ -279,56 +279,3 @@ def _calibration_batches(parent: Artifact, config: IncQuantizeConfig, encoder, s
     size = max(2, config.calibration_batch_size)  # batch 1 would make torch.export specialise the batch axis
     return [encoder.collate(features[i:i + size]) for i in range(0, len(features) - 1, size)
             if len(features[i:i + size]) >= 2]
-
-
-def program_forward(module, inputs: list[str], outputs: list[str]):
-    """numpy-in, numpy-out forward over a (quantized) program, for the task evaluation loop."""
-    import torch
-
-    def forward(batch):
-        with torch.no_grad():
-            result = module(*(torch.from_numpy(batch[n]) for n in inputs))
-        return {name: value.float().numpy() for name, value in zip(outputs, result)}
-
-    return forward
-
-
-class ProgramModel:
-    """A saved Neural Compressor program behind the transformers-like call the rest of bertedge uses
-    (`model(**inputs)` -> mapping of output name to tensor)."""
-
-    def __init__(self, artifact: Artifact):
-        import torch
-        import torchao  # noqa: F401 - registers the quantized_decomposed ops the program calls
-
-        record = artifact.manifest["torch_program"]
-        path = artifact.path / record["file"]
-        if not path.is_file():
-            raise ArtifactError(f"{record['file']} is missing", where=str(artifact.path),
-                                fix="Re-run `bertedge quantize --engine inc`")
-        self.inputs, self.outputs = list(record["inputs"]), list(record["outputs"])
-        self.module = torch.export.load(str(path)).module()
-        self.compiled = False
-
-    def compile(self) -> None:
-        import torch
-        from torch._inductor import config as inductor_config
-
-        inductor_config.freezing = True
-        self.module = torch.compile(self.module)
-        self.compiled = True
-
-    def __call__(self, **inputs):
-        result = self.module(*(inputs[n] for n in self.inputs))
-        return dict(zip(self.outputs, result))
-
-    def parameters(self):
-        import itertools
-
-        return itertools.chain(self.module.parameters(), self.module.buffers())
-
-    def eval(self):
-        return self
-
-    def to(self, device):
-        return self

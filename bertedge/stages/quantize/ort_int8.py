@@ -1,5 +1,6 @@
-"""ONNX-level mechanics of the quantize stage: schemes, presets, one quantization, graph counts,
-the calibration reader, and an interleaved timer. No artifacts or manifests here.
+"""ONNX Runtime int8: the schemes to try for a config, one quantization (dynamic or static QDQ; fp16 through
+.fp16), graph counts, the calibration reader, the sensitivity analysis and an interleaved timer. No artifacts
+or manifests here.
 
 Every function takes and returns plain paths; callers run them inside the artifact's temp dir
 (`work_dir`) so nothing ONNX Runtime writes (shape-inferred copies, the calibration-augmented
@@ -14,125 +15,24 @@ import logging
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import QuantizationError
-
-# ----------------------------------------------------------------------------- presets
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Integer types per target CPU. Dynamic quantization always uses uint8 activations."""
-
-    name: str
-    weight_type: str  # "QUInt8" or "QInt8"
-    static_weight_type: str
-    static_activation_type: str
-    reduce_range: bool
-    requires_flags: tuple[str, ...]
-    vnni: bool
-    note: str
-
-
-PRESETS: dict[str, Preset] = {
-    # Without VNNI the AVX2 u8*s8 kernel (vpmaddubsw) can saturate its 16-bit sums; u8 weights
-    # avoid that path and were measured closest to fp32 here (cosine 0.992 vs 0.965 for s8).
-    "avx2": Preset("avx2", "QUInt8", "QInt8", "QUInt8", True, ("avx2",), False,
-                   "AVX2 without VNNI: uint8 weights for dynamic; static uses int8 weights with reduce_range"),
-    "avx512": Preset("avx512", "QInt8", "QInt8", "QUInt8", False, ("avx512f", "avx512bw"), False,
-                     "AVX-512 without VNNI: int8 weights, uint8 activations"),
-    "avx512_vnni": Preset("avx512_vnni", "QInt8", "QInt8", "QUInt8", False, ("avx512_vnni",), True,
-                          "VNNI (AVX512-VNNI or AVX-VNNI): int8 weights, uint8 activations, full 8-bit range"),
-    "arm64": Preset("arm64", "QInt8", "QInt8", "QUInt8", False, ("asimd",), False,
-                    "ARM64 NEON (dot-product kernels where the CPU has asimddp): int8 weights"),
-}
-
-SPEEDUP_CAVEAT = (
-    "int8 speed-ups depend on the CPU: VNNI/AMX (avx512_vnni, avx_vnni, amx_int8) or ARM dot-product "
-    "CPUs gain the most; AVX2-only CPUs gain less; on a GPU use the fp16 mode instead. Re-run "
-    "`bertedge bench` on the deployment CPU before relying on the numbers recorded here.")
-
-
-def detect_preset(cpu_flags: list[str], machine: str) -> str:
-    """The preset that matches this CPU: VNNI > AVX-512 > ARM64 > AVX2."""
-    flags = set(cpu_flags)
-    if flags & {"avx512_vnni", "avx_vnni"}:
-        return "avx512_vnni"
-    if {"avx512f", "avx512bw"} <= flags:
-        return "avx512"
-    if machine.lower() in ("aarch64", "arm64"):
-        return "arm64"
-    return "avx2"
-
-
-# ----------------------------------------------------------------------------- schemes
-
-# Dynamic: ONNX Runtime's integer-op registry. On a fused graph Attention -> QAttention and
-# EmbedLayerNormalization -> QEmbedLayerNormalization (int8 embedding tables: most of the size).
-DYNAMIC_OP_TYPES = ("MatMul", "Attention", "EmbedLayerNormalization", "Gather")
-# Static QDQ: only weight MatMuls. ONNX Runtime's default QDQ list also fake-quantizes
-# LayerNorm, Reshape/Transpose, Gather and activation x activation MatMuls, which leaves
-# Q/DQ pairs running at inference time: slower and less accurate than dynamic here.
-STATIC_OP_TYPES = ("MatMul", "Gather")
-# The fused ops that QDQ cannot express (no QDQ form for com.microsoft Attention or
-# EmbedLayerNormalization): after the static pass they get ONNX Runtime's dynamic integer form
-# (QAttention, QEmbedLayerNormalization). Without this the QKV weights and the embedding tables
-# (about 2/3 of MiniLM-L6's bytes) stayed fp32 and a "static int8" bundle was 67 MB, not 23.
-STATIC_TAIL_OP_TYPES = ("Attention", "EmbedLayerNormalization")
-
-QUANT_OP_TYPES = frozenset({
-    "MatMulInteger", "QAttention", "QEmbedLayerNormalization", "DynamicQuantizeLinear", "QuantizeLinear",
-    "DequantizeLinear", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QGemm", "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul", "ConvInteger", "QLinearConv", "MatMulNBits", "QOrderedMatMul",
-})
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """One way to quantize a graph: what the gate compares, and what the manifest records."""
-
-    mode: str  # dynamic | static | fp16
-    per_channel: bool = False
-    reduce_range: bool = False
-    weight_type: str = "QInt8"
-    activation_type: str = "QUInt8"
-    method: str = "minmax"
-    op_types: tuple[str, ...] = ()
-    exclude_nodes: tuple[str, ...] = ()
-    keep_fp32_ops: tuple[str, ...] = ()
-    # static only: op types quantized dynamically after the QDQ pass, and their weight type
-    tail_op_types: tuple[str, ...] = ()
-    tail_weight_type: str = "QUInt8"
-
-    @property
-    def name(self) -> str:
-        if self.mode == "fp16":
-            return "fp16"
-        parts = [self.mode]
-        if self.mode == "static":
-            parts.append(self.method)
-        parts.append("per-channel" if self.per_channel else "per-tensor")
-        if self.reduce_range:
-            parts.append("reduce-range")
-        name = " ".join(parts)
-        if self.exclude_nodes:
-            name += f" +{len(self.exclude_nodes)} fp32 node{'s' if len(self.exclude_nodes) > 1 else ''}"
-        return name
-
-    def record(self) -> dict:
-        data = asdict(self)
-        data["name"] = self.name
-        for key in ("op_types", "exclude_nodes", "keep_fp32_ops", "tail_op_types"):
-            data[key] = list(data[key])
-        return data
-
-    def with_exclusions(self, nodes: list[str]) -> Scheme:
-        return replace(self, exclude_nodes=tuple(dict.fromkeys([*self.exclude_nodes, *nodes])))
-
+from ...errors import ConfigError, QuantizationError
+from .fp16 import convert_fp16
+from .schemes import (
+    DYNAMIC_OP_TYPES,
+    FP16_KEEP_FP32,
+    PRESETS,
+    QUANT_OP_TYPES,
+    STATIC_OP_TYPES,
+    STATIC_TAIL_OP_TYPES,
+    Preset,
+    Scheme,
+    detect_preset,
+)
 
 # ----------------------------------------------------------------------------- graph facts
 
@@ -146,7 +46,7 @@ def op_counts(model_path: Path) -> dict[str, int]:
 
 def runtime_scale_ops(counts: dict[str, int]) -> list[str]:
     """The ops of an op histogram that compute activation scales at run time (batch-dependent outputs)."""
-    from ..runtime import RUNTIME_SCALE_OPS
+    from ...runtime import RUNTIME_SCALE_OPS
 
     return sorted(op for op, n in counts.items() if n and op in RUNTIME_SCALE_OPS)
 
@@ -296,7 +196,7 @@ def quantize_model(model_in: Path, model_out: Path, scheme: Scheme, work_dir: Pa
     import onnx
 
     if scheme.mode == "fp16":
-        _convert_fp16(model_in, model_out, scheme)
+        convert_fp16(model_in, model_out, scheme)
         return
     from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 
@@ -352,166 +252,6 @@ def _dynamic_tail(model_path: Path, scheme: Scheme, extra: dict) -> None:
     staged.replace(model_path)
 
 
-FP16_KEEP_FP32 = ("LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization", "Softmax")
-
-
-def _fp16_block_lists(scheme: Scheme) -> tuple[list[str], list[str]]:
-    """The op types and node names the fp16 conversion keeps in fp32."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
-
-    return list(DEFAULT_OP_BLOCK_LIST) + list(scheme.keep_fp32_ops), list(scheme.exclude_nodes)
-
-
-def _convert_fp16(model_in: Path, model_out: Path, scheme: Scheme) -> None:
-    import onnx
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    model = OnnxModel(onnx.load(str(model_in)))
-    op_block_list, node_block_list = _fp16_block_lists(scheme)
-    model.convert_float_to_float16(keep_io_types=True, op_block_list=op_block_list, node_block_list=node_block_list)
-    model.save_model_to_file(str(model_out))
-
-
-# ----------------------------------------------------------------------------- fp16 validation
-
-FP16_MAX = 65504.0  # the largest finite float16; anything larger becomes inf
-
-
-@dataclass
-class Fp16Tensor:
-    """A tensor of the fp32 graph that the fp16 graph holds in float16."""
-
-    name: str  # its name in the fp32 graph
-    node: str | None  # the node that computes it in fp16 (None: an fp32 node's output cast to fp16)
-    op_type: str | None
-    consumers: list[str] = field(default_factory=list)  # the fp16 nodes that read it
-
-
-def fp16_tensors(fp32_model: Path, fp16_model: Path, scheme: Scheme) -> dict[str, Fp16Tensor]:
-    """Which tensors of the fp32 graph become float16 in `fp16_model` (converted by `scheme`).
-
-    Outputs of converted nodes are matched to the fp32 graph by node name and output index (the
-    converter renames graph outputs); a Cast to float16 inserted after an fp32 node carries that
-    node's original output name. Non-float tensors are listed too: callers look at float values only.
-    """
-    import onnx
-
-    source = onnx.load(str(fp32_model), load_external_data=False).graph
-    converted = onnx.load(str(fp16_model), load_external_data=False).graph
-    blocked_ops, blocked_nodes = (set(x) for x in _fp16_block_lists(scheme))
-    originals = {n.name: n for n in source.node if n.name}
-    produced = {o for n in source.node for o in n.output if o}
-
-    def in_fp16(node) -> bool:
-        return node.name in originals and node.op_type not in blocked_ops and node.name not in blocked_nodes
-
-    held: dict[str, Fp16Tensor] = {}  # by name in the fp16 graph
-    for node in converted.node:
-        if in_fp16(node):
-            source_outputs = originals[node.name].output
-            for i, name in enumerate(node.output):
-                if name and i < len(source_outputs) and source_outputs[i]:
-                    held[name] = Fp16Tensor(source_outputs[i], node.name, node.op_type)
-        elif node.op_type == "Cast" and node.name not in originals and node.output[0] in produced and \
-                any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in node.attribute):
-            held[node.output[0]] = Fp16Tensor(node.output[0], None, None)
-    for node in converted.node:
-        if in_fp16(node):
-            for name in node.input:
-                if name in held and node.name not in held[name].consumers:
-                    held[name].consumers.append(node.name)
-    return {t.name: t for t in held.values()}
-
-
-class Fp16RangeProbe:
-    """The fp32 model with every tensor that fp16 would hold exposed as an extra output.
-
-    `forward` returns the model's own outputs (the fp32 reference) and records the largest
-    |value| of each exposed float tensor: values beyond `FP16_MAX` overflow to inf in fp16 on any
-    device, even where a CPU run of the fp16 graph hides it by computing some ops in fp32.
-    """
-
-    def __init__(self, fp32_model: Path, tensors: list[str], work_dir: Path, provider: str = "cpu"):
-        import onnx
-
-        from ..providers import make_session
-
-        model = onnx.load(str(fp32_model))
-        self.outputs = [o.name for o in model.graph.output]
-        self.tensors = [t for t in dict.fromkeys(tensors) if t not in self.outputs]
-        for name in self.tensors:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))  # ORT infers the type
-        path = work_dir / "fp16-range-probe.onnx"
-        onnx.save(model, str(path))
-        self.session = make_session(path, provider)
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.maxima: dict[str, float] = {}
-
-    def forward(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(self.outputs + self.tensors, {n: batch[n] for n in self.inputs})
-        own, exposed = values[:len(self.outputs)], values[len(self.outputs):]
-        for name, value in zip(self.outputs + self.tensors, own + exposed):
-            if value.dtype.kind == "f":
-                magnitude = np.abs(value[~np.isnan(value)].astype(np.float64))
-                self.maxima[name] = max(self.maxima.get(name, 0.0), float(np.max(magnitude, initial=0.0)))
-        return dict(zip(self.outputs, own))
-
-    def overflows(self, held: dict[str, Fp16Tensor]) -> dict[str, float]:
-        """Tensors held in fp16 whose fp32 values went beyond the fp16 range, largest first."""
-        over = {n: v for n, v in self.maxima.items() if n in held and v > FP16_MAX}
-        return dict(sorted(over.items(), key=lambda kv: -kv[1]))
-
-
-def fp16_nodes_to_keep(held: dict[str, Fp16Tensor], overflowing: list[str]) -> list[str]:
-    """The fp16 nodes that must run in fp32 so that no overflowing tensor is ever stored in fp16:
-    each one's producer and every fp16 node that reads it (it would be cast back to fp16 for them)."""
-    nodes: list[str] = []
-    for name in overflowing:
-        tensor = held[name]
-        nodes += ([tensor.node] if tensor.node else []) + tensor.consumers
-    return list(dict.fromkeys(nodes))
-
-
-def fp16_clipped_weights(fp32_model: Path, fp16_model: Path) -> dict[str, float]:
-    """Float weights beyond the fp16 range that the conversion clipped to +-FP16_MAX (name -> max |w|)."""
-    import onnx
-    from onnx import numpy_helper
-
-    halves = {t.name for t in onnx.load(str(fp16_model)).graph.initializer
-              if t.data_type == onnx.TensorProto.FLOAT16}
-    clipped = {}
-    for tensor in onnx.load(str(fp32_model)).graph.initializer:
-        if tensor.name in halves and tensor.data_type == onnx.TensorProto.FLOAT:
-            peak = float(np.max(np.abs(numpy_helper.to_array(tensor)), initial=0.0))
-            if peak > FP16_MAX:
-                clipped[tensor.name] = peak
-    return clipped
-
-
-def compare_fp16_outputs(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]],
-                         tolerance: float) -> dict[str, dict]:
-    """Per output: values fp16 made non-finite where fp32 is finite, and the largest |fp16 - fp32|
-    over the rest, allowed up to `tolerance` x max(1, largest |fp32|)."""
-    report: dict[str, dict] = {}
-    for name in reference[0]:
-        diff = scale = 0.0
-        non_finite = 0
-        for ref, cand in zip(reference, candidate):
-            r, c = ref[name].astype(np.float64), cand[name].astype(np.float64)
-            finite = np.isfinite(r)
-            broken = finite & ~np.isfinite(c)
-            non_finite += int(broken.sum())
-            both = finite & ~broken
-            if both.any():
-                diff = max(diff, float(np.max(np.abs(r[both] - c[both]))))
-            if finite.any():
-                scale = max(scale, float(np.max(np.abs(r[finite]))))
-        limit = tolerance * max(1.0, scale)
-        report[name] = {"max_abs_diff": diff, "max_abs_value": scale, "non_finite": non_finite,
-                        "limit": limit, "ok": non_finite == 0 and diff <= limit}
-    return report
-
-
 # ----------------------------------------------------------------------------- calibration
 
 
@@ -565,9 +305,9 @@ def time_models(paths: dict[str, Path], batch: dict[str, np.ndarray], *, rounds:
                 threads: int | None = None, provider: str = "cpu") -> dict[str, dict]:
     """p50/p90 latency (ms) of each model on `batch`, interleaved round by round (the bench
     harness's timer) so that load changes on a shared machine hit every model alike."""
-    from ..bench.latency import interleaved_timings
-    from ..bench.stats import summarize
-    from ..providers import make_session
+    from ...bench.latency import interleaved_timings
+    from ...bench.stats import summarize
+    from ...providers import make_session
 
     calls = []
     for path in paths.values():
@@ -605,3 +345,54 @@ class Sensitivity:
     def record(self, limit: int = 10) -> dict:
         return {"base_error": self.base_error,
                 "most_sensitive": [{"node": n, "error_reduction": g} for n, g in self.gains[:limit]]}
+
+
+# ----------------------------------------------------------------------------- the schemes to try
+
+
+def preset_for(preset: str | None) -> Preset:
+    """The named preset, or the one that matches this CPU."""
+    from ...env import cpu_info
+
+    cpu = cpu_info()
+    return PRESETS[preset or detect_preset(cpu["flags"], cpu["machine"])]
+
+
+def base_schemes(config, preset: Preset, model: Path) -> list[Scheme]:
+    """The schemes to try for a QuantizeConfig: one for dynamic/static/fp16, the candidate list for auto."""
+    nodes = node_names(model)
+    unknown = [n for n in config.exclude_nodes if n not in nodes]
+    if unknown:
+        sample = ", ".join(list(nodes)[:6])
+        raise ConfigError(f"no node named {', '.join(repr(u) for u in unknown)} in the graph",
+                          where="--exclude-nodes", fix=f"Use node names from model.onnx (e.g. {sample})")
+    excluded = tuple(config.exclude_nodes)
+    if config.mode == "fp16":
+        keep = tuple(dict.fromkeys([*FP16_KEEP_FP32, *config.exclude_op_types]))
+        return [Scheme("fp16", keep_fp32_ops=keep, exclude_nodes=excluded)]
+    known = set(DYNAMIC_OP_TYPES) | set(STATIC_OP_TYPES) | set(STATIC_TAIL_OP_TYPES)
+    bad = [t for t in config.exclude_op_types if t not in known]
+    if bad:
+        raise ConfigError(f"unknown or unquantized op type {', '.join(repr(b) for b in bad)}",
+                          where="--exclude-op-types", fix=f"Choose from: {', '.join(sorted(known))}")
+
+    def ops(default):
+        return tuple(t for t in default if t not in config.exclude_op_types)
+
+    reduce = preset.reduce_range if config.reduce_range is None else config.reduce_range
+    dynamic = Scheme("dynamic", per_channel=config.per_channel,
+                     reduce_range=False if config.reduce_range is None else config.reduce_range,
+                     weight_type=preset.weight_type, op_types=ops(DYNAMIC_OP_TYPES), exclude_nodes=excluded)
+    static = Scheme("static", per_channel=config.per_channel, reduce_range=reduce,
+                    weight_type=preset.static_weight_type, activation_type=preset.static_activation_type,
+                    method=config.method, op_types=ops(STATIC_OP_TYPES), exclude_nodes=excluded,
+                    tail_op_types=ops(STATIC_TAIL_OP_TYPES), tail_weight_type=preset.weight_type)
+    if config.mode == "dynamic":
+        return [dynamic]
+    if config.mode == "static":
+        return [static]
+    candidates = [replace(dynamic, per_channel=False), replace(dynamic, per_channel=True),
+                  replace(dynamic, per_channel=True, reduce_range=True)]
+    if config.calibration:
+        candidates += [replace(static, per_channel=False), replace(static, per_channel=True)]
+    return list(dict.fromkeys(candidates))
