@@ -28,11 +28,11 @@ TARGETS = {"speedup_vs_teacher": 10.0, "speedup_vs_peer": 5.0, "max_drop_pts": 1
 def grid(report: dict) -> list[dict]:
     """The report's speed-up grid, recomputed with the report's own function from its stored bench results
     (a report written before the grid carried the peer columns gets them too)."""
-    from bertedge.report import _speedup_grid
+    from bertedge.report import speedup_grid
 
     names = {a["name"]: a.get("bench_name") or a["name"] for a in report["artifacts"]}
     peer = names.get(report["peer"]["name"]) if report.get("peer") else None
-    return _speedup_grid(report["bench"]["results"], names[report["teacher"]["name"]], report["final"]["bench_name"],
+    return speedup_grid(report["bench"]["results"], names[report["teacher"]["name"]], report["final"]["bench_name"],
                          peer)
 
 

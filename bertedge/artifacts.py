@@ -452,6 +452,13 @@ def require_fp32_torch_artifact(artifact: Artifact, stage: str, *, bundle_fix: s
                             fix=program_fix)
 
 
+def dev_metrics(artifact: Artifact) -> dict:
+    """The artifact's scalar dev metrics (its manifest's metrics.dev, or metrics itself when flat)."""
+    metrics = artifact.metrics
+    dev = metrics.get("dev") if isinstance(metrics.get("dev"), dict) else metrics
+    return {k: v for k, v in (dev or {}).items() if isinstance(v, (int, float))}
+
+
 def require_task_model(artifact: Artifact) -> None:
     """Refuse a `bertedge adapt` output (an encoder with a masked-LM head) where a task model is needed."""
     if artifact.is_masked_lm:

@@ -92,6 +92,11 @@ def warning(message: str) -> None:
     logger.warning(f"warning: {message}")
 
 
+def number_or_dash(value, spec: str = ".2f") -> str:
+    """A table cell: the number formatted with `spec`, or an en dash when there is none."""
+    return "–" if value is None else format(value, spec)
+
+
 def points_change(drop_pts: float | None) -> str:
     """A metric change in points with one sign convention everywhere: a loss is negative.
 

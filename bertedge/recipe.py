@@ -195,7 +195,7 @@ def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
             raise ConfigError(format_validation_error(exc, f"stages.{i}.{stage}"),
                               fix=f"Fix the value (see {help_text} for each field)") from None
         if stage == "search":
-            from .search import check_blocks
+            from .search_space import check_blocks
 
             check_blocks(steps[-1], f"stages.{i}.search")
     recipe = Recipe.model_construct(**Recipe.model_validate({**top, "stages": [{}]}).__dict__)
@@ -304,7 +304,7 @@ def _check_search_depths(recipe: Recipe) -> None:
     """A search step's depths must not exceed its teacher's (the source step's depth)."""
     if not any(step.stage == "search" for step in recipe.stages):
         return
-    from .search import check_depths
+    from .search_space import check_depths
 
     names = recipe.step_names()
     depths = _step_depths(recipe)

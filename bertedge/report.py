@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from . import log
-from .artifacts import Artifact, load_artifact, write_json_atomic
+from .artifacts import Artifact, dev_metrics, load_artifact, write_json_atomic
 from .errors import ArtifactError
+from .log import number_or_dash as _fmt
 from .recipe import Recipe, load_recipe
 
 REPORT_JSON = "report.json"
@@ -28,12 +29,6 @@ REPORT_MD = "report.md"
 PARETO_PNG = "pareto.png"
 LATENCY_PNG = "latency.png"
 KEY_BATCH, KEY_SEQ, THROUGHPUT_BATCH = 1, 128, 32
-
-
-def _dev_metrics(artifact: Artifact) -> dict:
-    metrics = artifact.metrics
-    dev = metrics.get("dev") if isinstance(metrics.get("dev"), dict) else metrics
-    return {k: v for k, v in (dev or {}).items() if isinstance(v, (int, float))}
 
 
 def _primary(recipe: Recipe, teacher: Artifact) -> str:
@@ -92,7 +87,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
                             fix="Run the recipe (bertedge run) until its teacher step has finished")
     teacher_name, teacher = teachers[0]
     metric = _primary(recipe, teacher)
-    teacher_dev = _dev_metrics(teacher)
+    teacher_dev = dev_metrics(teacher)
 
     # Early-exit bundles have no single graph for the fixed-shape grid: `bertedge bench` times them on dev inputs.
     targets: list = [str(a.path) for _, a in artifacts if not (a.manifest.get("early_exit") or {}).get("segments")]
@@ -136,7 +131,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
 
     rows = []
     for name, artifact in artifacts:
-        dev = _dev_metrics(artifact)
+        dev = dev_metrics(artifact)
         if dev.get("n") is not None and teacher_dev.get("n") is not None and dev.get("n") != teacher_dev.get("n"):
             from .evaluate import evaluate_artifact
 
@@ -194,7 +189,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
         "machine": bench["machine"],
         "bench": {"config": bench["config"], "method": bench["method"], "results": results,
                   "artifacts": bench["artifacts"]},
-        "speedup_grid": _speedup_grid(results, teacher_target, final["bench_name"] if final else None, peer_name),
+        "speedup_grid": speedup_grid(results, teacher_target, final["bench_name"] if final else None, peer_name),
         "search": [_search_section(run_dir, name, step, names, recipe) for name, step in searches],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": str(run_dir),
@@ -226,7 +221,7 @@ SEARCH_FIELDS = ("name", "stage", "parent", "status", "reason", "verdict", "fina
 
 def _search_section(run_dir: Path, name: str, step, names: list[str], recipe: Recipe) -> dict:
     """A search step's candidates, verdicts, Pareto front and cost, from its search.json."""
-    from .search import SEARCH_JSON, SEARCH_MD
+    from .search_space import SEARCH_JSON, SEARCH_MD
 
     index = names.index(name)
     directory = run_dir / "search" / name
@@ -269,7 +264,7 @@ def _artifact_row(name, stage, path, dev, bench_name, timing, teacher_p50, peer_
     }
 
 
-def _speedup_grid(results: list[dict], teacher: str, final: str | None, peer: str | None = None) -> list[dict]:
+def speedup_grid(results: list[dict], teacher: str, final: str | None, peer: str | None = None) -> list[dict]:
     """Final artifact vs teacher (and vs the peer, when measured) at every fixed (batch, seq) point of the grid."""
     if final is None:
         return []
@@ -285,10 +280,6 @@ def _speedup_grid(results: list[dict], teacher: str, final: str | None, peer: st
                          "peer_p50_ms": other["p50_ms"] if other else None,
                          "speedup_vs_peer": round(other["p50_ms"] / r["p50_ms"], 3) if other else None})
     return grid
-
-
-def _fmt(value, spec=".2f") -> str:
-    return "–" if value is None else format(value, spec)
 
 
 def markdown(report: dict) -> str:
@@ -344,7 +335,7 @@ def markdown(report: dict) -> str:
 
 
 def _search_markdown(section: dict, metric: str, run_dir: Path) -> list[str]:
-    from .search import candidate_table, cost_line
+    from .search_space import candidate_table, cost_line
 
     def rel(path: str | None) -> str:
         if not path:

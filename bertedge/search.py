@@ -37,153 +37,25 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
-
-from pydantic import Field, ValidationError, model_validator
+from typing import Any, Callable
 
 from . import log
-from .artifacts import Artifact, is_artifact, load_artifact, write_json_atomic
-from .config import DataConfig, StrictModel, format_validation_error
+from .artifacts import Artifact, dev_metrics, is_artifact, load_artifact, write_json_atomic
 from .errors import ArtifactError, BudgetError, ConfigError
-
-SEARCH_JSON = "search.json"
-SEARCH_MD = "search.md"
-PARETO_PNG = "pareto.png"
-
-
-class PruneChoice(StrictModel):
-    ffn: float = Field(0.0, ge=0, lt=1, description="Fraction of FFN neurons removed per layer")
-    heads: float = Field(0.0, ge=0, lt=1, description="Fraction of attention heads removed per layer")
-    layers: int | None = Field(None, ge=1, description="Keep this many of the model's encoder layers (the bottom "
-                                                       "ones; the top ones are dropped, as in Sajjad et al. 2020), "
-                                                       "recovered with KD from the teacher: a cheap student")
-
-    @property
-    def is_identity(self) -> bool:
-        return self.ffn == 0 and self.heads == 0 and self.layers is None
-
-    @property
-    def tag(self) -> str:
-        depth = f"d{self.layers}-" if self.layers is not None else ""
-        if self.ffn == 0 and self.heads == 0 and depth:
-            return depth[:-1]
-        return f"{depth}p{round(self.ffn * 100)}-{round(self.heads * 100)}"
-
-    def kept_share(self, depth: int) -> float:
-        """Rough share of the encoder's layer weights this choice keeps (FFN is 2/3 of a BERT layer's weights):
-        the order of the search, least compressed first."""
-        layers = min(self.layers or depth, depth)
-        return layers / depth * (1 - (2 * self.ffn + self.heads) / 3)
-
-
-class SearchConfig(StrictModel):
-    layers: list[int] = Field([3, 2], min_length=1,
-                              description="Student depths to distill (0 or the teacher's depth: the teacher itself)")
-    prune: list[PruneChoice] = Field(default_factory=lambda: [PruneChoice(), PruneChoice(ffn=0.5, heads=0.33)],
-                                     min_length=1, description="Structured prune ratios tried on every student "
-                                                               "({ffn: 0, heads: 0} = unpruned)")
-    quantize: list[Literal["none", "dynamic", "static", "auto"]] = Field(
-        ["dynamic", "auto"], min_length=1, description="Quantization modes tried on every bundle (none = fp32 ONNX)")
-    max_accuracy_drop: float = Field(1.0, ge=0, description="Budget: largest dev-metric drop vs the teacher, in points")
-    max_size_mb: float | None = Field(None, gt=0, description="Budget: largest bundle size in MB")
-    metric: str | None = Field(None, description="Dev metric of the budget (default: the task's primary metric)")
-    slack: float = Field(0.0, ge=0, description="Points over the budget an intermediate candidate may lose and "
-                                                "still be compressed further")
-    monotone: bool = Field(True, description="A failing depth skips shallower ones; a failing prune ratio skips "
-                                             "larger ones")
-    data: DataConfig = Field(default_factory=DataConfig, description="Transfer data (default: the teacher's)")
-    trim_vocab: dict[str, Any] | None = Field(None, description="Trim the vocabulary of every model before export "
-                                              "(TrimVocabConfig fields, e.g. {keep_chars: ascii}; {} = defaults; "
-                                              "default: no trimming)")
-    distill: dict[str, Any] = Field(default_factory=dict, description="Extra distill settings (DistillConfig fields)")
-    prune_options: dict[str, Any] = Field(default_factory=dict, description="Extra prune settings (PruneConfig fields)")
-    export_options: dict[str, Any] = Field(default_factory=dict, description="Extra export settings (ExportConfig)")
-    quantize_options: dict[str, Any] = Field(default_factory=dict, description="Extra quantize settings "
-                                                                               "(QuantizeConfig fields)")
-    batch_size: int = Field(1, ge=1, description="Batch size of the latency ranking")
-    seq_len: int = Field(128, ge=2, description="Sequence length of the latency ranking")
-    runs: int = Field(30, ge=3, description="Interleaved timing rounds")
-    warmup: int = Field(5, ge=0, description="Untimed calls per candidate before timing")
-    threads: int | None = Field(None, ge=1, description="Intra-op threads (default: the runtime's)")
-    max_hours: float | None = Field(None, ge=0, description="Wall-clock budget of the search, in hours: once spent "
-                                                            "(and the first candidate finished), no new candidate "
-                                                            "is built and the rest are listed as `not tried` "
-                                                            "(default: unlimited; 0 = stop after the first)")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if any(n < 0 for n in self.layers):
-            raise ValueError("layers: depths must be 0 (the teacher) or positive")
-        if len({(c.ffn, c.heads, c.layers) for c in self.prune}) != len(self.prune):
-            raise ValueError("prune: the same ratio is listed twice")
-        return self
-
-
-# What the search sets in each block; a sample value lets the block validate on its own.
-SAMPLE = {"distill": {"layers": 1}, "prune_options": {"ffn": 0.5}, "quantize_options": {"mode": "dynamic"},
-          "export_options": {}, "trim_vocab": {}}
-FIXED = {"distill": {"layers", "layer_map", "student_config", "student", "task"},
-         "prune_options": {"ffn", "heads", "sparsity", "target_ffn", "target_heads", "drop_layers"},
-         "quantize_options": {"mode", "max_accuracy_drop"}, "export_options": set(), "trim_vocab": set()}
-
-
-def _stage_configs():
-    from .stages.distill import DistillConfig
-    from .stages.export import ExportConfig
-    from .stages.prune import PruneConfig
-    from .stages.quantize import QuantizeConfig
-    from .stages.vocab import TrimVocabConfig
-
-    return {"distill": DistillConfig, "prune_options": PruneConfig, "export_options": ExportConfig,
-            "quantize_options": QuantizeConfig, "trim_vocab": TrimVocabConfig}
-
-
-def parse_search(data: Any, where: str = "search") -> SearchConfig:
-    """Validate a search config (and its per-stage option blocks) before any model loads."""
-    if not isinstance(data, dict):
-        raise ConfigError("a search config must be a mapping", where=where, fix="See docs/optimize.md for the shape")
-    try:
-        config = SearchConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, where), fix="Fix the value (see `bertedge optimize --help`)") \
-            from None
-    check_blocks(config, where)
-    return config
-
-
-def check_blocks(config: SearchConfig, where: str = "search") -> None:
-    """The per-stage option blocks (distill, prune_options, ...): no field the search varies, each valid."""
-    for block, model in _stage_configs().items():
-        options = getattr(config, block)
-        if options is None:  # trim_vocab: off
-            continue
-        fixed = sorted(FIXED[block] & set(options))
-        if fixed:
-            raise ConfigError(f"{where}.{block}.{fixed[0]}: set by the search itself",
-                              fix=f"Remove it from {block}; the search varies it (layers / prune / quantize)")
-        try:
-            model.model_validate({**options, **SAMPLE[block]})
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, f"{where}.{block}"),
-                              fix="Fix the value (same fields as the stage's config)") from None
-
-
-def check_depths(config: SearchConfig, teacher_depth: int, path: str = "layers", teacher: str = "the teacher",
-                 where: str | None = None) -> None:
-    """Refuse a student depth above the teacher's, naming the list item (`layers.1: 7 is deeper ...`), and a
-    prune choice that keeps as many layers as the teacher has or more (`prune.0.layers: 6 ...`)."""
-    layers = f"{teacher_depth} layer" + ("s" if teacher_depth != 1 else "")
-    for i, depth in enumerate(config.layers):
-        if depth > teacher_depth:
-            raise ConfigError(f"{path}.{i}: {depth} is deeper than {teacher} ({layers})", where=where,
-                              fix=f"Use depths from 1 to {teacher_depth} (0 = the teacher itself)")
-    prune_path = path[:-len("layers")] + "prune" if path.endswith("layers") else "prune"
-    for i, choice in enumerate(config.prune):
-        if choice.layers is not None and choice.layers >= teacher_depth:
-            raise ConfigError(f"{prune_path}.{i}.layers: keeping {choice.layers} layers drops none of {teacher}'s "
-                              f"{layers}", where=where,
-                              fix=f"Keep fewer layers (1 to {teacher_depth - 1}), or leave `layers` out")
-
+from .log import number_or_dash
+from .search_space import (  # noqa: F401 - the search's config, also imported from here
+    PARETO_PNG,
+    SEARCH_JSON,
+    SEARCH_MD,
+    PruneChoice,
+    SearchConfig,
+    candidate_table,
+    check_blocks,
+    check_depths,
+    cost_line,
+    parse_search,
+    stage_configs,
+)
 
 # ----------------------------------------------------------------------------- size before building
 
@@ -355,9 +227,7 @@ def _hash(data: Any) -> str:
 
 def _candidate_value(artifact: Artifact, metric: str) -> float | None:
     """A candidate's dev metric as the search judges it (its manifest's). One place, so tests can force drops."""
-    from .report import _dev_metrics
-
-    return _dev_metrics(artifact).get(metric)
+    return dev_metrics(artifact).get(metric)
 
 
 def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *, resume: bool = False,
@@ -367,7 +237,6 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
     `clock` (seconds; default time.monotonic) is what `max_hours` is checked against.
     """
     from .pipeline import read_state, stage_function
-    from .report import _dev_metrics
     from .tasks import get_task
 
     out = Path(out).absolute()
@@ -381,10 +250,10 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
         raise ArtifactError(f"the teacher must be a fine-tuned PyTorch artifact, not a {teacher.stage} artifact",
                             where=str(teacher.path), fix="Pass the output of `bertedge finetune`")
     metric = config.metric or teacher.manifest.get("primary_metric") or get_task(teacher.task).primary_metric
-    teacher_value = _dev_metrics(teacher).get(metric)
+    teacher_value = dev_metrics(teacher).get(metric)
     if teacher_value is None:
         raise ConfigError(f"the teacher's manifest has no dev '{metric}'", where=str(teacher.path),
-                          fix=f"Choose --metric among: {', '.join(sorted(_dev_metrics(teacher))) or 'none recorded'}")
+                          fix=f"Choose --metric among: {', '.join(sorted(dev_metrics(teacher))) or 'none recorded'}")
     teacher_depth = _depth(teacher)
     check_depths(config, teacher_depth, where="--layers")  # before anything is written
     (out / "candidates").mkdir(parents=True, exist_ok=True)
@@ -569,7 +438,7 @@ def _depth(artifact: Artifact) -> int:
 
 
 def _make_config(stage: str, settings: dict, config: SearchConfig, teacher: Artifact):
-    models = _stage_configs()
+    models = stage_configs()
 
     def data(block: dict) -> dict:
         """The search's data, with the block's own `data` fields on top (e.g. a train subset for recovery only)."""
@@ -594,53 +463,14 @@ def _make_config(stage: str, settings: dict, config: SearchConfig, teacher: Arti
     return models["quantize_options"].model_validate({**options, **settings})
 
 
-def candidate_table(candidates: list[dict]) -> list[str]:
-    """The candidates as a markdown table: status, verdict (or reason), drop, size, p50 and build wall time."""
-    from .report import _fmt
-
-    lines = [("| candidate | stage | from | status | dev metric | drop (pts) | size (MB) | p50 (ms) | vs teacher "
-              "| build (s) | Pareto | verdict |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in candidates:
-        size = r.get("size_bytes")
-        verdict = r.get("verdict") or r.get("reason") or ("intermediate" if r["status"] == "built" else r["status"])
-        build = "kept" if r.get("kept_from_earlier_run") else _fmt(r.get("wall_time_s"), ".1f")
-        speedup = r.get("speedup_vs_teacher")
-        lines.append(f"| {r['name']} | {r['stage']} | {r.get('parent') or ''} | {r['status']} "
-                     f"| {_fmt(r.get('metric_value'), '.4f')} | {_fmt(r.get('drop_pts'))} "
-                     f"| {_fmt(size / 1e6 if size else None)} | {_fmt(r.get('p50_ms'))} "
-                     f"| {_fmt(speedup)}{'x' if speedup else ''} | {build} | {'yes' if r.get('pareto') else ''} "
-                     f"| {verdict} |")
-    return lines
-
-
-def cost_line(result: dict) -> str:
-    """What the search itself cost: wall time in all, building vs ranking, and how many candidates of each status."""
-    cost = result.get("cost") or {}
-    counts = cost.get("counts") or {}
-    total = cost.get("wall_time_s", result.get("wall_time_s")) or 0.0
-    line = (f"Search cost: {total / 60:.1f} min wall time ({cost.get('build_wall_time_s', 0):.0f} s building "
-            f"candidates, {cost.get('rank_wall_time_s', 0):.0f} s ranking); {counts.get('built', 0)} built"
-            f" ({counts.get('kept_from_earlier_run', 0)} kept from an earlier run), {counts.get('dropped', 0)} "
-            f"dropped, {counts.get('skipped', 0)} skipped, {counts.get('not tried', 0)} not tried.")
-    stopped = result.get("stopped")
-    if stopped:
-        line += (f" **Stopped by the wall-clock budget** (max_hours {stopped['max_hours']:g}) after "
-                 f"{stopped['elapsed_s']:.0f} s: {stopped['not_tried']} candidates from {stopped['first_not_tried']} "
-                 "on were not tried.")
-    return line
-
-
 def markdown(result: dict) -> str:
-    from .report import _fmt
-
     t = result["teacher"]
     m = result["machine"]
     cpu = m.get("cpu", {})
     s = result["search"]
     lines = [f"# bertedge optimize: {t['path']}", "",
              f"Teacher: {t['layers']} layers, dev {t['metric']} {t['value']:.4f}, p50 "
-             f"{_fmt(result['teacher_p50_ms'])} ms (PyTorch fp32, batch {s['batch_size']}, seq {s['seq_len']}).  ",
+             f"{number_or_dash(result['teacher_p50_ms'])} ms (PyTorch fp32, batch {s['batch_size']}, seq {s['seq_len']}).  ",
              f"Budget: drop ≤ {s['max_accuracy_drop']} pts" + (f", size ≤ {s['max_size_mb']} MB" if s['max_size_mb']
                                                                else "")
              + (f", wall clock ≤ {s['max_hours']:g} h" if s.get("max_hours") is not None else "")

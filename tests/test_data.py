@@ -8,8 +8,8 @@ import pytest
 from conftest import SHARED_DATA, assert_one_line_error, write_classification_dir
 
 from bertedge.data import Columns, load_data
-from bertedge.tasks.token import read_conll
 from bertedge.errors import DataError
+from bertedge.tasks.token import read_conll
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside the checkout")
 

@@ -42,12 +42,11 @@ def write_recipe(path: Path, model_dir: Path, data_dir: Path, *, search: dict | 
 def forced_drops(drops: dict[str, float]):
     """A `_candidate_value` that makes each candidate lose `drops[name]` points vs the run's teacher (0 if not
     listed), whatever it really scores, so budget verdicts do not depend on how a tiny model trains."""
-    from bertedge.artifacts import load_artifact
-    from bertedge.report import _dev_metrics
+    from bertedge.artifacts import dev_metrics, load_artifact
 
     def value(artifact, metric):
         run_dir = artifact.path.parents[3]  # RUN/search/STEP/candidates/NAME
-        teacher = _dev_metrics(load_artifact(run_dir / "artifacts" / "teacher"))[metric]
+        teacher = dev_metrics(load_artifact(run_dir / "artifacts" / "teacher"))[metric]
         return teacher - drops.get(artifact.path.name, 0.0) / 100
 
     return value

@@ -35,6 +35,8 @@ from functools import reduce
 from operator import mul
 from pathlib import Path
 
+from .targets import ONNX, TORCH_INC, Target
+
 FLOP_PROBE_LENGTHS = (8, 16, 32)
 
 
@@ -233,3 +235,18 @@ def peak_gflops(cpu: dict, cores: int, *, int8: bool = False, fma_units: int | N
         "cores": cores,
         "peak_gflops": round(peak, 1) if peak else None,
     }
+
+
+def flop_model_of(target: Target, runner):
+    """The target's FLOP model (None when it cannot be counted: a compiled int8 program, or an error)."""
+    from .. import log
+
+    try:
+        if target.backend == ONNX:
+            return onnx_flop_model(target.model_file)
+        if target.backend == TORCH_INC:
+            return None  # a compiled int8 program: FlopCounterMode does not see its kernels
+        return getattr(runner, "flop_model", None) or torch_flop_model(runner.model)
+    except Exception as exc:  # noqa: BLE001 - FLOPs are a nice-to-have; never fail a benchmark over them
+        log.warning(f"bench: cannot count FLOPs of {target.name} ({type(exc).__name__}: {exc}); reported as null")
+        return None

@@ -88,7 +88,7 @@ def _serve(conn, target: Target, config_json: dict, runner_kwargs: dict, warm_ba
     """The worker: load the target, answer the parent's commands until it says close."""
     try:
         from .backends import make_runner
-        from .run import flop_model_of
+        from .flops import flop_model_of
 
         config = BenchConfig.model_validate(config_json)
         before = rss_mb()

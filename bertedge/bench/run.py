@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from .. import log
 from ..errors import BenchError
+from .flops import flop_model_of
 from .latency import (
     BenchConfig,
     check_real_batch,
@@ -72,20 +73,6 @@ def machine_record(config: BenchConfig, threads_used: int) -> dict:
         "peak": {"fp32": peak_gflops(cpu, cores, fma_units=config.fma_units),
                  "int8": peak_gflops(cpu, cores, int8=True, fma_units=config.fma_units)},
     }
-
-
-def flop_model_of(target: Target, runner):
-    from .flops import onnx_flop_model, torch_flop_model
-
-    try:
-        if target.backend == ONNX:
-            return onnx_flop_model(target.model_file)
-        if target.backend == TORCH_INC:
-            return None  # a compiled int8 program: FlopCounterMode does not see its kernels
-        return getattr(runner, "flop_model", None) or torch_flop_model(runner.model)
-    except Exception as exc:  # noqa: BLE001 - FLOPs are a nice-to-have; never fail a benchmark over them
-        log.warning(f"bench: cannot count FLOPs of {target.name} ({type(exc).__name__}: {exc}); reported as null")
-        return None
 
 
 def _row(target: Target, runner, config: BenchConfig, mode: str, batch_size: int, seq_len: int | None,
