@@ -154,7 +154,7 @@ def build_variants(source: Path, task: str, scratch: Path) -> dict[str, Path]:
     from optimum.exporters.onnx import onnx_export_from_model
 
     from bertedge.modeling import model_class
-    from bertedge.stages.export import ExportConfig, _optimize
+    from bertedge.stages.export import ExportConfig, fuse_graph
 
     variants = {}
     for attn in ("sdpa", "eager"):
@@ -166,11 +166,11 @@ def build_variants(source: Path, task: str, scratch: Path) -> dict[str, Path]:
         variants[f"plain-{attn}"] = directory / "model.onnx"
     fused = scratch / "fused" / "model.onnx"
     fused.parent.mkdir()
-    _optimize(variants["plain-eager"], fused, model.config, ExportConfig())
+    fuse_graph(variants["plain-eager"], fused, model.config, ExportConfig())
     variants["fused-eager (bertedge export)"] = fused
     fused_sdpa = scratch / "fused-sdpa" / "model.onnx"
     fused_sdpa.parent.mkdir()
-    _optimize(variants["plain-sdpa"], fused_sdpa, model.config, ExportConfig())
+    fuse_graph(variants["plain-sdpa"], fused_sdpa, model.config, ExportConfig())
     variants["fused-sdpa"] = fused_sdpa
     # What the first measurement used: optimum's ORTOptimizer at level O2 on the default (SDPA) export.
     from optimum.onnxruntime import AutoOptimizationConfig, ORTOptimizer

@@ -292,7 +292,7 @@ def study_progress(study) -> dict:
             "retried": sorted(retried)}
 
 
-def _search_record(model: str | None, base: FinetuneConfig, space: dict, metric: str) -> dict:
+def search_record(model: str | None, base: FinetuneConfig, space: dict, metric: str) -> dict:
     data = base.data.model_dump(mode="json", exclude_none=True)
     return json.loads(json.dumps({"model": model, "task": base.task, "data": data, "metric": metric,
                                   "max_length": base.max_length, "space": space, "direction": "maximize"}))
@@ -395,7 +395,7 @@ def tune(model: str | None, config: TuneConfig, out: str | Path | None, *, overw
     # Optuna logs a failed trial with its traceback; bertedge reports failures as one line itself.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    study = open_study(config, _search_record(model, base, space, metric), resume=resume)
+    study = open_study(config, search_record(model, base, space, metric), resume=resume)
 
     parent = (out_path.parent if out_path is not None else Path(tempfile.gettempdir()))
     parent.mkdir(parents=True, exist_ok=True)

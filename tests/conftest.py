@@ -71,7 +71,7 @@ NEG = ["bad", "awful", "poor", "sad", "hate", "worst"]
 FILL = ["the", "movie", "film", "plot", "was", "is", "very", "really", "story", "actor", "this", "it"]
 
 
-def _sentence(rng: random.Random, label: int) -> str:
+def synthetic_sentence(rng: random.Random, label: int) -> str:
     words = rng.sample(FILL, 4) + [rng.choice(POS if label else NEG)]
     rng.shuffle(words)
     return " ".join(words)
@@ -84,7 +84,7 @@ def write_classification_dir(directory: Path, n_train: int = 96, n_dev: int = 32
         lines = ["sentence\tlabel"]
         for i in range(n):
             label = i % 2
-            lines.append(f"{_sentence(rng, label)}\t{label}")
+            lines.append(f"{synthetic_sentence(rng, label)}\t{label}")
         (directory / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return directory
 
@@ -95,9 +95,9 @@ def write_pair_dir(directory: Path, n_train: int = 96, n_dev: int = 32, seed: in
     for split, n in (("train", n_train), ("dev", n_dev)):
         lines = ["index\tsentence1\tsentence2\tlabel"]
         for i in range(n):
-            a = _sentence(rng, 1)
+            a = synthetic_sentence(rng, 1)
             same = i % 2 == 0
-            b = a if same else _sentence(rng, 0)
+            b = a if same else synthetic_sentence(rng, 0)
             lines.append(f"{i}\t{a}\t{b}\t{'entailment' if same else 'not_entailment'}")
         (directory / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return directory

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import _sentence, assert_one_line_error
+from conftest import assert_one_line_error, synthetic_sentence
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ def write_train_only(directory: Path, n: int = 120, seed: int = 0, labels=("0", 
         lines = ["title,body,category"]
         for _ in range(count):
             label = rng.choices(range(len(labels)), weights)[0]
-            lines.append(f"{_sentence(rng, label % 2)},{_sentence(rng, label % 2)} {'x' * label},{labels[label]}")
+            lines.append(f"{synthetic_sentence(rng, label % 2)},{synthetic_sentence(rng, label % 2)} {'x' * label},{labels[label]}")
         (directory / f"{split}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return directory
 

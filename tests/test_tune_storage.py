@@ -140,13 +140,13 @@ def test_resume_of_a_study_that_does_not_exist(cli, tmp_path, tiny_model_dir, ti
 
 def test_a_worker_with_another_search_space_is_refused(cli, tmp_path, tiny_model_dir, tiny_data):
     from bertedge.config import FinetuneConfig
-    from bertedge.tune import SEARCH_ATTR, TuneConfig, _search_record, open_study, validate_space
+    from bertedge.tune import SEARCH_ATTR, TuneConfig, open_study, search_record, validate_space
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     base = FinetuneConfig.model_validate({"task": TC, "data": {"data": str(tiny_data["sst"])}, "max_length": 32})
     space = validate_space({"lr": [1e-3, 2e-3]})
     config = TuneConfig(finetune=base, space=space, storage=url, study="s")
-    study = open_study(config, _search_record(str(tiny_model_dir), base, space, "accuracy"), resume=False)
+    study = open_study(config, search_record(str(tiny_model_dir), base, space, "accuracy"), resume=False)
     assert study.user_attrs[SEARCH_ATTR]["space"] == {"lr": [1e-3, 2e-3]}
     space_file = tmp_path / "space.yaml"
     space_file.write_text("lr: [0.001, 0.003]\n")

@@ -109,7 +109,7 @@ def _bert_parts(model):
 
 
 @cache
-def _torch_modules():
+def torch_modules():
     """The torch classes (built on first use, so importing this module stays cheap)."""
     import torch
     from torch import nn
@@ -163,7 +163,7 @@ def make_heads(model, dropout: float | None = None):
     """Exit heads for layers 1 .. L-1, initialised from the model's pooler and classifier."""
     import torch
 
-    ExitHead, _ = _torch_modules()
+    ExitHead, _ = torch_modules()
     _, layers, pooler, classifier = _bert_parts(model)
     hidden, num_labels = pooler.dense.in_features, classifier.out_features
     p = model.config.hidden_dropout_prob if dropout is None else dropout
@@ -191,7 +191,7 @@ def load_heads(artifact: Artifact, model):
 # ----------------------------------------------------------------------------- per-layer outputs (PyTorch)
 
 
-def _batches(features: list[dict], encoder, batch_size: int):
+def sorted_batches(features: list[dict], encoder, batch_size: int):
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -205,7 +205,7 @@ def _layer_states(model, features, encoder, batch_size: int):
     n, layers = len(features), model.config.num_hidden_layers
     cls, logits = None, None
     with torch.no_grad():
-        for idx, batch in _batches(features, encoder, batch_size):
+        for idx, batch in sorted_batches(features, encoder, batch_size):
             out = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True)
             states = torch.stack([h[:, 0] for h in out.hidden_states[1:]], dim=1)
             if cls is None:
@@ -271,7 +271,7 @@ def _train_heads(heads, cls, teacher, gold, config: EarlyExitConfig) -> list[dic
     return history
 
 
-def _metrics(predicted: np.ndarray, gold: np.ndarray, labels) -> dict:
+def label_metrics(predicted: np.ndarray, gold: np.ndarray, labels) -> dict:
     from ..tasks.classification import classification_metrics
 
     names = labels or [str(i) for i in range(int(max(predicted.max(initial=0), gold.max(initial=0))) + 1)]
@@ -374,8 +374,8 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
             "data": {**data.source, "train_examples": len(train), "dev_examples": len(dev)},
             "tokenizer": parent.manifest.get("tokenizer") or {},
             "parameters": count_parameters(model) + sum(p.numel() for p in heads.parameters()),
-            "metrics": {"dev": {**_metrics(predicted, dev_gold, labels), "n": len(dev)},
-                        "dev_full_depth": {**_metrics(layer_logits[:, -1].argmax(-1), dev_gold, labels),
+            "metrics": {"dev": {**label_metrics(predicted, dev_gold, labels), "n": len(dev)},
+                        "dev_full_depth": {**label_metrics(layer_logits[:, -1].argmax(-1), dev_gold, labels),
                                            "n": len(dev)}},
             "early_exit": {
                 "heads_file": HEADS_FILE,

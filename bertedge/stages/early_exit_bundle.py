@@ -30,13 +30,13 @@ from ..early_exit import (
     run_segments,
 )
 from ..errors import ConfigError, ExportError, QuantizationError
-from .early_exit import SEGMENT_FILE, _batches, _metrics, _torch_modules, load_heads, require_early_exit_task
+from .early_exit import SEGMENT_FILE, label_metrics, load_heads, require_early_exit_task, sorted_batches, torch_modules
 
 # ----------------------------------------------------------------------------- export
 
 
 def _segment_modules(model, heads, input_names: list[str]):
-    _, Segment = _torch_modules()
+    _, Segment = torch_modules()
     layers = model.config.num_hidden_layers
     return [Segment(model, k, heads, input_names if k == 0 else [HIDDEN_IN, MASK_IN]).eval() for k in range(layers)]
 
@@ -86,7 +86,7 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
     from ..providers import make_session
     from ..runtime import session_forward
     from ..tasks import get_task
-    from .export import _load_eager, _optimize, _stdout_to_stderr, describe_graph, interface_record, validation_examples
+    from .export import describe_graph, fuse_graph, interface_record, load_eager, stdout_to_stderr, validation_examples
 
     if config.ort_format:
         raise ConfigError("--ort-format is not available for early-exit bundles (they hold one graph per segment)",
@@ -96,7 +96,7 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
     task = get_task(parent.task)
     settings = artifact_settings(parent)
     examples = validation_examples(parent, config)
-    model, hf_tokenizer = _load_eager(parent)
+    model, hf_tokenizer = load_eager(parent)
     heads = load_heads(parent, model)
     record = parent.manifest["early_exit"]
     layers = model.config.num_hidden_layers
@@ -121,11 +121,11 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
         for k, module in enumerate(modules):
             feeds = sample if k == 0 else {HIDDEN_IN: hidden, MASK_IN: sample[MASK_IN]}
             raw = scratch / files[k]
-            with warnings.catch_warnings(), _stdout_to_stderr():
+            with warnings.catch_warnings(), stdout_to_stderr():
                 warnings.simplefilter("ignore")
                 _export_segment(module, feeds, raw, config.opset)
             if config.optimize:
-                fused.append(_optimize(raw, writer.path / files[k], _one_layer(model.config), config))
+                fused.append(fuse_graph(raw, writer.path / files[k], _one_layer(model.config), config))
             else:
                 shutil.copyfile(raw, writer.path / files[k])
                 fused.append({})
@@ -184,7 +184,7 @@ def _one_layer(hf_config):
 def _per_layer(segments, features, encoder, batch_size: int, *, rule="entropy", threshold=0.0):
     """Full-depth per-layer logits [N, L, C] (feature order) and the final logits, through `segments`."""
     out = None
-    for idx, batch in _batches(features, encoder, batch_size):
+    for idx, batch in sorted_batches(features, encoder, batch_size):
         result = run_segments(segments, batch, rule, threshold, full_depth=True, collect=True)
         if out is None:
             out = np.zeros((len(features), *result["layer_logits"].shape[1:]), dtype=np.float64)
@@ -205,7 +205,7 @@ def _validate_segments(model, modules, sessions, encoder, features, examples, se
     segments = [{"segment": k, "exit_logits_max_abs_diff": 0.0, "hidden_state_max_abs_diff": 0.0}
                 for k in range(layers)]
     plain_diff = 0.0
-    for _, batch in _batches(features, encoder, config.batch_size):
+    for _, batch in sorted_batches(features, encoder, config.batch_size):
         feeds = batch
         with torch.no_grad():
             plain = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
@@ -235,8 +235,8 @@ def _validate_segments(model, modules, sessions, encoder, features, examples, se
     torch_pred = torch_layers[pick, torch_exits - 1].argmax(-1)
     ort_pred = ort_layers[pick, ort_exits - 1].argmax(-1)
     labels = parent.labels or None
-    torch_metrics, ort_metrics = _metrics(torch_pred, gold, labels), _metrics(ort_pred, gold, labels)
-    ort_full = _metrics(ort_layers[:, -1].argmax(-1), gold, labels)
+    torch_metrics, ort_metrics = label_metrics(torch_pred, gold, labels), label_metrics(ort_pred, gold, labels)
+    ort_full = label_metrics(ort_layers[:, -1].argmax(-1), gold, labels)
     agreement = get_task(parent.task).prediction_agreement([{"label_id": int(p)} for p in torch_pred],
                                      [{"label_id": int(p)} for p in ort_pred])
     metric = {"name": "accuracy", "torch": torch_metrics["accuracy"], "onnx": ort_metrics["accuracy"]}
@@ -392,10 +392,10 @@ def quantize_early_exit(parent: Artifact, config, out: str | Path, *, overwrite:
                            "calibration_fp32": protocol.get("calibration"),
                            "dev": {k: cal[k] for k in ("rule", "threshold", "n", "accuracy", "accuracy_full_depth",
                                                        "drop_pts", "mean_exit_layer", "exit_histogram")}},
-            "metrics": {"dev": {**_metrics(predicted, gold, labels), "n": len(gold)},
-                        "fp32_dev": {**_metrics(base_pred, gold, labels), "n": len(gold)},
+            "metrics": {"dev": {**label_metrics(predicted, gold, labels), "n": len(gold)},
+                        "fp32_dev": {**label_metrics(base_pred, gold, labels), "n": len(gold)},
                         "drop_pts": round((float((base_pred == gold).mean()) - float((predicted == gold).mean())) * 100, 4),
-                        "dev_full_depth": {**_metrics(chosen_logits[:, -1].argmax(-1), gold, labels), "n": len(gold)},
+                        "dev_full_depth": {**label_metrics(chosen_logits[:, -1].argmax(-1), gold, labels), "n": len(gold)},
                         "dev_fp32_full_depth": {"accuracy": base["calibration"]["accuracy_full_depth"],
                                                 "n": len(gold)}},
         })

@@ -119,7 +119,7 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
     # Validation data first: a missing dataset must fail before minutes of export work.
     examples = validation_examples(parent, config)
 
-    model, hf_tokenizer = _load_eager(parent)
+    model, hf_tokenizer = load_eager(parent)
     encoder = encoder_from_hf(hf_tokenizer)
     with atomic_artifact(out, stage="export", task=parent.task, overwrite=overwrite) as writer, \
             tempfile.TemporaryDirectory(prefix="bertedge-export-") as scratch:
@@ -128,7 +128,7 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
         model_path = writer.path / MODEL_FILE
         fused: dict[str, int] = {}
         if config.optimize:
-            fused = _optimize(raw_path, model_path, model.config, config)
+            fused = fuse_graph(raw_path, model_path, model.config, config)
         else:
             shutil.copyfile(raw_path, model_path)
         hf_tokenizer.save_pretrained(writer.path)
@@ -226,7 +226,7 @@ def write_tokenizer_graph(bundle_dir: Path, parent: Artifact, encoder, max_lengt
     return record
 
 
-def _load_eager(parent: Artifact):
+def load_eager(parent: Artifact):
     from ..modeling import load_torch_artifact
 
     try:
@@ -239,7 +239,7 @@ def _load_eager(parent: Artifact):
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr():
+def stdout_to_stderr():
     """Libraries print progress on stdout; stdout belongs to --json output."""
     with contextlib.redirect_stdout(sys.stderr):
         yield
@@ -256,7 +256,7 @@ def _onnx_export(model, ort_task: str, opset: int, directory: Path) -> Path:
     previous = optimum_logger.level
     optimum_logger.setLevel(logging.ERROR)
     try:
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             onnx_export_from_model(model, directory, opset=opset, task=ort_task, do_validation=False)
     except Exception as exc:
         detail = " ".join(str(exc).split())[:240]
@@ -279,14 +279,14 @@ def fusion_options(config: ExportConfig):
     return options
 
 
-def _optimize(raw_path: Path, out_path: Path, hf_config, config: ExportConfig) -> dict[str, int]:
+def fuse_graph(raw_path: Path, out_path: Path, hf_config, config: ExportConfig) -> dict[str, int]:
     """ONNX Runtime transformer fusions (offline, opt_level 0: portable, no hardware-specific nodes)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = hf_config.num_attention_heads, hf_config.hidden_size
     if getattr(hf_config, "pruned_heads", None):
         heads, hidden = 0, 0  # pruned layers have different head counts: let the optimizer read each graph
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         optimized = optimize_model(str(raw_path), model_type="bert", num_heads=heads, hidden_size=hidden,
                                    optimization_options=fusion_options(config), opt_level=0)
         stats = optimized.get_fused_operator_statistics()
@@ -378,7 +378,7 @@ def _write_ort_format(model_path: Path, bundle_dir: Path, encoder, task, example
         scratch = Path(scratch)
         shutil.copyfile(model_path, scratch / MODEL_FILE)
         try:
-            with _stdout_to_stderr():
+            with stdout_to_stderr():
                 convert_onnx_models_to_ort(scratch / MODEL_FILE, output_dir=scratch / "out",
                                            optimization_styles=[OptimizationStyle.Fixed])
         except Exception as exc:
