@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from . import app
 from .common import emit_json, parse_int_list
+from .root import app
 
 
 @app.command()

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from .. import distributed
-from . import app
 from .common import (
     BatchSize,
     DevSplit,
@@ -33,6 +32,7 @@ from .common import (
     fmt_metric,
     train_options,
 )
+from .root import app
 
 
 @app.command()

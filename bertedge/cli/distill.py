@@ -11,7 +11,6 @@ import typer
 
 from .. import distributed
 from ..errors import ConfigError
-from . import app
 from .common import (
     BatchSize,
     Epochs,
@@ -33,6 +32,7 @@ from .common import (
     parse_int_list,
     train_options,
 )
+from .root import app
 
 
 def parse_student_config(value: str | None) -> dict | None:

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from . import app
 from .common import EvalBatchSize, MaxEvalSamples, MaxTrainSamples, Overwrite, Seed, data_options, emit_json
+from .root import app
 
 
 @app.command("early-exit")

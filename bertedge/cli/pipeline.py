@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
 from .common import emit_json
+from .root import app
 
 
 @app.command()

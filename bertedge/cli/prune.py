@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from .. import distributed
-from . import app
 from .common import (
     BatchSize,
     EvalSteps,
@@ -29,6 +28,7 @@ from .common import (
     parse_int_list,
     train_options,
 )
+from .root import app
 
 
 @app.command()

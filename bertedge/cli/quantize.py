@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from . import app
 from .common import Overwrite, emit_json, split_names
+from .root import app
 
 
 @app.command()

@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
 from .common import (
     BatchSize,
     EvalSteps,
@@ -22,6 +21,7 @@ from .common import (
     emit_json,
     fmt_metric,
 )
+from .root import app
 
 
 @app.command()

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from . import app
 from .common import EvalBatchSize, Overwrite, data_options, emit_json, split_names
+from .root import app
 
 
 @app.command("trim-vocab")
