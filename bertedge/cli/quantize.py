@@ -60,16 +60,16 @@ def quantize(
         raise ConfigError(f"--fp16 conflicts with --mode {mode}", where="--fp16", fix="Pass one of them")
     if engine not in ("onnxruntime", "inc"):
         raise ConfigError(f"unknown engine '{engine}'", where="--engine", fix="Choose onnxruntime or inc")
+    # The ONNX Runtime engine's own fields first, in the order an --engine inc refusal names them.
+    onnx_options = {
+        "preset": preset, "layout": layout, "per_channel": per_channel, "reduce_range": reduce_range,
+        "method": method, "exclude_op_types": split_names(exclude_op_types), "exclude_nodes": split_names(exclude_nodes),
+        "fp32_nodes": fp32_nodes, "sensitivity_samples": sensitivity_samples, "evaluate": not no_eval,
+        "timing_rounds": timing_rounds, "timing_threads": timing_threads, "provider": provider,
+        "fp16_tolerance": fp16_tolerance, "fp16_samples": fp16_samples, "with_tokenizer": with_tokenizer,
+    }
     if engine == "inc":
-        onnx_only = {"--preset": preset is not None, "--layout": layout is not None, "--per-channel": per_channel,
-                     "--reduce-range/--no-reduce-range": reduce_range is not None, "--method": method != "minmax",
-                     "--exclude-op-types": bool(exclude_op_types), "--exclude-nodes": bool(exclude_nodes),
-                     "--fp32-nodes": fp32_nodes != 2, "--sensitivity-samples": sensitivity_samples != 64,
-                     "--no-eval": no_eval, "--timing-rounds": timing_rounds != 30,
-                     "--timing-threads": timing_threads is not None, "--provider": provider != "cpu",
-                     "--fp16-tolerance": fp16_tolerance != 0.05, "--fp16-samples": fp16_samples != 256,
-                     "--with-tokenizer": bool(with_tokenizer)}
-        given = [flag for flag, set_ in onnx_only.items() if set_]
+        given = onnx_only_flags(onnx_options)
         if given:
             raise ConfigError(f"{given[0]} applies to the onnxruntime engine only", where="--engine inc",
                               fix="Drop it: Neural Compressor picks its own scheme (X86 Inductor quantizer); "
@@ -82,17 +82,11 @@ def quantize(
                       data=data, eval_samples=eval_samples, overwrite=overwrite, json_out=json_out)
         return
     config = build(QuantizeConfig, {
-        "mode": "fp16" if fp16 else mode, "preset": preset, "per_channel": per_channel, "reduce_range": reduce_range,
-        "calibration": calibration, "calibration_split": calibration_split,
+        "mode": "fp16" if fp16 else mode, "calibration": calibration, "calibration_split": calibration_split,
         "calibration_samples": calibration_samples, "calibration_batch_size": calibration_batch_size,
-        "method": method, "exclude_op_types": split_names(exclude_op_types),
-        "exclude_nodes": split_names(exclude_nodes),
         "max_accuracy_drop": 1.0 if max_accuracy_drop is None else max_accuracy_drop,
-        "enforce_budget": max_accuracy_drop is not None,
-        "fp32_nodes": fp32_nodes, "sensitivity_samples": sensitivity_samples, "data": data,
-        "eval_samples": eval_samples, "evaluate": not no_eval, "timing_rounds": timing_rounds,
-        "timing_threads": timing_threads, "provider": provider, "fp16_tolerance": fp16_tolerance,
-        "fp16_samples": fp16_samples, "layout": layout, "with_tokenizer": with_tokenizer,
+        "enforce_budget": max_accuracy_drop is not None, "data": data, "eval_samples": eval_samples,
+        **onnx_options,
     })
     artifact = run_quantize(bundle, config, out, overwrite=overwrite)
     q = artifact.manifest["quantization"]
@@ -117,6 +111,25 @@ def quantize(
     from .export import echo_tokenizer_graph
 
     echo_tokenizer_graph(artifact.manifest.get("tokenizer_in_graph"))
+
+
+# The flag of a QuantizeConfig field where it is not "--" + the field name with dashes.
+FLAGS = {"evaluate": "--no-eval", "reduce_range": "--reduce-range/--no-reduce-range"}
+
+
+def onnx_only_flags(options: dict) -> list[str]:
+    """The flags among `options` (QuantizeConfig fields that only the onnxruntime engine reads) that were given:
+    set to something other than the config's default. --no-with-tokenizer is no request, so it is never one."""
+    from ..stages.quantize import SHARED_FIELDS, QuantizeConfig
+
+    fields = QuantizeConfig.model_fields
+    given = []
+    for name, value in options.items():
+        if name in SHARED_FIELDS or (name == "with_tokenizer" and not value):
+            continue
+        if value != fields[name].get_default(call_default_factory=True):
+            given.append(FLAGS.get(name, "--" + name.replace("_", "-")))
+    return given
 
 
 def _quantize_inc(src: Path, out: Path, *, mode: str, overwrite: bool, json_out: bool, **options) -> None:
