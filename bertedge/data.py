@@ -17,7 +17,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # The task-free readers, also imported from here by the stages and the runtime.
 from .datafiles import (  # noqa: F401
@@ -38,6 +38,7 @@ from .errors import DataError
 from .tasks import TASK_NAMES, get_task
 
 TASKS = TASK_NAMES
+T = TypeVar("T")
 
 
 @dataclass
@@ -131,7 +132,8 @@ def load_data(spec: str, task: str, *, columns: Columns | None = None, need: tup
             splits["train"], task, columns.dev_split, columns.split_seed)
         source["files"]["dev"] = source["files"]["train"]
         # The same indices split the examples and their line numbers (for file:line errors).
-        for table in (splits, line_numbers) if line_numbers else (splits,):
+        tables: tuple[dict[str, list[Any]], ...] = (splits, line_numbers) if line_numbers else (splits,)
+        for table in tables:
             rows = table["train"]
             table["train"], table["dev"] = [rows[i] for i in train_index], [rows[i] for i in dev_index]
 
@@ -150,7 +152,7 @@ def load_data(spec: str, task: str, *, columns: Columns | None = None, need: tup
             if "train" not in splits:
                 raise DataError("cannot derive labels without a train split", where=str(path),
                                 fix="Add a train file, or evaluate an artifact that records its labels")
-            values = set()
+            values: set[str] = set()
             for ex in splits["train"]:
                 if ex[key] is None:
                     if "columns" in source and not source["columns"].get("label"):  # read from a table
@@ -229,7 +231,7 @@ def carve_dev_split(train: list[dict], task: str, fraction: float, seed: int) ->
     return train_index, dev_index, info
 
 
-def subsample(examples: list[dict], n: int | None, seed: int) -> list[dict]:
+def subsample(examples: list[T], n: int | None, seed: int) -> list[T]:
     """A seeded random subset of n examples (all of them when n is None or larger)."""
     if n is None or n >= len(examples):
         return examples
@@ -275,10 +277,10 @@ def load_hub(name: str, task: str, *, columns: Columns, need: tuple[str, ...], l
     if kind.label_set:
         key = kind.gold_key
         if labels is None:
-            values = set()
+            values: set[str] = set()
             for ex in splits["train"]:
                 values.update(ex[key] if isinstance(ex[key], list) else [ex[key]])
-            values.discard(None)
+            values.discard(None)  # type: ignore[arg-type]
             labels = kind.label_order(values)
         _map_labels(splits, labels, key, files)
     return TaskData(task=task, splits=splits, labels=labels, source={"path": f"hub:{name}", "hub": name})

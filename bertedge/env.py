@@ -62,7 +62,8 @@ def isa_class(flags) -> str:
 @lru_cache(maxsize=1)
 def cpu_info() -> dict:
     """Model name, logical cores, frequency and SIMD flags of this CPU."""
-    model, flags, mhz = platform.processor() or platform.machine(), set(), None
+    flags: set[str] = set()
+    model, mhz = platform.processor() or platform.machine(), None
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:

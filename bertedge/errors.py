@@ -83,7 +83,8 @@ _DISK_FULL_TEXTS = tuple(os.strerror(code) for code in sorted(DISK_FULL_ERRNOS))
 def disk_full_cause(exc: BaseException) -> BaseException | None:
     """The error in `exc`'s cause/context chain that says a write ran out of space (the OSError itself
     when there is one, else a library error quoting its text); None if there is none."""
-    chain, pending = [], [exc]
+    chain: list[BaseException] = []
+    pending = [exc]
     while pending:
         current = pending.pop(0)
         if current is not None and all(current is not seen for seen in chain):

@@ -8,6 +8,7 @@ session we compare `session.get_providers()` with what was asked for.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .errors import BenchError
 
@@ -57,7 +58,7 @@ def provider_list(provider: str, *, trt_cache_dir: str | Path | None = None,
         return [name]
     providers: list = []
     if name == "TensorrtExecutionProvider":
-        options = {"trt_fp16_enable": False}
+        options: dict[str, Any] = {"trt_fp16_enable": False}
         if trt_cache_dir is not None:
             Path(trt_cache_dir).mkdir(parents=True, exist_ok=True)
             options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir)})

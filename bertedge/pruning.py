@@ -21,6 +21,7 @@ import io
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelError
 
@@ -166,12 +167,12 @@ def select_to_remove(scores: list[list[float]], keep: list[int] | int, scope: st
     """
     if scope == "per-layer":
         removed = []
-        for layer, k in zip(scores, keep):
+        for layer, k in zip(scores, keep):  # type: ignore[arg-type] # per-layer: keep is a list
             order = sorted(range(len(layer)), key=lambda j: (layer[j], j))
             removed.append(sorted(order[:max(len(layer) - k, 0)]))
         return removed
     total = sum(len(layer) for layer in scores)
-    n_remove = max(total - int(keep), 0)
+    n_remove = max(total - int(keep), 0)  # type: ignore[arg-type] # global: keep is one count
     protected = {(i, max(range(len(layer)), key=lambda j: (layer[j], -j))) for i, layer in enumerate(scores) if layer}
     candidates = sorted(((s, i, j) for i, layer in enumerate(scores) for j, s in enumerate(layer)
                          if (i, j) not in protected))
@@ -295,7 +296,7 @@ def cubic_sparsity(step: int, final: float, start: int, end: int, initial: float
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
-def prunable_linears(model) -> list[tuple[str, object]]:
+def prunable_linears(model) -> list[tuple[str, Any]]:
     """The encoder's linear layers: what unstructured pruning masks (not embeddings, pooler or head)."""
     import torch
 
@@ -304,7 +305,7 @@ def prunable_linears(model) -> list[tuple[str, object]]:
             if isinstance(module, torch.nn.Linear) and name.startswith(f"{prefix}.encoder.")]
 
 
-def magnitude_masks(modules: list[tuple[str, object]], sparsity: float, scope: str) -> dict:
+def magnitude_masks(modules: list[tuple[str, Any]], sparsity: float, scope: str) -> dict:
     """Boolean keep-masks zeroing the `sparsity` fraction of smallest |w| (globally or per module)."""
     import torch
 
@@ -330,7 +331,7 @@ def magnitude_masks(modules: list[tuple[str, object]], sparsity: float, scope: s
     return masks
 
 
-def apply_masks(modules: list[tuple[str, object]], masks: dict) -> None:
+def apply_masks(modules: list[tuple[str, Any]], masks: dict) -> None:
     import torch
 
     with torch.no_grad():
@@ -342,7 +343,9 @@ def sparsity_report(model) -> dict:
     """Fraction of exact zeros per encoder layer and per linear module, and overall."""
     import re
 
-    per_module, per_layer, zeros, total = {}, {}, 0, 0
+    per_module: dict[str, float] = {}
+    per_layer: dict[str, tuple[int, int]] = {}
+    zeros, total = 0, 0
     for name, m in prunable_linears(model):
         z, n = int((m.weight == 0).sum()), m.weight.numel()
         per_module[name] = round(z / n, 4)

@@ -84,7 +84,7 @@ def step_model(stage: str):
     base = _load_object(config_spec)
     return create_model(
         stage.title().replace("-", "") + "Step", __base__=base,
-        stage=(Literal[stage], stage),  # type: ignore[valid-type]
+        stage=(Literal[stage], stage),  # type: ignore[valid-type,arg-type]
         name=(str | None, Field(None, description="Artifact name in the run directory (default: the stage name)")),
         source=(str | None, Field(None, description="Name of the earlier step whose artifact this step starts from "
                                                     "(default: the previous step)")),

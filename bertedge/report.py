@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from . import log
 from .artifacts import Artifact, dev_metrics, load_artifact, write_json_atomic
@@ -117,7 +118,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
                          real_lengths=recipe.data if grid.real_lengths else None, real_batch_sizes=[KEY_BATCH])
     bench = run_bench(targets, config)
     results = bench["results"]
-    by_path = {}
+    by_path: dict[str, Any] = {}
     for record in bench["artifacts"]:
         by_path.setdefault(str(Path(record["path"]).absolute()), record["artifact"])
 

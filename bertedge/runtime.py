@@ -145,7 +145,7 @@ class Bundle:
                                 else "Re-export the bundle")
         if not (self.path / "tokenizer.json").is_file():
             raise ArtifactError("bundle has no tokenizer.json", where=str(self.path), fix="Re-export the bundle")
-        self.session_options = {"spinning": spinning, "cpu_mem_arena": cpu_mem_arena, "mem_pattern": mem_pattern}
+        self.session_options: dict[str, Any] = {"spinning": spinning, "cpu_mem_arena": cpu_mem_arena, "mem_pattern": mem_pattern}
         self.session = make_session(model_path, provider, threads=threads, optimization=optimization,
                                     **self.session_options)
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -376,7 +376,7 @@ def _tsv_header(cells: list[str], input_kind: str, recorded: dict | None) -> Cal
             mapping[picked.text_pair] = "text_pair"
         if "id" in names:
             mapping["id"] = "id"
-        return lambda row, where, mapping=mapping: {field: row[column] for column, field in mapping.items()}
+        return lambda row, where, mapping=mapping: {field: row[column] for column, field in mapping.items()}  # type: ignore[misc]
     return None
 
 

@@ -182,7 +182,7 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
                 if reason:
                     skip(name, "prune", student, reason)
                     continue
-                settings = {"ffn": choice.ffn, "heads": choice.heads}
+                settings: dict[str, Any] = {"ffn": choice.ffn, "heads": choice.heads}
                 if choice.layers is not None:
                     settings["drop_layers"] = list(range(choice.layers, depth))  # the top ones
                 record = build_or_drop(name, "prune", student, settings, "not exported")

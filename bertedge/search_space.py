@@ -130,7 +130,7 @@ def check_blocks(config: SearchConfig, where: str = "search") -> None:
             raise ConfigError(f"{where}.{block}.{fixed[0]}: set by the search itself",
                               fix=f"Remove it from {block}; the search varies it (layers / prune / quantize)")
         try:
-            model.model_validate({**options, **SAMPLE[block]})
+            model.model_validate({**options, **SAMPLE[block]})  # type: ignore[dict-item]
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, f"{where}.{block}"),
                               fix="Fix the value (same fields as the stage's config)") from None

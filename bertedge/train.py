@@ -194,10 +194,10 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         distributed.init()
         if extra_modules:
             distributed.sync_parameters(extra_modules)
-        from . import log
+        from . import log as bertedge_log  # `log` is this function's progress callback
 
         global_batch = config.batch_size * config.grad_accum * distributed.world_size()
-        log.info(f"train: {distributed.describe()}, per-device batch {config.batch_size} x grad accum "
+        bertedge_log.info(f"train: {distributed.describe()}, per-device batch {config.batch_size} x grad accum "
                  f"{config.grad_accum} -> global batch {global_batch}")
     # Every rank must see the same checkpoint directory: rank 0 saves the checkpoints, all ranks load the best.
     work = Path(distributed.on_main(lambda: str(_trainer_work_dir())))

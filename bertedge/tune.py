@@ -322,7 +322,7 @@ def open_study(config: TuneConfig, search: dict, *, resume: bool):
     seed = int(hashlib.sha256(f"{config.seed}:{socket.gethostname()}:{os.getpid()}".encode()).hexdigest()[:8], 16)
     sampler = optuna.samplers.TPESampler(seed=seed)
     where = f"--storage {safe_url(config.storage)}"
-    engine_kwargs = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if config.storage.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers wait for SQLite's write lock
     try:

@@ -189,8 +189,8 @@ def onnx_flops(model_path: str | Path, seq_len: int) -> int:
             total += 2 * batch * seq * seq * q_h + 2 * batch * seq * seq * v_h  # scores + context
         elif op == "MultiHeadAttention":
             q = shape(node.input[0])
-            k = shape(node.input[1]) if len(node.input) > 1 and node.input[1] else q
-            total += 2 * q[0] * q[1] * k[1] * q[2] * 2
+            kv = shape(node.input[1]) if len(node.input) > 1 and node.input[1] else q
+            total += 2 * q[0] * q[1] * kv[1] * q[2] * 2
     return int(total)
 
 

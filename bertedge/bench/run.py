@@ -214,17 +214,19 @@ def _measure_grid(targets, runners, encoders, features, real_batches, model_rss,
                      "one process each, alternating blocks")
             for runner, batches in zip(runners, batches_per_target):
                 runner.prepare(batches, config.warmup)
-            timings = alternating_timings(runners, runs=config.runs, duration=config.duration, blocks=config.blocks,
+            timings = alternating_timings(runners, runs=config.runs, duration=config.duration,  # type: ignore[assignment]
+                                          blocks=config.blocks,
                                           settle_s=config.settle_s, block_warmup=config.block_warmup)
             peaks = [runner.peak_rss() for runner in runners]
         else:
             calls = [[runner.prepare(b) for b in batches] for runner, batches in zip(runners, batches_per_target)]
             progress(f"bench: {mode} batch {batch_size} seq {seq_len or 'real'}: {len(targets)} targets interleaved "
                      "in this process")
-            timings = interleaved_timings(calls, warmup=config.warmup, runs=config.runs, duration=config.duration)
+            timings = interleaved_timings(calls, warmup=config.warmup, runs=config.runs,  # type: ignore[assignment]
+                                          duration=config.duration)
             peaks = [None] * len(targets)
         for i, target in enumerate(targets):
-            results.append(_row(target, runners[i], config, mode, batch_size, seq_len, timings[i], flops[i],
+            results.append(_row(target, runners[i], config, mode, batch_size, seq_len, timings[i], flops[i],  # type: ignore[arg-type]
                                 lengths[i], tokens[i], machine["peak"], model_rss[i], peak_rss=peaks[i]))
 
     for batch_size in sorted({*config.batch_sizes, *real_batches}):

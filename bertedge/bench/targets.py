@@ -123,7 +123,7 @@ def onnx_target(name: str, model_file: str | Path, *, task: str, tokenizer_dir: 
 
 def artifact_targets(artifact: Artifact, name: str, *, torch_int8: bool = False) -> list[Target]:
     """The targets of one artifact: its ONNX model, or its torch fp32 (+ int8) variants."""
-    common = {"task": artifact.task, "metrics": artifact.metrics, "stage": artifact.stage,
+    common: dict[str, Any] = {"task": artifact.task, "metrics": artifact.metrics, "stage": artifact.stage,
               "settings": dict(artifact.manifest.get("settings") or {}), "data_artifact": artifact.path}
     if artifact.is_bundle:
         return [onnx_target(name, artifact.file("model.onnx"), tokenizer_dir=artifact.path, **common)]
@@ -139,7 +139,7 @@ def artifact_targets(artifact: Artifact, name: str, *, torch_int8: bool = False)
         raise BenchError("the artifact has neither model.onnx nor transformers weights "
                          f"({' or '.join(WEIGHT_FILES)})", where=str(artifact.path),
                          fix="Pass a bundle (bertedge export) or a PyTorch artifact (bertedge finetune)")
-    base = {"path": artifact.path, "tokenizer_dir": artifact.path, "max_positions": hf_max_positions(artifact.path),
+    base: dict[str, Any] = {"path": artifact.path, "tokenizer_dir": artifact.path, "max_positions": hf_max_positions(artifact.path),
             "size_bytes": sum(w.stat().st_size for w in weights), "artifact_bytes": dir_size(artifact.path), **common}
     targets = [Target(name=name, backend=TORCH, **base)]
     if torch_int8:

@@ -17,7 +17,7 @@ import typer
 try:  # typer >= 0.22 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer with click installed
-    from click import exceptions as click_exceptions
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 from ..errors import BertEdgeError, disk_full_cause, disk_full_error
 

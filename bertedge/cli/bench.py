@@ -89,7 +89,7 @@ def _early_exit_bundles(artifacts: list[Path]) -> bool:
     return bool(flags) and all(flags)
 
 
-def _bench_early_exit(artifacts: list[Path], data: str | None, runs: int | None, threads: int | None,
+def _bench_early_exit(artifacts: list[str | Path], data: str | None, runs: int | None, threads: int | None,
                       out: Path | None, json_out: bool) -> None:
     import json
 

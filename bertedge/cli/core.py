@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -49,7 +49,7 @@ def info(json_out: Annotated[bool, typer.Option("--json", help="Print JSON on st
         except Exception as exc:  # noqa: BLE001 - info reports, never fails
             aliases[alias] = f"unavailable: {exc}"
     root = data_root()
-    data = {
+    data: dict[str, Any] = {
         "versions": library_versions(),
         "cpu": cpu_info(),
         "onnxruntime_providers": ort_providers(),

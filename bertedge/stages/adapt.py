@@ -233,7 +233,7 @@ def adapt(model: str | None, config: AdaptConfig, out: str | Path, *, overwrite:
     before = evaluate(net) if eval_batches else None
     train_config = config.train.model_copy(update={"metric": METRIC})
     with atomic_artifact(out, stage="adapt", task=ADAPT_TASK, overwrite=overwrite) as writer:
-        result = train_model(net, train_features, masking, train_config, evaluate, METRIC)
+        result = train_model(net, train_features, masking, train_config, evaluate, METRIC)  # type: ignore[arg-type]
         net.eval()
         after = evaluate(net) if eval_batches else None
         # Masked-LM classes drop the pooler; keep the source's pooler (and anything else the

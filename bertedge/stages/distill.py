@@ -104,7 +104,7 @@ def _load_checked(config: DistillConfig, teacher: Artifact) -> TaskData:
     from ..data import load_data
 
     try:
-        data = load_task_data(config, need=("train", "dev"))
+        data = load_task_data(config, need=("train", "dev"))  # type: ignore[arg-type] # the same fields
     except DataError as first:
         d = config.data
         for other in TASKS:
@@ -345,7 +345,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
                           where="--augment", fix="Drop --augment, or widen the transfer set with --unlabeled FILE")
     task = get_task(config.task)
     data = _load_checked(config, teacher)
-    settings = task_settings(config)
+    settings = task_settings(config)  # type: ignore[arg-type] # the same fields
     pairs = any(ex.get("text_pair") is not None for ex in data.splits["train"][:50])
     unlabeled = []
     if config.unlabeled:
@@ -386,7 +386,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
         augmented = augment_examples(train_examples, copies=config.augment, seed=config.train.seed,
                                      mask_token=teacher_tokenizer.mask_token)
         unlabeled = unlabeled + augmented  # with_dummy_gold below gives them the dummy label
-    features = []
+    features: list[dict] = []
     for labeled, examples in ((1, train_examples), (0, [task.with_dummy_gold(ex) for ex in unlabeled])):
         if examples:
             for f in task.train_features(examples, encoder, settings):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -239,14 +239,15 @@ def _train_heads(heads, cls, teacher, gold, config: EarlyExitConfig) -> list[dic
     t = config.temperature
     target = F.softmax(teacher / t, dim=-1)
     heads.train()
-    history, step, running = [], 0, 0.0
+    history: list[dict] = []
+    step, running = 0, 0.0
     while step < total:
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, config.batch_size):
             if step >= total:
                 break
             idx = order[start:start + config.batch_size]
-            loss = 0.0
+            loss: Any = 0.0  # a tensor once the first head's term is added
             for k, head in enumerate(heads):
                 student = head(cls[idx, k])
                 term = 0.0

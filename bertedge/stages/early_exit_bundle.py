@@ -101,20 +101,20 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
     record = parent.manifest["early_exit"]
     layers = model.config.num_hidden_layers
     probe = encoder_from_hf(hf_tokenizer)
-    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
+    input_names: list[str] = [n for n in ("input_ids", "attention_mask", "token_type_ids")
                    if n == "input_ids" or n in probe.model_input_names]
     if MASK_IN not in input_names:
         raise ExportError("the tokenizer produces no attention_mask, which the segments need", where=str(parent.path),
                           fix="Use a BERT-family tokenizer")
     encoder = encoder_from_hf(hf_tokenizer)
-    encoder.model_input_names = input_names
+    encoder.model_input_names = tuple(input_names)
     modules = _segment_modules(model, heads, input_names)
     features = task.eval_features(examples, encoder, settings)
     files = [SEGMENT_FILE.format(k) for k in range(layers)]
 
     with atomic_artifact(out, stage="export", task=parent.task, overwrite=overwrite) as writer, \
-            tempfile.TemporaryDirectory(prefix="bertedge-ee-export-") as scratch:
-        scratch = Path(scratch)
+            tempfile.TemporaryDirectory(prefix="bertedge-ee-export-") as scratch_dir:
+        scratch = Path(scratch_dir)
         sample = encoder.collate(features[:2])
         fused: list[dict] = []
         hidden = None

@@ -122,8 +122,8 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
     model, hf_tokenizer = load_eager(parent)
     encoder = encoder_from_hf(hf_tokenizer)
     with atomic_artifact(out, stage="export", task=parent.task, overwrite=overwrite) as writer, \
-            tempfile.TemporaryDirectory(prefix="bertedge-export-") as scratch:
-        scratch = Path(scratch)
+            tempfile.TemporaryDirectory(prefix="bertedge-export-") as scratch_dir:
+        scratch = Path(scratch_dir)
         raw_path = _onnx_export(model, task.ort_task, config.opset, scratch / "raw")
         model_path = writer.path / MODEL_FILE
         fused: dict[str, int] = {}
@@ -374,8 +374,8 @@ def _write_ort_format(model_path: Path, bundle_dir: Path, encoder, task, example
 
     from ..providers import make_session
 
-    with tempfile.TemporaryDirectory(prefix="bertedge-ort-") as scratch:
-        scratch = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="bertedge-ort-") as scratch_dir:
+        scratch = Path(scratch_dir)
         shutil.copyfile(model_path, scratch / MODEL_FILE)
         try:
             with stdout_to_stderr():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -337,14 +337,13 @@ def _structured(model, config: PruneConfig, schedule: dict, train_features, enco
     rounds, importance = [], []
     for k in range(config.iterations):
         keep_heads, keep_ffn = schedule["heads"][k], schedule["ffn"][k]
-        entry = {"round": k + 1}
+        entry: dict[str, Any] = {"round": k + 1}
         if keep_heads is not None or keep_ffn is not None:
             batches = [collate([{k: v for k, v in f.items() if k != "index"} for f in sample[i:i + batch_size]])
                        for i in range(0, len(sample), batch_size)]
             # Under torchrun every rank removes rank 0's choice: the DDP replicas must keep the same shapes.
             heads, ffn = keep_heads is not None, keep_ffn is not None
-            scores = distributed.on_main(lambda b=batches, h=heads, f=ffn: pruning.importance_scores(model, b, heads=h,
-                                                                                                      ffn=f))
+            scores = distributed.on_main(lambda b=batches, h=heads, f=ffn: pruning.importance_scores(model, b, heads=h, ffn=f))  # type: ignore[misc]
             importance.append(scores)
             if keep_heads is not None:
                 entry["heads_removed"] = pruning.prune_heads(model, _to_remove(scores["heads"], keep_heads, config.scope))
@@ -390,7 +389,7 @@ def _unstructured(model, config: PruneConfig, train_features, encoder, evaluate,
         if end > total:
             raise ConfigError(f"sparsity_end_step {end} is past the last training step ({total})",
                               where="--sparsity-end-step", fix=f"Use a step up to {total}, or train longer")
-        state = {"calls": 0, "sparsity": -1.0, "masks": None}
+        state: dict[str, Any] = {"calls": 0, "sparsity": -1.0, "masks": None}
 
         def masks_at(step: int) -> None:
             # Masks change only every `sparsity_every` steps (and at the end step), as in the paper.
@@ -432,7 +431,7 @@ def _compressed(parent_dir: Path, out_dir: Path) -> dict:
     before, after = Path(parent_dir) / "model.safetensors", Path(out_dir) / "model.safetensors"
     if not before.is_file():
         return {"pruned": zipped_size(after), "note": "parent has no model.safetensors to compare"}
-    record = {"unpruned": zipped_size(before), "pruned": zipped_size(after), "format": "zip deflate level 9 of "
+    record: dict[str, Any] = {"unpruned": zipped_size(before), "pruned": zipped_size(after), "format": "zip deflate level 9 of "
               "model.safetensors (fp32)"}
     record["ratio"] = round(record["pruned"] / record["unpruned"], 4)
     return record

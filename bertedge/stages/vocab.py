@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -165,7 +165,7 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
         counted += subsample(data.split(split), limit, 0)
     if not counted:
         raise ConfigError(f"no text to count in {', '.join(config.splits)}", where=spec, fix="Count a non-empty split")
-    unlabeled_record = None
+    unlabeled_record: dict[str, Any] | None = None
     if config.unlabeled:  # in-domain text besides train; never an example of the evaluation splits
         from .distill import read_unlabeled
 

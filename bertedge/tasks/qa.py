@@ -7,6 +7,7 @@ import json
 import re
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def read_qa_jsonl(path: Path) -> list[dict]:
         if not isinstance(row.get("question"), str) or not isinstance(row.get("context"), str):
             raise DataError("expected 'question' and 'context' strings", where=f"{path}:{number}",
                             fix='Write {"question", "context", "answers": {"text": [...], "answer_start": [...]}}')
-        answers = row.get("answers") or {"text": [], "answer_start": []}
+        answers: Any = row.get("answers") or {"text": [], "answer_start": []}
         for t, s in zip(answers.get("text", []), answers.get("answer_start", [])):
             if row["context"][s:s + len(t)] != t:
                 raise DataError(f"answer {t!r} does not match the context at answer_start={s}",

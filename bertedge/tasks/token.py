@@ -47,7 +47,8 @@ def get_entities(tags: list[str]) -> list[tuple[str, int, int]]:
 
 def entity_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
     """Micro entity-level precision/recall/F1 and per-type scores (seqeval semantics)."""
-    true_set, pred_set = set(), set()
+    true_set: set[tuple] = set()
+    pred_set: set[tuple] = set()
     for s, (g, p) in enumerate(zip(gold, pred)):
         true_set.update((s, *e) for e in get_entities(g))
         pred_set.update((s, *e) for e in get_entities(p))
@@ -80,7 +81,10 @@ def ner_label_order(tags: set[str]) -> list[str]:
 def read_conll(path: Path, label_field: int = -1) -> list[dict]:
     """Column text (token ... tag), blank line between sentences, -DOCSTART- lines skipped."""
     lines = read_lines(path)
-    sentences, tokens, tags, n_fields = [], [], [], None
+    sentences: list[dict] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    n_fields = None
     for number, line in enumerate(lines, start=1):
         if line.startswith("-DOCSTART-"):
             continue
@@ -109,7 +113,7 @@ def read_conll(path: Path, label_field: int = -1) -> list[dict]:
 
 def read_token_jsonl(path: Path) -> list[dict]:
     _, rows = read_table(path)
-    out = []
+    out: list[dict] = []
     for number, row in rows:
         tokens = row.get("tokens")
         tags = row.get("tags", row.get("ner_tags", row.get("labels")))

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -309,11 +309,11 @@ def time_models(paths: dict[str, Path], batch: dict[str, np.ndarray], *, rounds:
     from ...bench.stats import summarize
     from ...providers import make_session
 
-    calls = []
+    calls: list[list[Callable[[], object]]] = []
     for path in paths.values():
         session = make_session(path, provider, threads=threads)
         feeds = {i.name: batch[i.name] for i in session.get_inputs()}
-        calls.append([lambda s=session, f=feeds: s.run(None, f)])
+        calls.append([lambda s=session, f=feeds: s.run(None, f)])  # type: ignore[misc]
     timings = interleaved_timings(calls, warmup=warmup, runs=rounds, duration=None)
     out = {}
     for name, samples in zip(paths, timings):
