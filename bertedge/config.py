@@ -1,7 +1,9 @@
 """Typed configs for every stage. The CLI and recipes build the same objects.
 
-Field descriptions are the single source for `--help` texts and recipe docs. Models are
-strict (`extra="forbid"`), so a misspelled recipe key is an error, not silently ignored.
+Field defaults are the single source of defaults: each CLI option's default equals its field's
+(tests/test_cli_defaults.py checks it, listing the intended differences). Field descriptions document
+recipe keys; the typer options still carry their own help text. Models are strict
+(`extra="forbid"`), so a misspelled recipe key is an error, not silently ignored.
 """
 
 from __future__ import annotations
