@@ -6,10 +6,40 @@ import time
 from pathlib import Path
 
 from .artifacts import Artifact, load_artifact, require_task_model
-from .data import Columns, load_data, subsample
+from .data import Columns, TaskData, load_data, subsample
 from .errors import ConfigError, DataError
 from .tasks import TaskSettings, get_task
 from .tasks.base import evaluate_examples
+
+# ----------------------------------------------------------------------------- for the training stages
+
+
+def task_settings(config) -> TaskSettings:
+    """The task settings of a FinetuneConfig (or any config with max_length, doc_stride, max_answer_length)."""
+    return TaskSettings(max_length=config.max_length, doc_stride=config.doc_stride,
+                        max_answer_length=config.max_answer_length)
+
+
+def load_task_data(config, need=("train", "dev"), labels=None) -> TaskData:
+    """The splits `need` of a stage config's data (its task and DataConfig), one-line error when none is given."""
+    if not config.data.data:
+        raise ConfigError("no data given", where="--data", fix="Pass --data DIR, a name under the data root, or hub:NAME")
+    d = config.data
+    return load_data(d.data, config.task, columns=Columns.from_config(d), need=need, labels=labels)
+
+
+def evaluate_split(model, encoder, task_name: str, examples: list[dict], settings: TaskSettings,
+                   labels, batch_size: int) -> dict:
+    """The task metrics of a PyTorch model on `examples`, with their count as "n"."""
+    from .train import torch_forward
+
+    task = get_task(task_name)
+    metrics, _ = evaluate_examples(task, examples, encoder, torch_forward(model), settings, labels, batch_size)
+    metrics["n"] = len(examples)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- artifacts
 
 
 def artifact_settings(artifact: Artifact) -> TaskSettings:

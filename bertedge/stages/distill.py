@@ -22,10 +22,9 @@ from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artif
 from ..config import DataConfig, StrictModel, Task, TrainConfig
 from ..data import Columns, TaskData, data_fingerprint, subsample
 from ..errors import ConfigError, DataError, ModelError
-from ..evaluate import recorded_data_config
+from ..evaluate import evaluate_split, load_task_data, recorded_data_config, task_settings
 from ..tasks import TASKS, get_task
 from ..tasks.base import run_forward
-from .finetune import evaluate_split, load_task_data, task_settings
 
 
 class DistillConfig(StrictModel):
@@ -104,7 +103,7 @@ def _load_checked(config: DistillConfig, teacher: Artifact) -> TaskData:
     from ..data import load_data
 
     try:
-        data = load_task_data(config, need=("train", "dev"))  # type: ignore[arg-type] # the same fields
+        data = load_task_data(config, need=("train", "dev"))
     except DataError as first:
         d = config.data
         for other in TASKS:
@@ -345,7 +344,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
                           where="--augment", fix="Drop --augment, or widen the transfer set with --unlabeled FILE")
     task = get_task(config.task)
     data = _load_checked(config, teacher)
-    settings = task_settings(config)  # type: ignore[arg-type] # the same fields
+    settings = task_settings(config)
     pairs = any(ex.get("text_pair") is not None for ex in data.splits["train"][:50])
     unlabeled = []
     if config.unlabeled:

@@ -314,10 +314,9 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
     import torch
     from safetensors.torch import save_file
 
-    from ..evaluate import artifact_view
+    from ..evaluate import artifact_view, load_task_data, task_settings
     from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
     from ..tasks import get_task
-    from .finetune import load_task_data, task_settings
 
     model, hf_tokenizer = load_torch_artifact(parent)
     _, layers, _, _ = _bert_parts(model)

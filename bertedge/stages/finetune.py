@@ -9,33 +9,13 @@ from pathlib import Path
 from .. import log
 from ..artifacts import Artifact, atomic_artifact, check_output_path, load_artifact, parent_record
 from ..config import FinetuneConfig
-from ..data import Columns, TaskData, load_data, subsample
+from ..data import subsample
 from ..errors import ConfigError, ModelError
+from ..evaluate import evaluate_split, load_task_data, task_settings
 from ..modeling import count_parameters, encoder_from_hf, load_hf_tokenizer, model_class, reinit_head, tokenizer_record
 from ..models import resolve_model
-from ..tasks import TaskSettings, get_task
-from ..tasks.base import evaluate_examples
-from ..train import freeze, require_metric, torch_forward, train_model
-
-
-def task_settings(config: FinetuneConfig) -> TaskSettings:
-    return TaskSettings(max_length=config.max_length, doc_stride=config.doc_stride,
-                        max_answer_length=config.max_answer_length)
-
-
-def load_task_data(config: FinetuneConfig, need=("train", "dev"), labels=None) -> TaskData:
-    if not config.data.data:
-        raise ConfigError("no data given", where="--data", fix="Pass --data DIR, a name under the data root, or hub:NAME")
-    d = config.data
-    return load_data(d.data, config.task, columns=Columns.from_config(d), need=need, labels=labels)
-
-
-def evaluate_split(model, encoder, task_name: str, examples: list[dict], settings: TaskSettings,
-                   labels, batch_size: int) -> dict:
-    task = get_task(task_name)
-    metrics, _ = evaluate_examples(task, examples, encoder, torch_forward(model), settings, labels, batch_size)
-    metrics["n"] = len(examples)
-    return metrics
+from ..tasks import get_task
+from ..train import freeze, require_metric, train_model
 
 
 def _head_decision(config: FinetuneConfig, parent: Artifact, labels: list[str] | None) -> tuple[bool, str]:

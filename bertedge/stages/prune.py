@@ -34,9 +34,8 @@ from ..artifacts import (
 from ..config import DataConfig, StrictModel, TrainConfig
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
-from ..evaluate import artifact_view
+from ..evaluate import artifact_view, evaluate_split, load_task_data, task_settings
 from ..tasks import get_task
-from .finetune import evaluate_split, load_task_data, task_settings
 
 
 class PruneConfig(StrictModel):

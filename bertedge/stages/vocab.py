@@ -34,8 +34,7 @@ from ..artifacts import (
 from ..config import DataConfig, StrictModel
 from ..data import subsample
 from ..errors import ArtifactError, ConfigError
-from ..evaluate import artifact_view
-from .finetune import evaluate_split, load_task_data, task_settings
+from ..evaluate import artifact_view, evaluate_split, load_task_data, task_settings
 
 CHECK_SAMPLES = 2000  # features re-tokenized with the new tokenizer to prove the id mapping
 
