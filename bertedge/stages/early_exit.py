@@ -46,7 +46,7 @@ from ..early_exit import (
     exit_layers,
 )
 from ..errors import ArtifactError, ConfigError
-from ..tasks import get_task
+from ..tasks import TASKS, get_task
 
 HEADS_FILE = "exit_heads.safetensors"
 SEGMENT_FILE = "segment_{}.onnx"
@@ -90,7 +90,7 @@ class EarlyExitConfig(StrictModel):
 
 def require_early_exit_task(artifact: Artifact, where: str = "bertedge early-exit") -> None:
     """Early exit is for text classification; a token-classification or QA artifact is refused in one line."""
-    if not get_task(artifact.task).per_sequence:
+    if artifact.task not in TASKS or not get_task(artifact.task).per_sequence:  # fill-mask: an adapt output
         raise ConfigError(f"early exit needs a text-classification model (single sentences or pairs); this artifact "
                           f"is {artifact.task}", where=where,
                           fix="Pass a text-classification artifact, or drop the early-exit step for this task")
@@ -316,7 +316,6 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
 
     from ..evaluate import artifact_view, load_task_data, task_settings
     from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
-    from ..tasks import get_task
 
     model, hf_tokenizer = load_torch_artifact(parent)
     _, layers, _, _ = _bert_parts(model)
