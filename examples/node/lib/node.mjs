@@ -29,7 +29,9 @@ export async function loadBundle(dir, { perSequence, threads, modelFile, fullDep
   }
   const files = exits.length ? exits.map((s) => s.file) : [modelFile || "model.onnx"];
   for (const file of files) {
-    if (!existsSync(join(dir, file))) throw new Error(`${dir}: the bundle has no ${file}; re-export it with bertedge export`);
+    if (existsSync(join(dir, file))) continue;
+    throw new Error(exits.length ? `${dir}: the early-exit bundle has no ${file} (bertedge.json early_exit.segments); re-export it`
+      : `${dir}: not an ONNX bundle (no ${file}); pass a directory written by bertedge export or quantize`);
   }
   const sessions = [];
   for (const file of files) sessions.push(await ort.InferenceSession.create(join(dir, file), sessionOptions));
