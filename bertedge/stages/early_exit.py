@@ -308,7 +308,7 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
     from safetensors.torch import save_file
 
     from ..evaluate import artifact_view
-    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
+    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, save_tokenizer
     from ..tasks import get_task
     from .finetune import load_task_data, task_settings
 
@@ -361,7 +361,7 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
 
     with atomic_artifact(out, stage="early-exit", task=parent.task, overwrite=overwrite) as writer:
         model.save_pretrained(writer.path, safe_serialization=True)
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(writer.path / HEADS_FILE))
         writer.manifest.update({
             **derived_record(parent, settings, metric, config),

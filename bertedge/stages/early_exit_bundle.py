@@ -82,7 +82,7 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
     import warnings
 
     from ..evaluate import artifact_settings
-    from ..modeling import encoder_from_hf
+    from ..modeling import encoder_from_hf, save_tokenizer
     from ..providers import make_session
     from ..runtime import session_forward
     from ..tasks import get_task
@@ -131,7 +131,7 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
                 fused.append({})
             if not module.last:
                 hidden = _torch_segment_fns([module])[0](feeds)[HIDDEN_OUT]
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         model.config.save_pretrained(writer.path)
 
         log.info(f"export: validating {layers} segments on {len(examples)} dev examples against PyTorch")

@@ -97,7 +97,7 @@ def validation_examples(parent: Artifact, config) -> list[dict]:
 def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *, overwrite: bool = False) -> Artifact:
     """Export a fine-tuned artifact to a validated ONNX bundle at `out`."""
     from ..evaluate import artifact_settings
-    from ..modeling import encoder_from_hf
+    from ..modeling import encoder_from_hf, save_tokenizer
 
     parent = src if isinstance(src, Artifact) else load_artifact(src)
     if parent.is_bundle:
@@ -131,7 +131,7 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
             fused = _optimize(raw_path, model_path, model.config, config)
         else:
             shutil.copyfile(raw_path, model_path)
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         model.config.save_pretrained(writer.path)  # lets optimum's ORTModelFor* load the bundle too
 
         log.info(f"export: validating on {len(examples)} dev examples against PyTorch")

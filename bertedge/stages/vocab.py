@@ -118,7 +118,14 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
 
     import torch
 
-    from ..modeling import count_parameters, encoder_from_hf, load_hf_tokenizer, load_torch_artifact, tokenizer_record
+    from ..modeling import (
+        count_parameters,
+        encoder_from_hf,
+        load_hf_tokenizer,
+        load_torch_artifact,
+        save_tokenizer,
+        tokenizer_record,
+    )
     from ..tasks import get_task
 
     model, hf_tokenizer = load_torch_artifact(parent)
@@ -177,7 +184,7 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
 
     with atomic_artifact(out, stage="trim-vocab", task=parent.task, overwrite=overwrite) as writer:
         model.save_pretrained(writer.path, safe_serialization=True)
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         _rewrite_tokenizer_files(writer.path, _remap_backend(backend, old2new, tokens), old2new, tokens)
         new_tokenizer = load_hf_tokenizer(writer.path)
         expected_pad = old2new.get(hf_tokenizer.pad_token_id)
