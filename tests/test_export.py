@@ -229,13 +229,13 @@ def _bundle_outputs(bundle_path, artifact):
     return outputs, [task.prediction_key(p) for p in predictions]
 
 
-def _optimum_importable() -> bool:
-    from bertedge.stages.exporters import optimum_available
+def _optimum_installed() -> bool:
+    from bertedge.env import optimum_installed
 
-    return optimum_available()
+    return optimum_installed()
 
 
-@pytest.mark.skipif(not _optimum_importable(), reason="optimum-onnx is not installed (the legacy stack has it)")
+@pytest.mark.skipif(not _optimum_installed(), reason="optimum-onnx is not installed (the legacy stack has it)")
 @pytest.mark.parametrize("name", ["sst", "pair", "conll", "squad"])
 def test_exporters_give_the_same_graph_and_predictions(tiny_bundles, tiny_artifacts, tmp_path, name):
     """bertedge's exporter against optimum-onnx's on one artifact: same interface, same fusions, same ops,
@@ -258,9 +258,9 @@ def test_exporters_give_the_same_graph_and_predictions(tiny_bundles, tiny_artifa
 
 
 def test_optimum_exporter_without_optimum_is_one_line(cli, tiny_artifacts, tmp_path, monkeypatch):
-    import bertedge.stages.exporters as exporters
+    import bertedge.env as env
 
-    monkeypatch.setattr(exporters, "optimum_available", lambda: False)
+    monkeypatch.setattr(env, "optimum_installed", lambda: False)
     out = tmp_path / "b"
     result = cli("export", tiny_artifacts["sst"].path, "--out", out, "--exporter", "optimum")
     assert_one_line_error(result, "--exporter optimum", "optimum-onnx is not installed",

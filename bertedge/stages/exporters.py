@@ -34,21 +34,11 @@ OPTIMUM_FIX = "pip install 'bertedge[optimum]' (it needs transformers < 4.58: co
               "or use the default --exporter bertedge"
 
 
-def optimum_available() -> bool:
-    """Whether optimum and optimum-onnx are installed (package metadata: nothing is imported)."""
-    from importlib import metadata
-
-    try:
-        metadata.version("optimum")
-        metadata.version("optimum-onnx")
-    except metadata.PackageNotFoundError:
-        return False
-    return True
-
-
 def require_optimum(where: str) -> None:
     """The one-line refusal where optimum-onnx is asked for and not installed."""
-    if not optimum_available():
+    from .. import env
+
+    if not env.optimum_installed():
         raise ConfigError("optimum-onnx is not installed", where=where, fix=OPTIMUM_FIX)
 
 
