@@ -7,7 +7,9 @@ Two recipes, one per stack, each built through the tools' public APIs:
   AutoQuantizationConfig.avx2(is_static=False) quantizes it to dynamic int8.
 - `ort` (transformers 5, where optimum-onnx cannot be installed): `torch.onnx.export` of the teacher as
   transformers loads it (TorchScript exporter, dynamic batch and sequence axes), ONNX Runtime's transformer
-  optimizer, then `onnxruntime.quantization.quantize_dynamic` with its defaults. The optimizer step is what
+  optimizer, then `onnxruntime.quantization.quantize_dynamic` with its defaults plus the one option its
+  error message asks for on a fused graph (DefaultTensorType=FLOAT: ONNX shape inference cannot type the
+  outputs of com.microsoft ops). The optimizer step is what
   ONNX Runtime's quantization guide asks for transformer models ("Transformer-based models": optimize with
   the Transformer Model Optimization Tool before quantizing, so that attention can become QAttention;
   onnxruntime.ai/docs/performance/model-optimizations/quantization.html).
@@ -31,7 +33,8 @@ PEER_NAMES = {"optimum": "peer: optimum+ORT int8", "ort": "peer: torch.onnx+ORT 
 PEER_METHODS = {
     "optimum": "optimum's ONNX export of the teacher quantized by optimum's ORTQuantizer (dynamic int8, avx2 preset)",
     "ort": "torch.onnx.export of the teacher (TorchScript, dynamic axes), ONNX Runtime's transformer optimizer, "
-           "then onnxruntime.quantization.quantize_dynamic (defaults: dynamic int8, QInt8 weights)",
+           "then onnxruntime.quantization.quantize_dynamic (defaults: dynamic int8, QInt8 weights; "
+           "DefaultTensorType=FLOAT for the fused ops)",
 }
 ORT_MODEL_CLASSES = {
     "text-classification": "ORTModelForSequenceClassification",
@@ -93,6 +96,7 @@ def _optimum_peer(teacher: Artifact, out_dir: Path) -> dict[str, Path]:
 
 def _ort_peer(teacher: Artifact, out_dir: Path) -> dict[str, Path]:
     """What the ONNX Runtime docs lead a transformers 5 user to: export, optimize, quantize_dynamic."""
+    import onnx
     from onnxruntime.quantization import quantize_dynamic
     from onnxruntime.transformers.optimizer import optimize_model
     from transformers import AutoTokenizer
@@ -111,7 +115,7 @@ def _ort_peer(teacher: Artifact, out_dir: Path) -> dict[str, Path]:
         optimized = optimize_model(str(raw), model_type="bert", num_heads=model.config.num_attention_heads,
                                    hidden_size=model.config.hidden_size)
         optimized.save_model_to_file(str(fp32))
-        quantize_dynamic(str(fp32), str(int8))
+        quantize_dynamic(str(fp32), str(int8), extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     shutil.rmtree(out_dir / "export", ignore_errors=True)
     if not int8.is_file():
         raise ArtifactError("onnxruntime's quantize_dynamic wrote no quantized model", where=str(out_dir),
