@@ -262,9 +262,17 @@ def _optimize(raw_path: Path, out_path: Path, hf_config, config: ExportConfig) -
     """ONNX Runtime transformer fusions (offline, opt_level 0: portable, no hardware-specific nodes)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from ..pruning import pruned_heads_of
+    from .exporters import write_head_counts
+
     heads, hidden = hf_config.num_attention_heads, hf_config.hidden_size
-    if getattr(hf_config, "pruned_heads", None):
-        heads, hidden = 0, 0  # pruned layers have different head counts: let the optimizer read each graph
+    pruned = pruned_heads_of(hf_config)
+    if pruned:
+        # Pruned layers have different head counts: the optimizer reads each layer's from its graph, which
+        # must hold them (transformers 5 traces -1 there).
+        per_layer = [heads - len(pruned.get(i, ())) for i in range(hf_config.num_hidden_layers)]
+        write_head_counts(raw_path, per_layer, hidden // heads)
+        heads, hidden = 0, 0
     with _stdout_to_stderr():
         optimized = optimize_model(str(raw_path), model_type="bert", num_heads=heads, hidden_size=hidden,
                                    optimization_options=fusion_options(config), opt_level=0)

@@ -181,6 +181,52 @@ def check_dynamic_axes(path: Path, task, axes: dict[str, dict[int, str]] | None 
                                   fix="Report this with `bertedge info`; try --exporter optimum on the legacy stack")
 
 
+def write_head_counts(path: Path, heads_per_layer: list[int], head_size: int) -> int:
+    """Put each layer's head count into its attention Reshapes, in place; returns how many were changed.
+
+    transformers 5 reshapes q/k/v with view(batch, seq, -1, head_size), so the traced Concat holds -1 where
+    4.x had the head count. ONNX Runtime's attention fusion reads the count from there when it is not given
+    one, which is the case for pruned models (a different count per layer): with -1 nothing is fused.
+    """
+    import re
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {i.name: i for i in graph.initializer}
+
+    def constant(name):
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = producers.get(name)
+        if node is not None and node.op_type == "Constant" and node.attribute:
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    changed = 0
+    for node in graph.node:
+        match = re.search(r"/layer\.(\d+)/attention/self/", node.name)
+        concat = producers.get(node.input[1]) if node.op_type == "Reshape" and len(node.input) > 1 else None
+        if not match or concat is None or concat.op_type != "Concat" or len(concat.input) != 4:
+            continue
+        heads_part, size_part = constant(concat.input[2]), constant(concat.input[3])
+        layer = int(match.group(1))
+        if heads_part is None or size_part is None or layer >= len(heads_per_layer) \
+                or heads_part.tolist() != [-1] or size_part.tolist() != [head_size]:
+            continue
+        name = f"{node.name}/bertedge_num_heads"
+        graph.initializer.append(numpy_helper.from_array(np.array([heads_per_layer[layer]], dtype=np.int64), name))
+        concat.input[2] = name
+        changed += 1
+    if changed:
+        onnx.save(model, str(path))
+    return changed
+
+
 @contextlib.contextmanager
 def stdout_to_stderr():
     """Libraries print progress on stdout; stdout belongs to --json output."""
