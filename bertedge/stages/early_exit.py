@@ -143,7 +143,9 @@ def _torch_modules():
                 hidden = self.embeddings(input_ids=named["input_ids"], token_type_ids=named.get("token_type_ids"))
             else:
                 hidden = named[HIDDEN_IN]
-            hidden = self.layer(hidden, attention_mask=extended(mask, hidden.dtype))[0]
+            hidden = self.layer(hidden, attention_mask=extended(mask, hidden.dtype))
+            if isinstance(hidden, tuple):  # transformers 4 returns (hidden, ...); 5 the tensor alone
+                hidden = hidden[0]
             if self.last:
                 return self.classifier(self.pooler(hidden))
             return hidden, self.head(hidden[:, 0])
