@@ -130,7 +130,12 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
 
     model, hf_tokenizer = load_torch_artifact(parent)
     backend = json.loads(hf_tokenizer.backend_tokenizer.to_str())
-    kind = (backend.get("model") or {}).get("type")
+    # The tokenizer.json on disk is what bundles and the runtime use. transformers 5 rebuilds a
+    # BertTokenizer's pipeline from its vocabulary, so the loaded backend says WordPiece even when the file
+    # holds another model: judge the file.
+    on_disk = parent.path / "tokenizer.json"
+    kind = ((json.loads(on_disk.read_text(encoding="utf-8")) if on_disk.is_file() else backend).get("model")
+            or {}).get("type")
     if kind != "WordPiece":
         raise ConfigError(f"trim-vocab handles WordPiece (BERT-style) tokenizers; this artifact's tokenizer is {kind}",
                           where=str(parent.path), fix="Use a BERT-family artifact, or skip this stage")
