@@ -98,5 +98,14 @@ def head_module_names(model) -> list[str]:
 def reinit_head(model) -> list[str]:
     names = head_module_names(model)
     for name in names:
-        getattr(model, name).apply(model._init_weights)
+        head = getattr(model, name)
+        # transformers 5's init functions skip tensors marked as loaded (_is_hf_initialized): unmark the head's,
+        # or "re-initialised" would keep the loaded weights.
+        for module in head.modules():
+            if getattr(module, "_is_hf_initialized", False):
+                module._is_hf_initialized = False
+            for param in module.parameters(recurse=False):
+                if getattr(param, "_is_hf_initialized", False):
+                    param._is_hf_initialized = False
+        head.apply(model._init_weights)
     return names
