@@ -6,8 +6,9 @@ BERTEDGE := $(VENV)/bin/bertedge
 DEMO_OUT ?= runs/demo
 HEADLINE_OUT ?= runs/sst2
 
-.PHONY: setup js-setup lint test test-fast demo headline demo-quick clean
+.PHONY: setup setup-legacy js-setup lint test test-fast test-legacy demo headline demo-quick clean
 
+# The current stack (constraints.txt: transformers 5, no optimum).
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -15,6 +16,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,inc,tune,tokenizer]"
+	touch $@
+
+# The legacy stack in its own venv (constraints-legacy.txt: transformers 4.57 + the optimum extra, which
+# optimum-onnx 0.1 needs): the optimum exporter and peer path.
+VENV_LEGACY ?= .venv-legacy
+PY_LEGACY := $(VENV_LEGACY)/bin/python
+setup-legacy: $(VENV_LEGACY)/.installed
+
+$(VENV_LEGACY)/.installed: pyproject.toml constraints-legacy.txt
+	$(PYTHON) -m venv $(VENV_LEGACY)
+	$(PY_LEGACY) -m pip install -q --upgrade pip
+	$(PY_LEGACY) -m pip install -q -c constraints-legacy.txt torch==2.13.0
+	$(PY_LEGACY) -m pip install -q -c constraints-legacy.txt -e ".[dev,inc,tokenizer,optimum]"
 	touch $@
 
 # The JavaScript examples' packages, from their lockfiles (tests/test_js.py). onnxruntime-node's
@@ -36,6 +50,13 @@ test: setup js-setup
 test-fast: setup js-setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
+# The legacy job: what only the optimum stack has (the two exporters give the same graphs and predictions,
+# the optimum peer path) and Neural Compressor on transformers 4.57. The full suite runs on the current stack.
+LEGACY_TESTS ?= tests/test_export.py::test_exporters_give_the_same_graph_and_predictions tests/test_peer.py \
+	tests/test_inc_quantize.py
+test-legacy: setup-legacy
+	HF_HUB_OFFLINE=1 $(PY_LEGACY) -m pytest -q $(LEGACY_TESTS)
+
 # The demo: every stage on a 4,000-sentence SST-2 subset (recipes/demo.yaml), a few minutes on 2 cores,
 # then predictions with the int8 bundle and the report's path. `make headline` is the full recipe (hours).
 demo: setup
@@ -56,4 +77,4 @@ demo-quick: setup
 	@echo "artifact: $(DEMO_OUT)-quick/sst2-teacher"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_LEGACY) runs .pytest_cache

@@ -150,7 +150,9 @@ def _torch_modules():
                 hidden = self.embeddings(input_ids=named["input_ids"], token_type_ids=named.get("token_type_ids"))
             else:
                 hidden = named[HIDDEN_IN]
-            hidden = self.layer(hidden, attention_mask=extended(mask, hidden.dtype))[0]
+            hidden = self.layer(hidden, attention_mask=extended(mask, hidden.dtype))
+            if isinstance(hidden, tuple):  # transformers 4 returns (hidden, ...); 5 the tensor alone
+                hidden = hidden[0]
             if self.last:
                 return self.classifier(self.pooler(hidden))
             return hidden, self.head(hidden[:, 0])
@@ -313,7 +315,7 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
     from safetensors.torch import save_file
 
     from ..evaluate import artifact_view
-    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
+    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, save_tokenizer
     from ..tasks import get_task
     from .finetune import load_task_data, task_settings
 
@@ -366,7 +368,7 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
 
     with atomic_artifact(out, stage="early-exit", task=parent.task, overwrite=overwrite) as writer:
         model.save_pretrained(writer.path, safe_serialization=True)
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(writer.path / HEADS_FILE))
         writer.manifest.update({
             **derived_record(parent, settings, metric, config),
