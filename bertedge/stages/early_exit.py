@@ -113,8 +113,17 @@ def _torch_modules():
     import torch
     from torch import nn
 
-    def extended(mask: torch.Tensor, dtype) -> torch.Tensor:
-        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    def extended(mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The [batch, 1, seq, seq] additive mask (0 kept, dtype min masked), written as transformers 4's
+        `_prepare_4d_attention_mask`: expand, cast, 1 - mask, masked_fill. ONNX Runtime's attention fusion
+        matches that graph on every transformers. The shorter `(1 - mask) * min` ends in a Mul, and transformers
+        5 scales the scores with a Mul (4.x divided): the fusion takes the first Mul beside the scores' Add as
+        the mask, finds the scores, and fuses nothing."""
+        dtype = hidden.dtype
+        batch, length = mask.shape
+        expanded = mask[:, None, None, :].expand(batch, 1, hidden.shape[1], length).to(dtype)
+        inverted = 1.0 - expanded
+        return inverted.masked_fill(inverted.to(torch.bool), torch.finfo(dtype).min)
 
     class ExitHead(nn.Module):
         """BERT's pooler + classifier on one layer's [CLS] state."""
@@ -150,7 +159,7 @@ def _torch_modules():
                 hidden = self.embeddings(input_ids=named["input_ids"], token_type_ids=named.get("token_type_ids"))
             else:
                 hidden = named[HIDDEN_IN]
-            hidden = self.layer(hidden, attention_mask=extended(mask, hidden.dtype))
+            hidden = self.layer(hidden, attention_mask=extended(mask, hidden))
             if isinstance(hidden, tuple):  # transformers 4 returns (hidden, ...); 5 the tensor alone
                 hidden = hidden[0]
             if self.last:
