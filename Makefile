@@ -50,10 +50,12 @@ test: setup js-setup
 test-fast: setup js-setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
-# The legacy job: what only the optimum stack has (the two exporters give the same graphs and predictions,
-# the optimum peer path) and Neural Compressor on transformers 4.57. The full suite runs on the current stack.
-LEGACY_TESTS ?= tests/test_export.py::test_exporters_give_the_same_graph_and_predictions tests/test_peer.py \
-	tests/test_inc_quantize.py
+# The legacy job (.ci/run runs it after `make test`): what only the optimum stack has (the two exporters give
+# the same graphs and predictions, ORTModelFor* loads a bertedge bundle, the optimum peer path, `info` names
+# the legacy stack) and Neural Compressor on transformers 4.57. The full suite runs on the current stack.
+LEGACY_TESTS ?= tests/test_export.py::test_exporters_give_the_same_graph_and_predictions \
+	tests/test_export.py::test_optimum_ortmodel_loads_a_bertedge_bundle tests/test_peer.py \
+	tests/test_cli.py::test_info_names_the_stack_and_the_peer tests/test_inc_quantize.py
 test-legacy: setup-legacy
 	HF_HUB_OFFLINE=1 $(PY_LEGACY) -m pytest -q $(LEGACY_TESTS)
 

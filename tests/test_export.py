@@ -257,6 +257,25 @@ def test_exporters_give_the_same_graph_and_predictions(tiny_bundles, tiny_artifa
     assert diff < 1e-5
 
 
+@pytest.mark.skipif(not _optimum_installed(), reason="optimum-onnx is not installed (the legacy stack has it)")
+def test_optimum_ortmodel_loads_a_bertedge_bundle(tiny_bundles):
+    """The bundle bertedge's exporter writes loads with optimum's ORTModelFor* (the `optimum` extra's loading
+    path) and gives the logits bertedge's runtime gives."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    from bertedge.runtime import Bundle
+
+    bundle = tiny_bundles["sst"]
+    texts = ["good movie", "the film was bad and the plot thin"]
+    model = ORTModelForSequenceClassification.from_pretrained(str(bundle.path), file_name="model.onnx")
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle.path))
+    batch = tokenizer(texts, padding=True, return_tensors="np")
+    theirs = model(**{k: v for k, v in batch.items() if k in model.input_names}).logits
+    ours = np.array([r["outputs"][0]["logits"] for r in Bundle(bundle.path).predict(texts, logits=True)])
+    np.testing.assert_allclose(np.asarray(theirs), ours, atol=1e-5)
+
+
 def test_optimum_exporter_without_optimum_is_one_line(cli, tiny_artifacts, tmp_path, monkeypatch):
     import bertedge.env as env
 
