@@ -14,6 +14,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# A .venv made before the stack split holds optimum-onnx, which cannot run on transformers 5 and would
+	@# make bertedge take this for the legacy stack: the current stack has no optimum extra.
+	$(PY) -m pip uninstall -q -y optimum optimum-onnx 2>/dev/null
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,inc,tune,tokenizer]"
 	touch $@
