@@ -207,7 +207,6 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         learning_rate=config.lr,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
-        warmup_ratio=config.warmup_ratio,
         lr_scheduler_type=config.scheduler if config.scheduler != "constant" else "constant_with_warmup",
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
@@ -222,7 +221,6 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         save_only_model=True,
         seed=config.seed,
         data_seed=config.seed,
-        group_by_length=True,
         logging_steps=50,
         report_to=[],
         disable_tqdm=not progress_bars(),  # a bar in a log file is carriage-return spam: log lines instead
@@ -231,6 +229,7 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         fp16=precision == "fp16",
         bf16=precision == "bf16",
         use_cpu=not cuda,
+        **renamed_training_arguments(TrainingArguments, config.warmup_ratio),
     )
     callbacks = [GuardCallback()]
     if distributed.launched() and extra_modules:
@@ -309,6 +308,23 @@ class LogLines:
 
 
 TRAIN_DIR_PREFIX = "bertedge-train-"
+
+
+def renamed_training_arguments(arguments_class, warmup_ratio: float) -> dict:
+    """The TrainingArguments that transformers 5 renamed, spelled for the installed version.
+
+    transformers 5 folds warmup_ratio into warmup_steps (a float below 1 is a ratio) and group_by_length
+    into train_sampling_strategy="group_by_length"; 4.x has the old names.
+    """
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(arguments_class)}
+    kwargs: dict = {"warmup_ratio": warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": warmup_ratio}
+    if "train_sampling_strategy" in fields:
+        kwargs["train_sampling_strategy"] = "group_by_length"
+    else:
+        kwargs["group_by_length"] = True
+    return kwargs
 
 
 def _trainer_work_dir() -> Path:

@@ -35,9 +35,22 @@ def _batch(seed=0, n=6, length=12):
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(n) % 2}
 
 
-def _logits(model, batch, **kw):
-    with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
+def _logits(model, batch, head_mask=None):
+    """Logits; `head_mask[layer, head] == 0` zeroes that head's context (what head_mask= did: transformers 5
+    dropped the argument, so the mask is applied by hooks on the attention output projection's input)."""
+    hooks = []
+    if head_mask is not None:
+        for layer, row in zip(model.bert.encoder.layer, head_mask):
+            size = layer.attention.self.attention_head_size
+            keep = torch.repeat_interleave(row, size)
+            hooks.append(layer.attention.output.dense.register_forward_pre_hook(
+                lambda _module, args, keep=keep: (args[0] * keep,)))
+    try:
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 # ----------------------------------------------------------------------------- mechanics on constructed cases

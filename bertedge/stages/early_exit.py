@@ -116,8 +116,17 @@ def _torch_modules():
     import torch
     from torch import nn
 
-    def extended(mask: torch.Tensor, dtype) -> torch.Tensor:
-        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    def extended(mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The [batch, 1, seq, seq] additive mask (0 kept, dtype min masked), written as transformers 4's
+        `_prepare_4d_attention_mask`: expand, cast, 1 - mask, masked_fill. ONNX Runtime's attention fusion
+        matches that graph on every transformers. The shorter `(1 - mask) * min` ends in a Mul, and transformers
+        5 scales the scores with a Mul (4.x divided): the fusion takes the first Mul beside the scores' Add as
+        the mask, finds the scores, and fuses nothing."""
+        dtype = hidden.dtype
+        batch, length = mask.shape
+        expanded = mask[:, None, None, :].expand(batch, 1, hidden.shape[1], length).to(dtype)
+        inverted = 1.0 - expanded
+        return inverted.masked_fill(inverted.to(torch.bool), torch.finfo(dtype).min)
 
     class ExitHead(nn.Module):
         """BERT's pooler + classifier on one layer's [CLS] state, or on its mean over real tokens."""
@@ -157,7 +166,9 @@ def _torch_modules():
                 hidden = self.embeddings(input_ids=named["input_ids"], token_type_ids=named.get("token_type_ids"))
             else:
                 hidden = named[HIDDEN_IN]
-            hidden = self.layer(hidden, attention_mask=extended(mask, hidden.dtype))[0]
+            hidden = self.layer(hidden, attention_mask=extended(mask, hidden))
+            if isinstance(hidden, tuple):  # transformers 4 returns (hidden, ...); 5 the tensor alone
+                hidden = hidden[0]
             if self.last:
                 return self.classifier(self.pooler(hidden))
             return hidden, self.head(self.head.pool(hidden, mask))
@@ -330,7 +341,7 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
     from safetensors.torch import save_file
 
     from ..evaluate import artifact_view
-    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
+    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, save_tokenizer
     from ..tasks import get_task
     from .finetune import load_task_data, task_settings
 
@@ -383,7 +394,7 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
 
     with atomic_artifact(out, stage="early-exit", task=parent.task, overwrite=overwrite) as writer:
         model.save_pretrained(writer.path, safe_serialization=True)
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(writer.path / HEADS_FILE))
         writer.manifest.update({
             **derived_record(parent, settings, metric, config),

@@ -277,7 +277,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
     from transformers import set_seed
 
     from .. import pruning
-    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
+    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, save_tokenizer
     from ..train import Collator, train_model
 
     set_seed(config.train.seed)
@@ -329,7 +329,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
             model.eval()
             metrics = {"dev": evaluate(model), "dev_before": dev_before}
             model.save_pretrained(writer.path, safe_serialization=True)
-            hf_tokenizer.save_pretrained(writer.path)
+            save_tokenizer(hf_tokenizer, writer.path)
             if not config.structured:
                 record["compressed_bytes"] = _compressed(parent.path, writer.path)
             record["structure"] = pruning.structure(model) if config.structured else None
