@@ -191,7 +191,8 @@ def hidden_layer_map(teacher_layers: int, parent_layers: int, drop_layers: list[
     The teacher as deep as the parent (the usual case: the unpruned model itself): each kept layer keeps its
     original index, so dropping the top layers maps the bottom ones onto themselves. A deeper teacher (the parent
     is a distilled student): TinyBERT's uniform map over the layers left."""
-    kept = [i for i in range(parent_layers) if i not in set(drop_layers)]
+    dropped = set(drop_layers)
+    kept = [i for i in range(parent_layers) if i not in dropped]
     if teacher_layers == parent_layers:
         return kept
     from ..distill_student import uniform_transfer_map
@@ -219,7 +220,7 @@ def _kd_loss(teacher, task_name: str, config: PruneConfig, cache=None, layer_map
         out = model(**features, output_hidden_states=hidden)
         device = out[0].device
         teacher_out = None
-        if cache is not None and index is not None and not hidden:
+        if cache is not None and index is not None:  # prune() passes no cache with hidden_weight > 0
             soft = cached_rows(cache, index, features["input_ids"].shape[1], device)
         else:
             if next(teacher.parameters()).device != device:
