@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .errors import TrainingError
+from .log import progress_bars
 from .tokenization import TextEncoder
 
 
@@ -266,14 +267,6 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
     }
 
 
-def progress_bars() -> bool:
-    """Progress bars only on a terminal (BERTEDGE_PROGRESS=1/0 forces them on/off)."""
-    forced = os.environ.get("BERTEDGE_PROGRESS")
-    if forced is not None:
-        return forced not in ("", "0", "false", "no")
-    return sys.stderr.isatty()
-
-
 def log_line(message: str) -> None:
     from . import log
 
@@ -314,7 +307,9 @@ def renamed_training_arguments(arguments_class, warmup_ratio: float) -> dict:
     """The TrainingArguments that transformers 5 renamed, spelled for the installed version.
 
     transformers 5 folds warmup_ratio into warmup_steps (a float below 1 is a ratio) and group_by_length
-    into train_sampling_strategy="group_by_length"; 4.x has the old names.
+    into train_sampling_strategy="group_by_length"; 4.x has the old names. 5 also turns
+    average_tokens_across_devices on, which multiplies each rank's loss by the world size (the gradient DDP
+    averages is the same either way, but the logged train loss doubles on 2 ranks): it is kept off, as in 4.x.
     """
     import dataclasses
 
@@ -324,6 +319,8 @@ def renamed_training_arguments(arguments_class, warmup_ratio: float) -> dict:
         kwargs["train_sampling_strategy"] = "group_by_length"
     else:
         kwargs["group_by_length"] = True
+    if "average_tokens_across_devices" in fields:
+        kwargs["average_tokens_across_devices"] = False
     return kwargs
 
 
