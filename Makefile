@@ -6,15 +6,32 @@ BERTEDGE := $(VENV)/bin/bertedge
 DEMO_OUT ?= runs/demo
 HEADLINE_OUT ?= runs/sst2
 
-.PHONY: setup js-setup lint typecheck test test-fast demo headline demo-quick clean
+.PHONY: setup setup-legacy js-setup lint typecheck test test-fast test-legacy demo headline demo-quick clean
 
+# The current stack (constraints.txt: transformers 5, no optimum).
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# A .venv made before the stack split holds optimum-onnx, which cannot run on transformers 5 and would
+	@# make bertedge take this for the legacy stack: the current stack has no optimum extra.
+	$(PY) -m pip uninstall -q -y optimum optimum-onnx 2>/dev/null
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,inc,tune,tokenizer]"
+	touch $@
+
+# The legacy stack in its own venv (constraints-legacy.txt: transformers 4.57 + the optimum extra, which
+# optimum-onnx 0.1 needs): the optimum exporter and peer path.
+VENV_LEGACY ?= .venv-legacy
+PY_LEGACY := $(VENV_LEGACY)/bin/python
+setup-legacy: $(VENV_LEGACY)/.installed
+
+$(VENV_LEGACY)/.installed: pyproject.toml constraints-legacy.txt
+	$(PYTHON) -m venv $(VENV_LEGACY)
+	$(PY_LEGACY) -m pip install -q --upgrade pip
+	$(PY_LEGACY) -m pip install -q -c constraints-legacy.txt torch==2.13.0
+	$(PY_LEGACY) -m pip install -q -c constraints-legacy.txt -e ".[dev,inc,tokenizer,optimum]"
 	touch $@
 
 # The JavaScript examples' packages, from their lockfiles (tests/test_js.py). onnxruntime-node's
@@ -40,6 +57,15 @@ test: setup js-setup
 test-fast: setup js-setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
+# The legacy job (.ci/run runs it after `make test`): what only the optimum stack has (the two exporters give
+# the same graphs and predictions, ORTModelFor* loads a bertedge bundle, the optimum peer path, `info` names
+# the legacy stack) and Neural Compressor on transformers 4.57. The full suite runs on the current stack.
+LEGACY_TESTS ?= tests/test_export.py::test_exporters_give_the_same_graph_and_predictions \
+	tests/test_export.py::test_optimum_ortmodel_loads_a_bertedge_bundle tests/test_peer.py \
+	tests/test_cli.py::test_info_names_the_stack_and_the_peer tests/test_inc_quantize.py
+test-legacy: setup-legacy
+	HF_HUB_OFFLINE=1 $(PY_LEGACY) -m pytest -q $(LEGACY_TESTS)
+
 # The demo: every stage on a 4,000-sentence SST-2 subset (recipes/demo.yaml), a few minutes on 2 cores,
 # then predictions with the int8 bundle and the report's path. `make headline` is the full recipe (hours).
 demo: setup
@@ -60,4 +86,4 @@ demo-quick: setup
 	@echo "artifact: $(DEMO_OUT)-quick/sst2-teacher"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VENV_LEGACY) runs .pytest_cache

@@ -41,7 +41,8 @@ def build(args) -> None:
     base = root(args.name)
     base.mkdir(parents=True, exist_ok=True)
     config = EarlyExitConfig(rule=args.rule, max_accuracy_drop=args.max_accuracy_drop, epochs=args.epochs,
-                             ce_weight=args.ce_weight)
+                             ce_weight=args.ce_weight, pooling=args.pooling, lr=args.lr,
+                             data={"max_train_samples": args.max_train_samples})
     ee = load_artifact(base / "ee") if is_artifact(base / "ee") else early_exit(args.source, config, base / "ee")
     bundle = load_artifact(base / "bundle") if is_artifact(base / "bundle") else \
         export(ee, ExportConfig(metric_samples=None), base / "bundle")
@@ -50,6 +51,9 @@ def build(args) -> None:
     for part in ("ee", "bundle", "int8"):
         manifest = load_artifact(base / part).manifest
         cal = manifest["early_exit"].get("dev") or manifest["early_exit"]["calibration"]
+        per_layer = manifest["early_exit"].get("dev_accuracy_per_layer")
+        if per_layer:
+            print(f"{args.name}/{part}: dev accuracy per layer " + " ".join(f"{a:.4f}" for a in per_layer))
         print(f"{args.name}/{part}: {cal['rule']} {cal['threshold']:g}: accuracy {cal['accuracy']:.4f} vs full depth "
               f"{cal['accuracy_full_depth']:.4f}, mean exit layer {cal['mean_exit_layer']:.2f}, "
               f"exits {cal['exit_histogram']}")
@@ -102,6 +106,9 @@ def main() -> None:
     b.add_argument("--max-accuracy-drop", type=float, default=0.5)
     b.add_argument("--epochs", type=float, default=5.0)
     b.add_argument("--ce-weight", type=float, default=0.0)
+    b.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    b.add_argument("--lr", type=float, default=1e-4)
+    b.add_argument("--max-train-samples", type=int, default=None)
     b.add_argument("--int8-mode", default="dynamic", choices=["dynamic", "auto"])
     t = sub.add_parser("time")
     t.add_argument("--name", action="append", required=True)

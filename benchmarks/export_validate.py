@@ -5,7 +5,13 @@ Two phases, two result files:
   nice -n 10 python benchmarks/export_validate.py export [--teachers sst2,mrpc] [--metric-samples N]
       For each teacher in $BERTEDGE_CACHE/teachers/<name> (ready = bertedge.json present): export into
       $BERTEDGE_CACHE/bundles/<name> with the default settings (opset 17, fused), which validates max abs
-      diff per output and the task metric through ONNX Runtime vs PyTorch. -> results/export_validate.*
+      diff per output and the task metric through ONNX Runtime vs PyTorch. Each row records the library
+      stack (bertedge.env.stack()) and the exporter. Results and bundles are per transformers major:
+      transformers 4 (the legacy stack) -> results/export_validate.* and bundles/, transformers 5 ->
+      results/export_validate_tf5.* and bundles-tf5/. On transformers 5 every row is compared with the
+      reference, results/export_validate.json (the legacy stack's exports of the same teachers): fused node
+      counts must be equal, and the max abs diff and the metric are shown beside the reference's. Exits 1 if
+      an export failed or its fused node counts differ from the reference.
 
   nice -n 10 python benchmarks/export_validate.py speed-prep --teacher sst2
   bash benchmarks/quiet_cpu.sh .venv/bin/python benchmarks/export_validate.py speed --teacher sst2
@@ -46,9 +52,37 @@ def ready_teachers(names: list[str] | None) -> list[Path]:
 # ----------------------------------------------------------------------------- phase 1: export + validate
 
 
+REFERENCE = "export_validate"  # today's exports: the legacy stack (transformers 4.57 + optimum)
+
+
+def stack_names() -> tuple[str, str]:
+    """(results name, bundles folder) for the installed transformers: transformers 4 keeps the names the
+    legacy stack's results have always had; 5 and later get their own, so neither overwrites the other."""
+    from bertedge.env import library_versions
+
+    major = int(library_versions().get("transformers", "0").split(".")[0] or 0)
+    return (REFERENCE, "bundles") if major <= 4 else (f"{REFERENCE}_tf{major}", f"bundles-tf{major}")
+
+
+def compare_fused(rows: list[dict], reference: dict) -> None:
+    """Put the reference row's numbers beside each row and whether the fused node counts are equal."""
+    ref_rows = {r["teacher"]: r for r in reference.get("rows", []) if "error" not in r}
+    versions = (reference.get("machine") or {}).get("versions") or {}
+    for row in rows:
+        ref = ref_rows.get(row["teacher"])
+        if "error" in row or ref is None:
+            row["reference"] = None
+            continue
+        row["reference"] = {"transformers": versions.get("transformers"), "date": reference.get("date"),
+                            "fused_node_counts": ref["fused_node_counts"], "max_abs_diff": ref["max_abs_diff"],
+                            "metric": ref["metric"],
+                            "fused_equal": row["fused_node_counts"] == ref["fused_node_counts"]}
+
+
 def run_export(args) -> None:
     from bertedge import log
     from bertedge.artifacts import load_artifact
+    from bertedge.env import stack
     from bertedge.stages.export import ExportConfig, export
 
     log.setup()
@@ -56,12 +90,21 @@ def run_export(args) -> None:
     teachers = ready_teachers(args.teachers.split(",") if args.teachers else None)
     if not teachers:
         print("no ready teachers", file=sys.stderr)
+    results_name, bundles = stack_names()
+    on_stack = stack()
     previous = {}
-    results_json = Path(__file__).resolve().parent / "results" / "export_validate.json"
+    results_dir = Path(__file__).resolve().parent / "results"
+    results_json = results_dir / f"{results_name}.json"
     if results_json.is_file() and args.keep_previous:
         previous = {r["teacher"]: r for r in json.loads(results_json.read_text()).get("rows", [])}
+    reference_path = Path(args.reference) if args.reference else results_dir / f"{REFERENCE}.json"
+    reference = None
+    if results_name != REFERENCE or args.reference:
+        if not reference_path.is_file():
+            raise SystemExit(f"no reference results at {reference_path}: run this phase on the legacy stack first")
+        reference = json.loads(reference_path.read_text())
     for teacher in teachers:
-        out = cache_dir() / "bundles" / teacher.name
+        out = cache_dir() / bundles / teacher.name
         config = ExportConfig(metric_samples=args.metric_samples)
         start = time.time()
         try:
@@ -80,28 +123,59 @@ def run_export(args) -> None:
             "max_abs_diff": {k: r["max_abs_diff"] for k, r in v["outputs"].items()}, "atol": v["atol"],
             "agreement": v["agreement"], "metric": v["metric"], "passed": v["passed"],
             "model_bytes": (bundle.path / "model.onnx").stat().st_size,
+            "stack": on_stack, "exporter": m["onnx"].get("exporter"),
         })
     for name, row in previous.items():
         if name not in {r["teacher"] for r in rows}:
             rows.append(row)
     rows.sort(key=lambda r: r["teacher"])
+    if reference is not None:
+        compare_fused(rows, reference)
     lines = ["# Export validation: embedded model (minilm-l6) teachers -> fused ONNX bundles", "",
+             f"Stack: {on_stack['name']}, transformers {on_stack['transformers']}, exporter "
+             f"{', '.join(sorted({(r.get('exporter') or {}).get('name', '?') for r in rows if 'error' not in r}))}.", "",
              "Each bundle is validated on real dev examples: max |ONNX - PyTorch| per output (atol 1e-4) and the "
-             "task metric through ONNX Runtime vs PyTorch (predictions agree >= 99.5%, metric within 0.1 pt).", "",
-             "| teacher | task | dev examples | max abs diff | agreement | metric torch | metric onnx | fused | "
-             "export s |", "|---|---|---|---|---|---|---|---|---|"]
+             "task metric through ONNX Runtime vs PyTorch (predictions agree >= 99.5%, metric within 0.1 pt).", ""]
+    if reference is not None:
+        lines += [f"Reference: `{reference_path.name}` (transformers "
+                  f"{((reference.get('machine') or {}).get('versions') or {}).get('transformers')}, "
+                  f"{reference.get('date')}), the same teachers exported on the legacy stack; 'vs reference' says "
+                  "whether the fused node counts are equal and gives the reference's max abs diff and ONNX metric.", ""]
+    header = ("| teacher | task | dev examples | max abs diff | agreement | metric torch | metric onnx | fused | "
+              "export s |")
+    lines += [header + (" vs reference |" if reference is not None else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if reference is not None else "")]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['teacher']} | failed: {r['error'][:120]} | | | | | | | |")
+            lines.append(f"| {r['teacher']} | failed: {r['error'][:120]} | | | | | | | |" + (" |" if reference else ""))
             continue
         diffs = ", ".join(f"{k} {d:.1e}" for k, d in r["max_abs_diff"].items())
         fused = ", ".join(f"{k} {n}" for k, n in r["fused_node_counts"].items())
         name = r["metric"]["name"]
-        lines.append(f"| {r['teacher']} | {r['task']} | {r['examples']} of {r['dev_examples_total']} | {diffs} | "
-                     f"{r['agreement']:.2%} | {name} {r['metric']['torch']:.4f} | {name} {r['metric']['onnx']:.4f} | "
-                     f"{fused} | {r['export_wall_s']} |")
-    write_results("export_validate", {"rows": rows}, "\n".join(lines) + "\n")
+        line = (f"| {r['teacher']} | {r['task']} | {r['examples']} of {r['dev_examples_total']} | {diffs} | "
+                f"{r['agreement']:.2%} | {name} {r['metric']['torch']:.4f} | {name} {r['metric']['onnx']:.4f} | "
+                f"{fused} | {r['export_wall_s']} |")
+        if reference is not None:
+            ref = r.get("reference")
+            if ref is None:
+                line += " no reference row |"
+            else:
+                ref_diffs = ", ".join(f"{k} {d:.1e}" for k, d in ref["max_abs_diff"].items())
+                verdict = "fused equal" if ref["fused_equal"] else "fused DIFFER: " + ", ".join(
+                    f"{k} {n}" for k, n in ref["fused_node_counts"].items())
+                line += f" {verdict}; {ref_diffs}; {name} {ref['metric']['onnx']:.4f} |"
+        lines.append(line)
+    failed = [r["teacher"] for r in rows if "error" in r]
+    differ = [r["teacher"] for r in rows if (r.get("reference") or {}).get("fused_equal") is False]
+    if reference is not None:
+        compared = [r for r in rows if r.get("reference")]
+        lines += ["", f"Fused node counts equal to the reference for {len(compared) - len(differ)} of "
+                      f"{len(compared)} teachers" + (f" (differ: {', '.join(differ)})" if differ else "") + "."]
+    write_results(results_name, {"stack": on_stack, "reference": str(reference_path.name) if reference else None,
+                                 "rows": rows}, "\n".join(lines) + "\n")
     print("\n".join(lines))
+    if failed or differ:
+        raise SystemExit(1)
 
 
 # ----------------------------------------------------------------------------- phase 2: fusion + speed
@@ -151,6 +225,10 @@ def speed_source(name: str) -> tuple[str, Path, str]:
 
 
 def build_variants(source: Path, task: str, scratch: Path) -> dict[str, Path]:
+    from bertedge.env import optimum_installed
+
+    if not optimum_installed():
+        raise SystemExit("speed-prep builds optimum's variants: run it on the legacy stack (make setup-legacy)")
     from optimum.exporters.onnx import onnx_export_from_model
 
     from bertedge.modeling import model_class
@@ -306,6 +384,8 @@ def main() -> None:
     p.add_argument("--teachers", help="comma-separated teacher names (default: every ready one)")
     p.add_argument("--metric-samples", type=int, default=1000, help="dev examples for the metric check")
     p.add_argument("--keep-previous", action="store_true", help="keep rows of teachers not exported this run")
+    p.add_argument("--reference", help="results JSON to compare fused node counts with (default on transformers "
+                                       ">= 5: results/export_validate.json, the legacy stack's)")
     p.set_defaults(func=run_export)
     q = sub.add_parser("speed-prep", help="build the graph variants of one teacher (slow, use nice)")
     q.add_argument("--teacher", default="sst2")

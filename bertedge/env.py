@@ -16,6 +16,8 @@ LIBRARIES = (
     "torch",
     "transformers",
     "tokenizers",
+    "huggingface_hub",
+    "accelerate",
     "onnx",
     "onnxruntime",
     "onnxruntime-gpu",
@@ -42,6 +44,25 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def optimum_installed() -> bool:
+    """Whether optimum and optimum-onnx are installed (the `optimum` extra), from package metadata."""
+    try:
+        metadata.version("optimum")
+        metadata.version("optimum-onnx")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def stack() -> dict:
+    """Which library stack this is: current (transformers 5, no optimum) or legacy (optimum-onnx installed,
+    which holds transformers below 4.58), and the exporters it offers. Package metadata only."""
+    versions = library_versions()
+    optimum = versions.get("optimum-onnx") if optimum_installed() else None
+    return {"name": "legacy (optimum)" if optimum else "current", "transformers": versions.get("transformers"),
+            "optimum_onnx": optimum, "exporters": ["bertedge", "optimum"] if optimum else ["bertedge"]}
 
 
 def isa_class(flags) -> str:

@@ -25,6 +25,7 @@ KNOWN_WARNINGS = (
     (r"(?s).*torch\.ao\.quantization.* deprecated", "torch.ao's deprecation notes: bertedge uses them knowingly"),
     (r"`torch_dtype` is deprecated", "transformers' rename of torch_dtype to dtype"),
 )
+_ANSI = r"(?:\x1b\[[0-9;]*m)*"  # transformers styles its load report on a terminal
 # Log records dropped for the same reason: (logger, message regex).
 KNOWN_LOG_RECORDS = (
     ("transformers.modeling_utils", r"(?s)Some weights of .* were not initialized .*newly initialized: "
@@ -32,6 +33,10 @@ KNOWN_LOG_RECORDS = (
     ("transformers.modeling_utils", r"`torch_dtype` is deprecated"),
     ("transformers.configuration_utils", r"`torch_dtype` is deprecated"),  # optimum's peer export passes it
     ("fusion_embedlayer", r"word_embedding_table .* <= position_embedding_table"),
+    # transformers 5's load report, when all it says is that the task head is new (as 4's "Some weights of").
+    ("transformers.modeling_utils", rf"(?s)^{_ANSI}\w+ LOAD REPORT{_ANSI} from: [^\n]*\nKey +\| Status +\|[^\n]*\n"
+                                    rf"[-+]+\n(?:{_ANSI}(?:classifier|qa_outputs)\.(?:weight|bias) *\| {_ANSI}MISSING"
+                                    rf"{_ANSI} *\|[^\n]*\n)+\s*Notes:\s*\n- {_ANSI}MISSING:{_ANSI}[^\n]*\Z"),
 )
 
 
@@ -65,9 +70,32 @@ def quiet_known_noise() -> None:
             target.addFilter(_DropKnown(patterns))
 
 
+def progress_bars() -> bool:
+    """Progress bars only on a terminal (BERTEDGE_PROGRESS=1/0 forces them on/off)."""
+    forced = os.environ.get("BERTEDGE_PROGRESS")
+    if forced is not None:
+        return forced not in ("", "0", "false", "no")
+    return sys.stderr.isatty()
+
+
+def quiet_library_progress() -> None:
+    """No library progress bars off a terminal (transformers 5 draws them for loading and saving weights)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub is imported
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def setup(verbose: bool = False, debug: bool = False) -> None:
     if not (verbose or debug):
         quiet_known_noise()
+    if not progress_bars():
+        quiet_library_progress()
     if logger.handlers:
         return
     from . import distributed

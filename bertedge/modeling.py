@@ -31,6 +31,29 @@ def encoder_from_hf(tokenizer) -> TextEncoder:
                        model_input_names=tuple(tokenizer.model_input_names))
 
 
+def save_tokenizer(tokenizer, directory: str | Path) -> None:
+    """`tokenizer.save_pretrained`, plus the files transformers 5 stopped writing.
+
+    transformers 4 wrote vocab.txt and special_tokens_map.json beside tokenizer.json; 5 writes only
+    tokenizer.json and tokenizer_config.json. Bundles keep both files whichever stack made them: ports
+    that build a WordPiece tokenizer from vocab.txt (e.g. BertTokenizer.Create in Microsoft.ML.Tokenizers)
+    read the first, older loaders the second.
+    """
+    import json
+
+    directory = Path(directory)
+    tokenizer.save_pretrained(directory)
+    vocab_file, specials_file = directory / "vocab.txt", directory / "special_tokens_map.json"
+    if not vocab_file.exists():
+        model = json.loads(tokenizer.backend_tokenizer.to_str()).get("model") or {}
+        if model.get("type") == "WordPiece" and isinstance(model.get("vocab"), dict):
+            tokens = sorted(model["vocab"], key=model["vocab"].get)
+            vocab_file.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    if not specials_file.exists():
+        specials = {k: str(v) for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+        specials_file.write_text(json.dumps(specials, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def tokenizer_record(tokenizer) -> dict:
     return {
         "pad_token_id": tokenizer.pad_token_id or 0,
@@ -75,5 +98,14 @@ def head_module_names(model) -> list[str]:
 def reinit_head(model) -> list[str]:
     names = head_module_names(model)
     for name in names:
-        getattr(model, name).apply(model._init_weights)
+        head = getattr(model, name)
+        # transformers 5's init functions skip tensors marked as loaded (_is_hf_initialized): unmark the head's,
+        # or "re-initialised" would keep the loaded weights.
+        for module in head.modules():
+            if getattr(module, "_is_hf_initialized", False):
+                module._is_hf_initialized = False
+            for param in module.parameters(recurse=False):
+                if getattr(param, "_is_hf_initialized", False):
+                    param._is_hf_initialized = False
+        head.apply(model._init_weights)
     return names

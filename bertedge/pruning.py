@@ -2,7 +2,9 @@
 
 Structured pruning removes whole attention heads and FFN neurons, so the saved matrices are
 smaller and a dense runtime (ONNX Runtime) does less work. Heads go through transformers'
-own `prune_heads` (recorded in `config.pruned_heads`, which `from_pretrained` replays).
+own `prune_heads` on transformers 4 (recorded in `config.pruned_heads`, which `from_pretrained`
+replays); transformers 5 removed head pruning, so there the same slicing is done here, recorded
+in the same `config.pruned_heads`, and `load_pretrained` replays it.
 FFN neurons are removed by slicing `intermediate.dense` (rows) and `output.dense` (columns).
 BertConfig has a single `intermediate_size`, so when the widths differ between layers they
 are recorded as `config.bertedge_intermediate_sizes` and `load_pretrained` rebuilds those
@@ -42,10 +44,15 @@ def encoder_layers(model):
     return layers
 
 
+def pruned_heads_of(config) -> dict[int, list[int]]:
+    """config.pruned_heads with int layer keys (transformers 4 converts them on load; 5 keeps the JSON strings)."""
+    return {int(k): sorted(v) for k, v in (getattr(config, "pruned_heads", None) or {}).items() if v}
+
+
 def remaining_heads(model) -> list[list[int]]:
     """Per layer, the original ids of the heads still present (in their current order)."""
     total = model.config.num_attention_heads
-    pruned = model.config.pruned_heads or {}
+    pruned = pruned_heads_of(model.config)
     return [[h for h in range(total) if h not in set(pruned.get(i, ()))]
             for i in range(model.config.num_hidden_layers)]
 
@@ -62,7 +69,7 @@ def structure(model) -> dict:
     """What the manifest records about the shapes."""
     return {"num_layers": model.config.num_hidden_layers, "heads_per_layer": heads_per_layer(model),
             "intermediate_sizes": intermediate_sizes(model),
-            "pruned_heads": {str(k): sorted(v) for k, v in sorted((model.config.pruned_heads or {}).items())}}
+            "pruned_heads": {str(k): sorted(v) for k, v in sorted(pruned_heads_of(model.config).items())}}
 
 
 # ----------------------------------------------------------------------------- importance
@@ -189,9 +196,35 @@ def prune_heads(model, remove_current: list[list[int]]) -> int:
     """Remove heads given by their current position in each layer; returns how many went."""
     original = remaining_heads(model)
     to_prune = {i: [original[i][j] for j in idx] for i, idx in enumerate(remove_current) if idx}
-    if to_prune:
-        model.prune_heads(to_prune)  # updates config.pruned_heads with original head ids
+    if to_prune and hasattr(model, "prune_heads"):
+        model.prune_heads(to_prune)  # transformers 4: updates config.pruned_heads with original head ids
+    elif to_prune:
+        slice_heads(model, to_prune)
     return sum(len(v) for v in to_prune.values())
+
+
+def slice_heads(model, to_prune: dict[int, list[int]]) -> None:
+    """Remove heads (original ids per layer) the way transformers 4's BertAttention.prune_heads did: rows of
+    query/key/value, columns of attention.output.dense; config.pruned_heads gets the union of original ids."""
+    import torch
+    from transformers.pytorch_utils import prune_linear_layer
+
+    pruned = {i: set(v) for i, v in pruned_heads_of(model.config).items()}
+    total = model.config.num_attention_heads
+    layers = encoder_layers(model)
+    for i, heads in to_prune.items():
+        attention, drop = layers[i].attention, set(heads)
+        present = [h for h in range(total) if h not in pruned.get(i, set())]  # original ids, current order
+        keep = [pos for pos, h in enumerate(present) if h not in drop]
+        size = attention.self.attention_head_size
+        index = torch.tensor([pos * size + j for pos in keep for j in range(size)], dtype=torch.long)
+        for name in ("query", "key", "value"):
+            setattr(attention.self, name, prune_linear_layer(getattr(attention.self, name), index))
+        attention.output.dense = prune_linear_layer(attention.output.dense, index, dim=1)
+        attention.self.num_attention_heads = len(keep)
+        attention.self.all_head_size = size * len(keep)
+        pruned[i] = pruned.get(i, set()) | drop
+    model.config.pruned_heads = {i: sorted(v) for i, v in sorted(pruned.items())}
 
 
 def _slice_ffn(layer, keep_index) -> None:
@@ -236,7 +269,7 @@ def drop_layers(model, drop: list[int]) -> None:
     layers = encoder_layers(model)
     keep = [i for i in range(len(layers)) if i not in set(drop)]
     model.base_model.encoder.layer = torch.nn.ModuleList([layers[i] for i in keep])
-    pruned = model.config.pruned_heads or {}
+    pruned = pruned_heads_of(model.config)
     model.config.pruned_heads = {new: sorted(pruned[old]) for new, old in enumerate(keep) if pruned.get(old)}
     model.config.num_hidden_layers = len(keep)
     for new, layer in enumerate(model.base_model.encoder.layer):
@@ -251,25 +284,32 @@ def load_pretrained(model_cls, path: str | Path, **kwargs):
 
     `kwargs` other than `attn_implementation` and `torch_dtype` only reach `from_pretrained`.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig, PreTrainedModel
 
     config = AutoConfig.from_pretrained(str(path))
     sizes = getattr(config, SIZES_KEY, None)
-    if not sizes:
+    heads = pruned_heads_of(config)
+    replay_heads = bool(heads) and not hasattr(PreTrainedModel, "prune_heads")  # transformers 5 does not replay them
+    if not sizes and not replay_heads:
         return model_cls.from_pretrained(str(path), **kwargs)
     import torch
     from safetensors.torch import load_file
 
     weights = Path(path) / "model.safetensors"
     if not weights.is_file():
-        raise ModelError("a pruned model with per-layer FFN widths needs model.safetensors", where=str(path),
+        raise ModelError("a pruned model (per-layer FFN widths or pruned heads) needs model.safetensors", where=str(path),
                          fix="Re-save the model with save_pretrained(safe_serialization=True)")
     build = {k: v for k, v in kwargs.items() if k in ("attn_implementation", "torch_dtype")}
-    # Auto classes build through from_config, concrete ones through _from_config; both run
-    # post_init, which replays config.pruned_heads.
+    # Auto classes build through from_config, concrete ones through _from_config; both run post_init,
+    # which replays config.pruned_heads on transformers 4. On 5 slice_heads replays them.
     factory = getattr(model_cls, "from_config", None) or model_cls._from_config
+    if replay_heads:
+        config.pruned_heads = {}
     model = factory(config, **build)
+    if replay_heads:
+        slice_heads(model, heads)
     layers = encoder_layers(model)
+    sizes = sizes or [layer.intermediate.dense.out_features for layer in layers]
     if len(sizes) != len(layers):
         raise ModelError(f"{SIZES_KEY} lists {len(sizes)} layers but the model has {len(layers)}",
                          where=str(Path(path) / "config.json"), fix="The artifact is damaged; rerun prune")

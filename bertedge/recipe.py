@@ -69,7 +69,8 @@ class BenchGrid(StrictModel):
     duration: float | None = Field(None, gt=0, description="Instead of runs: seconds of timing per artifact and shape "
                                                            "(at least 5 rounds), so a grid with batch 64 x seq 512 "
                                                            "does not spend 30 rounds on its slowest shapes")
-    peer: bool = Field(True, description="Measure the peer path (optimum export + ORT dynamic int8 of the teacher)")
+    peer: bool = Field(True, description="Measure the peer path: the teacher as the standard tools give it "
+                                            "in int8 (optimum's where installed, else torch.onnx + ORT; `bertedge info`)")
 
 
 def _load_object(spec: str):

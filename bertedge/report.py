@@ -95,16 +95,18 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     if len(targets) < len(artifacts):
         log.warning("report: early-exit bundles are left out of the latency grid; time them with `bertedge bench "
                     "BUNDLE` (real dev inputs, early exit vs full depth)")
-    peer_name = None
+    peer_name = peer_method = None
     use_peer = recipe.bench.peer if peer is None else peer
     peer_metrics: dict = {}
     if use_peer:
-        from .peer import build_peer
+        from .peer import PEER_METHODS, build_peer, default_peer
 
-        log.info("report: building the peer path (optimum export + ORTQuantizer dynamic int8 of the teacher)")
-        peer_files = build_peer(teacher, run_dir / "peer")
+        kind = default_peer()
+        log.info(f"report: building the peer path ({kind}: {PEER_METHODS[kind]})")
+        peer_files = build_peer(teacher, run_dir / "peer", kind)
         peer_metrics = _peer_metrics(peer_files["int8"], run_dir / "peer", teacher)
-        peer_name = "peer: optimum+ORT int8"
+        peer_name = peer_files["name"]
+        peer_method = {"kind": kind, "name": peer_name, "method": peer_files["method"]}
         targets.append(onnx_target(peer_name, peer_files["int8"], task=teacher.task, tokenizer_dir=run_dir / "peer",
                                    metrics={"dev": peer_metrics}, stage="peer", data_artifact=teacher.path,
                                    settings=dict(teacher.manifest.get("settings") or {})))
@@ -185,6 +187,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
         "teacher": next(r for r in rows if r["name"] == teacher_name),
         "final": final,
         "peer": next((r for r in rows if r["name"] == peer_name), None),
+        "peer_path": peer_method,
         "artifacts": rows,
         "budget": budget,
         "machine": bench["machine"],
@@ -249,6 +252,17 @@ def _search_section(run_dir: Path, name: str, step, names: list[str], recipe: Re
         ranking={k: (result.get("search") or {}).get(k) for k in ("batch_size", "seq_len", "runs")},
         candidates=[{k: c.get(k) for k in SEARCH_FIELDS if k in c} for c in result.get("candidates", [])])
     return section
+
+
+def _peer_sentence(report: dict) -> str:
+    """Which peer the report measured (reports from before the ORT peer existed measured optimum's)."""
+    path = report.get("peer_path")
+    if path:
+        return f"Peer ({path['name']}) = {path['method']}."
+    if report.get("peer"):
+        return ("Peer = optimum's ONNX export of the teacher quantized by optimum's ORTQuantizer (dynamic int8, "
+                "avx2 preset).")
+    return "No peer was measured."
 
 
 def _artifact_row(name, stage, path, dev, bench_name, timing, teacher_p50, peer_p50, size_bytes) -> dict:
@@ -327,9 +341,9 @@ def markdown(report: dict) -> str:
                          + ("–" if vs_peer is None else f"{vs_peer:.2f}x") + " |")
     for section in report.get("search") or []:
         lines += ["", *_search_markdown(section, metric, Path(report["run_dir"]))]
-    lines += ["", "Teacher = the first finetune artifact, PyTorch eager fp32. Peer = optimum's ONNX export of the "
-              "teacher quantized by optimum's ORTQuantizer (dynamic int8, avx2 preset). All timings come from one "
-              "bench run on this machine; speed-ups are ratios of p50 latency at batch 1, seq 128.",
+    lines += ["", "Teacher = the first finetune artifact, PyTorch eager fp32. " + _peer_sentence(report)
+              + " All timings come from one bench run on this machine; speed-ups are ratios of p50 latency at "
+              "batch 1, seq 128.",
               "", f"Timing method: {timing_method(report)}. CPU ISA class: "
               f"{(report.get('machine') or {}).get('cpu', {}).get('isa', 'not recorded')}."]
     return "\n".join(lines) + "\n"

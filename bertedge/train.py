@@ -24,6 +24,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .errors import TrainingError
+from .log import progress_bars
 from .tasks import OUTPUT_NAMES
 from .tokenization import TextEncoder
 
@@ -208,7 +209,6 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         learning_rate=config.lr,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
-        warmup_ratio=config.warmup_ratio,
         lr_scheduler_type=config.scheduler if config.scheduler != "constant" else "constant_with_warmup",
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
@@ -223,7 +223,6 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         save_only_model=True,
         seed=config.seed,
         data_seed=config.seed,
-        group_by_length=True,
         logging_steps=50,
         report_to=[],
         disable_tqdm=not progress_bars(),  # a bar in a log file is carriage-return spam: log lines instead
@@ -232,6 +231,7 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
         fp16=precision == "fp16",
         bf16=precision == "bf16",
         use_cpu=not cuda,
+        **renamed_training_arguments(TrainingArguments, config.warmup_ratio),
     )
     callbacks = [GuardCallback()]
     if distributed.launched() and extra_modules:
@@ -268,14 +268,6 @@ def train_model(model, train_features: list[dict], encoder: TextEncoder, config:
     }
 
 
-def progress_bars() -> bool:
-    """Progress bars only on a terminal (BERTEDGE_PROGRESS=1/0 forces them on/off)."""
-    forced = os.environ.get("BERTEDGE_PROGRESS")
-    if forced is not None:
-        return forced not in ("", "0", "false", "no")
-    return sys.stderr.isatty()
-
-
 def log_line(message: str) -> None:
     from . import log
 
@@ -310,6 +302,27 @@ class LogLines:
 
 
 TRAIN_DIR_PREFIX = "bertedge-train-"
+
+
+def renamed_training_arguments(arguments_class, warmup_ratio: float) -> dict:
+    """The TrainingArguments that transformers 5 renamed, spelled for the installed version.
+
+    transformers 5 folds warmup_ratio into warmup_steps (a float below 1 is a ratio) and group_by_length
+    into train_sampling_strategy="group_by_length"; 4.x has the old names. 5 also turns
+    average_tokens_across_devices on, which multiplies each rank's loss by the world size (the gradient DDP
+    averages is the same either way, but the logged train loss doubles on 2 ranks): it is kept off, as in 4.x.
+    """
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(arguments_class)}
+    kwargs: dict = {"warmup_ratio": warmup_ratio} if "warmup_ratio" in fields else {"warmup_steps": warmup_ratio}
+    if "train_sampling_strategy" in fields:
+        kwargs["train_sampling_strategy"] = "group_by_length"
+    else:
+        kwargs["group_by_length"] = True
+    if "average_tokens_across_devices" in fields:
+        kwargs["average_tokens_across_devices"] = False
+    return kwargs
 
 
 def _trainer_work_dir() -> Path:

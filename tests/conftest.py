@@ -41,15 +41,28 @@ def write_vocab(path: Path) -> Path:
     return path
 
 
+def wordpiece_tokenizer(vocab_file: Path, **kwargs):
+    """A fast BERT tokenizer over `vocab_file` on either stack: transformers 4 reads `vocab_file=`; 5 ignores
+    it (the tokenizer would hold only the five special tokens) and takes the vocabulary as `vocab=`."""
+    import inspect
+
+    from transformers import BertTokenizerFast
+
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:
+        tokens = [t for t in Path(vocab_file).read_text(encoding="utf-8").splitlines() if t]
+        return BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, **kwargs)
+    return BertTokenizerFast(vocab_file=str(vocab_file), **kwargs)
+
+
 def build_tiny_bert(directory: Path, *, layers: int = 2, hidden: int = 32, heads: int = 4,
                     intermediate: int = 64, seed: int = 0, max_position: int = 256) -> Path:
     """Save a randomly initialised BertModel + fast tokenizer as a transformers directory."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = write_vocab(directory / "vocab.txt")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tokenizer = wordpiece_tokenizer(vocab, do_lower_case=True)
     tokenizer.save_pretrained(directory)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=intermediate,

@@ -2,7 +2,7 @@
 into $PROBE_DIR/rank-N.json:
 
 - loaded: every model `bertedge.modeling.load_torch_artifact` returned (the KD teacher; prune's parent), with its
-  `training` flag and whether DDP wrapped it, sampled at every training step;
+  `training` flag and whether DDP wrapped it, sampled after every training step;
 - wrapped: the classes DDP wrapped;
 - trained: after each `train_model` call, a checksum of the trained model's and of every extra module's parameters
   (so the test can compare the ranks: DDP keeps them identical);
@@ -66,12 +66,14 @@ _real_step = transformers.Trainer.training_step
 
 
 def _training_step(self, *args, **kwargs):
+    # Sampled after the step: transformers 5 puts the model in train mode inside training_step (4.x before it).
+    loss = _real_step(self, *args, **kwargs)
     RECORD["steps"] += 1
     for label, model in _loaded:
         RECORD["loaded"].append({"path": label, "training": model.training, "wrapped": id(model) in _wrapped_ids,
                                  "is_trained_model": model is self.model})
     RECORD.setdefault("trainer_model_wrapped", []).append(type(self.model_wrapped).__name__)
-    return _real_step(self, *args, **kwargs)
+    return loss
 
 
 transformers.Trainer.training_step = _training_step

@@ -450,31 +450,6 @@ def test_a_worker_that_fails_to_load_fails_the_bench_in_one_line(tiny_artifacts,
     assert "\n" not in str(info.value)
 
 
-def _p50(report: dict, backend: str) -> float:
-    return next(r["p50_ms"] for r in report["results"] if r["backend"] == backend)
-
-
-def test_bench_ratio_matches_the_ratio_of_separately_timed_processes(tiny_artifacts, tiny_bundles):
-    """PyTorch vs ONNX Runtime, the pair that distorts each other in one process: the ratio bench reports
-    must match the ratio of the two timed alone (each alone is one worker process, nothing else loaded).
-    Stated tolerance: within a factor of 1.5 either way, on ratios only: three rounds, each of one bench of
-    both and one of each alone (so drift hits all alike), medians of 150 calls, median over the rounds."""
-    import statistics
-
-    config = dict(batch_sizes=[1], seq_lens=[128], warmup=20, runs=150, flops=False)
-    torch_dir, onnx_dir = tiny_artifacts["sst"].path, tiny_bundles["sst"].path
-    quiet = {"progress": lambda _: None}
-    together, alone_torch, alone_onnx = [], [], []
-    for _ in range(3):
-        both = run_bench([torch_dir, onnx_dir], BenchConfig(**config), **quiet)
-        together.append(_p50(both, "torch") / _p50(both, "onnxruntime"))
-        alone_torch.append(_p50(run_bench([torch_dir], BenchConfig(**config), **quiet), "torch"))
-        alone_onnx.append(_p50(run_bench([onnx_dir], BenchConfig(**config), **quiet), "onnxruntime"))
-    bench_ratio = statistics.median(together)
-    alone_ratio = statistics.median(alone_torch) / statistics.median(alone_onnx)
-    assert 1 / 1.5 < bench_ratio / alone_ratio < 1.5, (together, alone_torch, alone_onnx)
-
-
 def test_a_script_without_a_main_guard_can_run_the_bench(tiny_bundles, tmp_path):
     """Workers are fresh interpreters, not multiprocessing children: the caller's main module is never
     re-imported, so a plain script works (with multiprocessing's spawn it would fail)."""

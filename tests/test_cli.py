@@ -84,6 +84,26 @@ def test_info_json_shape(cli):
     assert isinstance(info["cpu"]["flags"], list) and info["versions"]["bertedge"]
 
 
+def test_info_names_the_stack_and_the_peer(cli, monkeypatch):
+    import bertedge.env as env
+
+    info = json.loads(cli("info", "--json").out)
+    optimum = env.optimum_installed()
+    assert info["stack"]["transformers"] == info["versions"]["transformers"]
+    assert info["stack"]["exporters"] == (["bertedge", "optimum"] if optimum else ["bertedge"])
+    assert info["peer"]["kind"] == ("optimum" if optimum else "ort")
+    text = cli("info").out
+    assert f"stack: {info['stack']['name']}: transformers {info['versions']['transformers']}, " in text
+    assert f"{info['peer']['name']} = {info['peer']['method']}" in text
+    # Without the optimum extra: the current stack, bertedge's exporter only, the plain ONNX Runtime peer.
+    monkeypatch.setattr(env, "optimum_installed", lambda: False)
+    info = json.loads(cli("info", "--json").out)
+    assert info["stack"]["name"] == "current" and info["stack"]["exporters"] == ["bertedge"]
+    assert info["peer"] == {"kind": "ort", "name": "peer: torch.onnx+ORT int8", "method": info["peer"]["method"]}
+    assert "quantize_dynamic" in info["peer"]["method"] and "transformer optimizer" in info["peer"]["method"]
+    assert "optimum-onnx not installed (pip install 'bertedge[optimum]'" in cli("info").out
+
+
 def test_eval_json_contract(cli, tiny_artifacts):
     result = cli("eval", str(tiny_artifacts["sst"].path), "--json")
     assert result.code == 0, result

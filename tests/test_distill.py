@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, build_tiny_bert
+from conftest import assert_one_line_error, build_tiny_bert, wordpiece_tokenizer
 
 import bertedge.stages.distill as distill_stage
 from bertedge.artifacts import Artifact
@@ -358,9 +358,8 @@ def test_student_with_another_vocabulary(cli, tiny_artifacts, tmp_path):
     other = build_tiny_bert(tmp_path / "other-bert")
     vocab = other / "vocab.txt"
     vocab.write_text(vocab.read_text() + "extra1\nextra2\n")
-    from transformers import BertTokenizerFast
 
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(other)
+    wordpiece_tokenizer(vocab, do_lower_case=True).save_pretrained(other)
     out = tmp_path / "o"
     result = cli("distill", "--teacher", tiny_artifacts["sst"].path, "--out", out, "--student", other)
     assert_one_line_error(result, "the student's tokenizer has a different vocabulary from the teacher's",

@@ -58,6 +58,36 @@ def test_always_exit_runs_only_the_first_segment(ee):
     assert per_text.segment_calls == [len(TEXTS), 0, 0]
 
 
+def test_mean_pooled_heads_read_the_mean_over_real_tokens(ee):
+    """pooling=mean: the exported first segment's exit logits equal head 1 applied by hand to the mean of
+    layer 1's hidden states over the real tokens (PyTorch, no bertedge segment code), padding included."""
+    import torch
+
+    from bertedge.artifacts import load_artifact
+    from bertedge.modeling import load_torch_artifact
+    from bertedge.stages.early_exit import EarlyExitConfig, early_exit, load_heads
+    from bertedge.stages.export import ExportConfig, export
+
+    root = ee["root"]
+    artifact = early_exit(ee["plain"], EarlyExitConfig(epochs=1, pooling="mean"), root / "ee-mean")
+    assert artifact.manifest["early_exit"]["exit_heads"]["pooling"] == "mean"
+    bundle = Bundle(export(artifact, ExportConfig(), root / "ee-mean-bundle").path, full_depth=True)
+    batch = bundle.encoder.collate(bundle.task.eval_features(
+        [bundle.normalize(t) for t in TEXTS], bundle.encoder, bundle.settings))
+    assert (batch["attention_mask"] == 0).any()  # some rows are padded
+    exported = bundle.segments[0](batch)["exit_logits"]
+    model, _ = load_torch_artifact(load_artifact(root / "ee-mean"))
+    heads = load_heads(load_artifact(root / "ee-mean"), model)
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True)
+        mask = torch.from_numpy(batch["attention_mask"]).float()[:, :, None]
+        mean = (out.hidden_states[1] * mask).sum(1) / mask.sum(1)
+        expected = heads[0](mean).numpy()
+    np.testing.assert_allclose(exported, expected, atol=1e-4)
+    cls = heads[0](out.hidden_states[1][:, 0]).detach().numpy()
+    assert np.abs(cls - expected).max() > 1e-3  # the [CLS] state would give other logits
+
+
 def _mixed_threshold(ee) -> float:
     """An entropy threshold between the layer-1 entropies of the texts, so some exit early and some do not."""
     bundle = Bundle(ee["bundle"].path, full_depth=True)

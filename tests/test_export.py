@@ -35,6 +35,9 @@ def test_bundle_files_and_manifest(tiny_bundles, tiny_artifacts, name):
                            "sha256": parent.manifest["payload_sha256"]}
     onnx_info = m["onnx"]
     assert onnx_info["opset"] == 17 and onnx_info["optimized"] is True
+    assert m["config"]["exporter"] == "bertedge"
+    assert onnx_info["exporter"]["name"] == "bertedge" and onnx_info["exporter"]["function"] == "torch.onnx.export"
+    assert onnx_info["exporter"]["torch_exporter"] == "torchscript (dynamo=False)"
     inputs = {i["name"]: i for i in onnx_info["inputs"]}
     assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids"}
     for spec in inputs.values():
@@ -202,3 +205,124 @@ def test_damaged_weights_fail_cleanly(cli, tiny_artifacts, tmp_path):
     result = cli("export", broken, "--out", tmp_path / "b")
     assert_one_line_error(result, "cannot load the PyTorch model", "rerun the stage that wrote it")
     assert not (tmp_path / "b").exists()
+
+
+# ----------------------------------------------------------------------------- the exporters
+
+
+def _bundle_outputs(bundle_path, artifact):
+    """ONNX Runtime outputs and predictions of a bundle's model.onnx on its parent's dev split."""
+    from bertedge.evaluate import artifact_settings, load_eval_examples
+    from bertedge.providers import make_session
+    from bertedge.runtime import session_forward
+    from bertedge.tasks import get_task
+    from bertedge.tasks.base import run_forward
+    from bertedge.tokenization import TextEncoder
+
+    task, settings = get_task(artifact.task), artifact_settings(artifact)
+    examples = load_eval_examples(artifact, None, "dev")
+    session = make_session(bundle_path / "model.onnx", "cpu")
+    encoder = TextEncoder.from_dir(bundle_path, model_input_names=[i.name for i in session.get_inputs()])
+    features = task.eval_features(examples, encoder, settings)
+    outputs = run_forward(features, encoder, session_forward(session), 8, task.per_token_outputs)
+    predictions = task.postprocess(examples, features, outputs, settings, artifact.labels or None)
+    return outputs, [task.prediction_key(p) for p in predictions]
+
+
+def _optimum_installed() -> bool:
+    from bertedge.env import optimum_installed
+
+    return optimum_installed()
+
+
+@pytest.mark.skipif(not _optimum_installed(), reason="optimum-onnx is not installed (the legacy stack has it)")
+@pytest.mark.parametrize("name", ["sst", "pair", "conll", "squad"])
+def test_exporters_give_the_same_graph_and_predictions(tiny_bundles, tiny_artifacts, tmp_path, name):
+    """bertedge's exporter against optimum-onnx's on one artifact: same interface, same fusions, same ops,
+    same predictions (the parity the legacy CI job keeps)."""
+    from bertedge.stages.export import ExportConfig, export
+
+    ours, artifact = tiny_bundles[name], tiny_artifacts[name]
+    theirs = export(artifact, ExportConfig(exporter="optimum"), tmp_path / "optimum")
+    assert theirs.manifest["onnx"]["exporter"]["name"] == "optimum"
+    assert theirs.manifest["config"]["exporter"] == "optimum"
+    for key in ("inputs", "outputs", "fused_node_counts"):
+        assert ours.manifest["onnx"][key] == theirs.manifest["onnx"][key], key
+    assert op_counts(ours.file("model.onnx")) == op_counts(theirs.file("model.onnx"))
+    assert ours.manifest["validation"]["metric"] == theirs.manifest["validation"]["metric"]
+    our_outputs, our_predictions = _bundle_outputs(ours.path, artifact)
+    their_outputs, their_predictions = _bundle_outputs(theirs.path, artifact)
+    assert our_predictions == their_predictions
+    diff = max(float(np.max(np.abs(a[k] - b[k]))) for a, b in zip(our_outputs, their_outputs) for k in a)
+    assert diff < 1e-5
+
+
+@pytest.mark.skipif(not _optimum_installed(), reason="optimum-onnx is not installed (the legacy stack has it)")
+def test_optimum_ortmodel_loads_a_bertedge_bundle(tiny_bundles):
+    """The bundle bertedge's exporter writes loads with optimum's ORTModelFor* (the `optimum` extra's loading
+    path) and gives the logits bertedge's runtime gives."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer
+
+    from bertedge.runtime import Bundle
+
+    bundle = tiny_bundles["sst"]
+    texts = ["good movie", "the film was bad and the plot thin"]
+    model = ORTModelForSequenceClassification.from_pretrained(str(bundle.path), file_name="model.onnx")
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle.path))
+    batch = tokenizer(texts, padding=True, return_tensors="np")
+    theirs = model(**{k: v for k, v in batch.items() if k in model.input_names}).logits
+    ours = np.array([r["outputs"][0]["logits"] for r in Bundle(bundle.path).predict(texts, logits=True)])
+    np.testing.assert_allclose(np.asarray(theirs), ours, atol=1e-5)
+
+
+def test_optimum_exporter_without_optimum_is_one_line(cli, tiny_artifacts, tmp_path, monkeypatch):
+    import bertedge.env as env
+
+    monkeypatch.setattr(env, "optimum_installed", lambda: False)
+    out = tmp_path / "b"
+    result = cli("export", tiny_artifacts["sst"].path, "--out", out, "--exporter", "optimum")
+    assert_one_line_error(result, "--exporter optimum", "optimum-onnx is not installed",
+                          "pip install 'bertedge[optimum]'", "--exporter bertedge")
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_unknown_exporter(cli, tiny_artifacts, tmp_path):
+    result = cli("export", tiny_artifacts["sst"].path, "--out", tmp_path / "b", "--exporter", "tf2onnx")
+    assert_one_line_error(result, "exporter: Input should be 'bertedge' or 'optimum'")
+    assert not (tmp_path / "b").exists()
+
+
+def test_dynamic_axes_are_declared_for_every_input_and_output():
+    from bertedge.stages.exporters import dynamic_axes
+    from bertedge.tasks import get_task
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    both = {0: "batch_size", 1: "sequence_length"}
+    assert dynamic_axes(get_task("text-classification"), names) == {**{n: both for n in names},
+                                                                   "logits": {0: "batch_size"}}
+    assert dynamic_axes(get_task("token-classification"), names[:2])["logits"] == both
+    qa = dynamic_axes(get_task("question-answering"), names)
+    assert qa["start_logits"] == qa["end_logits"] == both
+
+
+def test_a_graph_with_fixed_shapes_is_refused(tiny_artifacts, tmp_path):
+    """What an exporter without dynamic axes writes (the dynamo default's trap) fails the axis check."""
+    import torch
+
+    from bertedge.errors import ExportError
+    from bertedge.modeling import load_torch_artifact
+    from bertedge.stages.exporters import _task_outputs_module, check_dynamic_axes, dummy_inputs
+    from bertedge.tasks import get_task
+
+    task = get_task("question-answering")
+    model, _ = load_torch_artifact(tiny_artifacts["squad"], attn_implementation="eager")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    path = tmp_path / "fixed.onnx"
+    with torch.no_grad():
+        torch.onnx.export(_task_outputs_module(model, names, task.output_names), dummy_inputs(model, names),
+                          str(path), input_names=names, output_names=list(task.output_names), opset_version=17,
+                          dynamo=False)
+    with pytest.raises(ExportError) as error:
+        check_dynamic_axes(path, task)
+    assert "axis 0 (batch_size) of 'input_ids' is fixed at 2, not symbolic" in str(error.value)

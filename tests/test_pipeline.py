@@ -107,6 +107,10 @@ def test_tiny_recipe_runs_end_to_end_with_the_report(tiny_run):
     assert report["final"]["name"] == "quantize" and report["final"]["stage"] == "quantize"
     assert report["teacher"]["speedup_vs_teacher"] == pytest.approx(1.0)
     assert report["peer"]["speedup_vs_peer"] == pytest.approx(1.0)
+    # the report names the peer it measured: optimum's on the legacy stack, plain ONNX Runtime's without optimum
+    from bertedge.peer import default_peer
+
+    assert report["peer_path"]["kind"] == default_peer() and report["peer_path"]["name"] == report["peer"]["name"]
     assert report["budget"]["met"] is True
     assert report["speedup_grid"] and all(g["speedup_vs_peer"] > 0 and g["peer_p50_ms"] > 0
                                           for g in report["speedup_grid"])
@@ -120,6 +124,7 @@ def test_tiny_recipe_runs_end_to_end_with_the_report(tiny_run):
     assert report["final"]["batching"]["batch_invariant"] is quantized["batch_invariant"] is False
     text = (out / "report.md").read_text()
     assert "Timing method: each target in its own worker process" in text and "**batch-dependent** int8" in text
+    assert f"Peer ({report['peer']['name']}) = {report['peer_path']['method']}." in text
 
 
 def test_run_refuses_an_existing_run_without_resume(cli, tiny_run):

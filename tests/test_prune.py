@@ -35,9 +35,22 @@ def _batch(seed=0, n=6, length=12):
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(n) % 2}
 
 
-def _logits(model, batch, **kw):
-    with torch.no_grad():
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw).logits
+def _logits(model, batch, head_mask=None):
+    """Logits; `head_mask[layer, head] == 0` zeroes that head's context (what head_mask= did: transformers 5
+    dropped the argument, so the mask is applied by hooks on the attention output projection's input)."""
+    hooks = []
+    if head_mask is not None:
+        for layer, row in zip(model.bert.encoder.layer, head_mask):
+            size = layer.attention.self.attention_head_size
+            keep = torch.repeat_interleave(row, size)
+            hooks.append(layer.attention.output.dense.register_forward_pre_hook(
+                lambda _module, args, keep=keep: (args[0] * keep,)))
+    try:
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 # ----------------------------------------------------------------------------- mechanics on constructed cases
@@ -230,6 +243,47 @@ def test_recovery_teacher_outputs_are_computed_once(cli, sst, tmp_path, monkeypa
     manifest = load_artifact(tmp_path / "b").manifest
     assert manifest["teacher_cache"] == {**record, "hit": True}
     assert manifest["training"][0]["global_step"] > 0 and live == []
+
+
+def test_recovery_with_intermediate_kd_matches_kept_layers(cli, sst, tmp_path, monkeypatch):
+    """--hidden-weight: the teacher runs live every step (no cache), and the layer left after dropping the top
+    one imitates the teacher's own bottom layer."""
+    import bertedge.distill_losses as losses
+
+    monkeypatch.setenv("BERTEDGE_CACHE", str(tmp_path / "cache"))
+    calls = []
+    original = losses.intermediate_loss
+
+    def spy(student, teacher, mask, layer_map, **kw):
+        calls.append((len(student.hidden_states), len(teacher.hidden_states), list(layer_map), kw))
+        return original(student, teacher, mask, layer_map, **kw)
+
+    monkeypatch.setattr(losses, "intermediate_loss", spy)
+    src = sst.path
+    out = tmp_path / "hidden"
+    result = cli("prune", src, "--out", out, "--drop-layers", "1", "--distill-from", src, "--hidden-weight", "2",
+                 *FAST)
+    assert result.code == 0, result
+    manifest = load_artifact(out).manifest
+    assert manifest["intermediate_kd"] == {"hidden_weight": 2.0, "layer_map": [0]}
+    assert manifest["teacher_cache"] is None  # the live teacher gives the logits too
+    assert len(calls) == manifest["training"][0]["global_step"] > 0
+    assert calls[0] == (2, 3, [0], {"hidden_weight": 2.0, "attention_weight": 0.0})
+
+
+def test_hidden_layer_map():
+    from bertedge.stages.prune import hidden_layer_map
+
+    assert hidden_layer_map(6, 6, [4, 5]) == [0, 1, 2, 3]
+    assert hidden_layer_map(6, 6, [0]) == [1, 2, 3, 4, 5]
+    assert hidden_layer_map(12, 6, [4, 5]) == [2, 5, 8, 11]  # a deeper teacher: TinyBERT's uniform map
+
+
+def test_hidden_weight_needs_a_teacher(cli, sst, tmp_path):
+    result = cli("prune", sst.path, "--out", tmp_path / "x", "--ffn", "0.5", "--hidden-weight", "1", *FAST)
+    assert result.code == 1
+    assert "hidden_weight is intermediate KD from a teacher: give distill_from too" in result.err, result
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("scope", ["per-layer", "global"])

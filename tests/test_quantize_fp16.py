@@ -5,6 +5,7 @@ exit 1, nothing written. A model with a real overflow is built by hand (tiny BER
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -17,7 +18,8 @@ from bertedge.stages.export import ExportConfig, export
 from bertedge.stages.quantize import fp16 as oq
 
 OVERFLOW_TENSOR = "/bert/encoder/layer.0/output/dense/MatMul_output_0"
-OVERFLOW_NODE = "/bert/encoder/layer.0/output/dense/MatMul"
+# Names follow the exporter's module scopes: /bert/... from optimum, /model/bert/... from bertedge's own exporter.
+OVERFLOW_NODE = re.compile(r"--exclude-nodes ((?:/model)?/bert/encoder/layer\.0/output/dense/MatMul) \(or ")
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +69,11 @@ def test_fp16_overflow_is_one_line_error_naming_tensor_and_fix(overflow_bundle, 
     result = cli("quantize", overflow_bundle.path, "--out", out, "--mode", "fp16")
     line = assert_one_line_error(
         result, str(overflow_bundle.file("model.onnx")), "fp16 validation failed on 32 dev samples",
-        f"1 activation(s) beyond the fp16 range +-65504 (inf in fp16): {OVERFLOW_TENSOR} (max |x| ",
+        "1 activation(s) beyond the fp16 range +-65504 (inf in fp16): ", f"{OVERFLOW_TENSOR} (max |x| ",
         "(per output: logits max abs diff",
-        f"Keep more ops in fp32 with --exclude-nodes {OVERFLOW_NODE} (or --exclude-op-types MatMul)",
+        "Keep more ops in fp32 with --exclude-nodes ", "/bert/encoder/layer.0/output/dense/MatMul (or --exclude-op-types MatMul)",
         "or stay with the fp32 bundle")
+    assert OVERFLOW_NODE.search(line), line  # exactly the one MatMul
     assert "clipped" not in line  # the overflow is in an activation, not in a weight
     assert not out.exists() and not _leftovers(out)
 
@@ -78,12 +81,15 @@ def test_fp16_overflow_is_one_line_error_naming_tensor_and_fix(overflow_bundle, 
 def test_fp16_overflow_fix_from_the_message_works(overflow_bundle, cli, tmp_path):
     """The suggested --exclude-nodes keeps the overflowing MatMul in fp32 and the bundle validates."""
     out = tmp_path / "fp16"
-    result = cli("quantize", overflow_bundle.path, "--out", out, "--mode", "fp16", "--exclude-nodes", OVERFLOW_NODE)
+    refused = cli("quantize", overflow_bundle.path, "--out", out, "--mode", "fp16")
+    assert refused.code == 1, refused
+    node = OVERFLOW_NODE.search(refused.err).group(1)
+    result = cli("quantize", overflow_bundle.path, "--out", out, "--mode", "fp16", "--exclude-nodes", node)
     assert result.code == 0, result
     q = load_artifact(out).manifest["quantization"]
     v = q["validation"]
     assert v["passed"] is True and v["overflowing_tensors"] == {} and v["max_abs_activation"] <= oq.FP16_MAX
-    assert q["fp32_nodes_kept"] == [OVERFLOW_NODE] and v["outputs"]["logits"]["non_finite"] == 0
+    assert q["fp32_nodes_kept"] == [node] and v["outputs"]["logits"]["non_finite"] == 0
 
 
 def test_fp16_on_a_normal_model_records_the_validation(plain_bundle, tmp_path):

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import WORDS, assert_one_line_error, build_tiny_bert, finetune_tiny
+from conftest import WORDS, assert_one_line_error, build_tiny_bert, finetune_tiny, wordpiece_tokenizer
 
 import bertedge.stages.finetune as finetune_stage
 from bertedge.artifacts import Artifact
@@ -108,14 +108,12 @@ def test_init_from_a_different_architecture_is_one_line_error(untrained, cli, tm
 
 
 def test_init_from_a_different_vocabulary_is_one_line_error(untrained, cli, tmp_path, tiny_model_dir, tiny_data):
-    from transformers import BertTokenizerFast
-
     other = tmp_path / "other-vocab"
     shutil.copytree(tiny_model_dir, other)
     (other / "tokenizer.json").unlink()
     vocab = (other / "vocab.txt").read_text().replace("\nmovie\n", "\ncinema\n")  # same size, other words
     (other / "vocab.txt").write_text(vocab)
-    BertTokenizerFast(vocab_file=str(other / "vocab.txt"), do_lower_case=True).save_pretrained(other)
+    wordpiece_tokenizer(other / "vocab.txt", do_lower_case=True).save_pretrained(other)
     parent = _artifact_from(other, tiny_data, tmp_path / "other-sst")
     out = tmp_path / "o"
     result = cli("finetune", "--model", tiny_model_dir, "--init-from", parent.path, "--task", TC,

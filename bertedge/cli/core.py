@@ -37,10 +37,11 @@ from .root import app
 
 @app.command()
 def info(json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False) -> None:
-    """Library versions, CPU flags (avx2/avx512/vnni/amx), ONNX Runtime providers, GPUs, data root."""
+    """Stack (transformers, optimum) and peer path, library versions, CPU flags, ONNX Runtime providers, GPUs, data root."""
     from ..data import data_root
-    from ..env import cpu_info, gpu_info, library_versions, ort_providers
+    from ..env import cpu_info, gpu_info, library_versions, ort_providers, stack
     from ..models import ALIASES, alias_path
+    from ..peer import PEER_METHODS, PEER_NAMES, default_peer
 
     aliases = {}
     for alias in ALIASES:
@@ -49,7 +50,10 @@ def info(json_out: Annotated[bool, typer.Option("--json", help="Print JSON on st
         except Exception as exc:  # noqa: BLE001 - info reports, never fails
             aliases[alias] = f"unavailable: {exc}"
     root = data_root()
+    peer = default_peer()
     data: dict[str, Any] = {
+        "stack": stack(),
+        "peer": {"kind": peer, "name": PEER_NAMES[peer], "method": PEER_METHODS[peer]},
         "versions": library_versions(),
         "cpu": cpu_info(),
         "onnxruntime_providers": ort_providers(),
@@ -60,6 +64,12 @@ def info(json_out: Annotated[bool, typer.Option("--json", help="Print JSON on st
     if json_out:
         emit_json(data)
         return
+    st = data["stack"]
+    typer.echo(f"stack: {st['name']}: transformers {st['transformers'] or 'not installed'}, "
+               + (f"optimum-onnx {st['optimum_onnx']}" if st["optimum_onnx"] else
+                  "optimum-onnx not installed (pip install 'bertedge[optimum]' needs transformers < 4.58)")
+               + f"; exporters: {', '.join(st['exporters'])}")
+    typer.echo(f"{data['peer']['name']} = {data['peer']['method']}")
     typer.echo("versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     cpu = data["cpu"]
     typer.echo(f"cpu: {cpu['model']} ({cpu['usable_cores']} usable cores), flags: {' '.join(cpu['flags']) or 'none'}")

@@ -19,6 +19,8 @@ def early_exit(
                                                   "(finetune, distill, prune or trim-vocab output).")],
     out: Annotated[Path, typer.Option("--out", help="Output artifact directory.")],
     rule: Annotated[str, typer.Option(help="Exit rule: entropy, max-prob or patience (PABEE).")] = "entropy",
+    pooling: Annotated[str, typer.Option(help="What each exit head reads: cls (the [CLS] state) or mean (the "
+                                              "mean over real tokens).")] = "cls",
     threshold: Annotated[float | None, typer.Option(help="Fixed threshold of the rule (entropy/max-prob: 0-1; "
                                                          "patience: layers). Default: calibrated on dev.")] = None,
     max_accuracy_drop: Annotated[float, typer.Option(help="Calibration budget: largest dev accuracy drop vs "
@@ -47,7 +49,7 @@ def early_exit(
     if threshold is not None:
         check_threshold(rule, threshold)
     config = build(EarlyExitConfig, {
-        "rule": rule, "threshold": threshold, "max_accuracy_drop": max_accuracy_drop, "temperature": temperature,
+        "rule": rule, "pooling": pooling, "threshold": threshold, "max_accuracy_drop": max_accuracy_drop, "temperature": temperature,
         "kd_weight": kd_weight, "ce_weight": ce_weight, "epochs": epochs, "lr": lr, "batch_size": batch_size,
         "seed": seed, "eval_batch_size": eval_batch_size,
         "data": data_options(data, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples),

@@ -19,6 +19,9 @@ from .root import app
 def export(
     artifact: Annotated[Path, typer.Argument(help="Fine-tuned PyTorch artifact (finetune, distill or prune output).")],
     out: Annotated[Path, typer.Option("--out", help="Output bundle directory.")],
+    exporter: Annotated[str, typer.Option(help="bertedge (torch.onnx.export, any transformers) or optimum "
+                                               "(optimum-onnx; pip install 'bertedge[optimum]', legacy stack).")]
+    = "bertedge",
     opset: Annotated[int, typer.Option(help="ONNX opset (14-20).")] = 17,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize",
                                            help="Fuse Attention, SkipLayerNormalization, BiasGelu, "
@@ -50,7 +53,7 @@ def export(
     from ..stages.export import export as run_export
 
     config = build(ExportConfig, {
-        "opset": opset, "optimize": optimize, "embed_layer_norm": embed_layer_norm,
+        "exporter": exporter, "opset": opset, "optimize": optimize, "embed_layer_norm": embed_layer_norm,
         "raw_attention_mask": raw_attention_mask, "ort_format": ort_format, "layout": layout,
         "with_tokenizer": with_tokenizer, "atol": atol,
         "metric_samples": None if all_samples else metric_samples, "min_agreement": min_agreement,

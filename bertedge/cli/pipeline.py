@@ -52,7 +52,8 @@ def run(
 @app.command("report")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `bertedge run`.")],
-    peer: Annotated[bool, typer.Option(help="Also build and time the peer path (optimum + ORT int8).")] = True,
+    peer: Annotated[bool, typer.Option(help="Also build and time the peer path (optimum + ORT int8 where optimum is "
+                                                   "installed, else torch.onnx + ORT int8; see `bertedge info`).")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print report.json on stdout.")] = False,
 ) -> None:
     """Rebuild a run's report (bench all its artifacts side by side again)."""

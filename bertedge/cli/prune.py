@@ -49,6 +49,8 @@ def prune(
                                                              "(e.g. the unpruned model).")] = None,
     alpha: Annotated[float, typer.Option(help="With --distill-from: weight of the label loss.")] = 0.5,
     temperature: Annotated[float, typer.Option(help="With --distill-from: KD temperature.")] = 2.0,
+    hidden_weight: Annotated[float, typer.Option(help="With --distill-from: weight of the hidden-state MSE per "
+                                                      "kept layer (intermediate KD; the teacher runs live).")] = 0.0,
     sparsity: Annotated[float | None, typer.Option(help="Unstructured: final share of zero encoder weights, in [0, 1).")] = None,
     sparsity_start_step: Annotated[int, typer.Option(help="Unstructured: first pruning step.")] = 0,
     sparsity_end_step: Annotated[int | None, typer.Option(help="Unstructured: step reaching the final sparsity "
@@ -81,7 +83,8 @@ def prune(
         "drop_layers": parse_int_list(drop_layers, "--drop-layers") or [],
         "scope": "global" if global_scope else "per-layer", "iterations": iterations,
         "recover_epochs": recover_epochs, "importance_samples": importance_samples, "distill_from": distill_from,
-        "alpha": alpha, "temperature": temperature, "sparsity": sparsity,
+        "alpha": alpha, "temperature": temperature, "hidden_weight": hidden_weight,
+        "sparsity": sparsity,
         "sparsity_start_step": sparsity_start_step, "sparsity_end_step": sparsity_end_step,
         "sparsity_every": sparsity_every,
         "data": data_options(data, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples),

@@ -196,7 +196,7 @@ def adapt(model: str | None, config: AdaptConfig, out: str | Path, *, overwrite:
     import torch
     from transformers import AutoModelForMaskedLM, set_seed
 
-    from ..modeling import count_parameters, encoder_from_hf, load_hf_tokenizer, tokenizer_record
+    from ..modeling import count_parameters, encoder_from_hf, load_hf_tokenizer, save_tokenizer, tokenizer_record
     from ..train import train_model
 
     hf_tokenizer = load_hf_tokenizer(resolved.path)
@@ -239,7 +239,7 @@ def adapt(model: str | None, config: AdaptConfig, out: str | Path, *, overwrite:
         # Masked-LM classes drop the pooler; keep the source's pooler (and anything else the
         # plain encoder has) so a task model built on this directory starts from it, not from noise.
         kept = _save_with_base_extras(net, resolved.path, writer.path)
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         writer.manifest.update({
             "labels": None,
             "config": config.model_dump(mode="json"),

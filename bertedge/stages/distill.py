@@ -356,7 +356,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
 
     from ..distill_losses import intermediate_loss, kd_loss
     from ..distill_losses import teacher_logits as soft_targets
-    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, tokenizer_record
+    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, save_tokenizer, tokenizer_record
     from ..train import require_metric, train_model
 
     attn = "eager" if config.attention_weight > 0 else None  # attention maps need the eager kernel
@@ -462,7 +462,7 @@ def distill(teacher_path: str | Path, config: DistillConfig, out: str | Path, *,
                 teacher_metrics["test"] = evaluate_split(teacher_model, encoder, config.task, test, settings,
                                                          data.labels, config.train.eval_batch_size)
             student.save_pretrained(writer.path, safe_serialization=True)
-            student_tokenizer.save_pretrained(writer.path)
+            save_tokenizer(student_tokenizer, writer.path)
             student_params, teacher_params = count_parameters(student), count_parameters(teacher_model)
             writer.manifest.update({
                 "labels": data.labels,

@@ -65,6 +65,9 @@ class EarlyExitConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Training batch size")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     seed: int = Field(42, description="Random seed (data order, dropout)")
+    pooling: Literal["cls", "mean"] = Field("cls", description="What each exit head reads from its layer: the [CLS] "
+                                                               "state (as DeeBERT), or the mean over real tokens, "
+                                                               "which early layers have not yet gathered into [CLS]")
     rule: Rule = Field("entropy", description="Exit rule: entropy (normalised entropy < threshold), max-prob "
                                               "(largest probability > threshold) or patience (PABEE)")
     threshold: float | None = Field(None, description="Fixed threshold of the rule (default: calibrated on dev)")
@@ -114,20 +117,33 @@ def torch_modules():
     import torch
     from torch import nn
 
-    def extended(mask: torch.Tensor, dtype) -> torch.Tensor:
-        return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    def extended(mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The [batch, 1, seq, seq] additive mask (0 kept, dtype min masked), written as transformers 4's
+        `_prepare_4d_attention_mask`: expand, cast, 1 - mask, masked_fill. ONNX Runtime's attention fusion
+        matches that graph on every transformers. The shorter `(1 - mask) * min` ends in a Mul, and transformers
+        5 scales the scores with a Mul (4.x divided): the fusion takes the first Mul beside the scores' Add as
+        the mask, finds the scores, and fuses nothing."""
+        dtype = hidden.dtype
+        batch, length = mask.shape
+        expanded = mask[:, None, None, :].expand(batch, 1, hidden.shape[1], length).to(dtype)
+        inverted = 1.0 - expanded
+        return inverted.masked_fill(inverted.to(torch.bool), torch.finfo(dtype).min)
 
     class ExitHead(nn.Module):
-        """BERT's pooler + classifier on one layer's [CLS] state."""
+        """BERT's pooler + classifier on one layer's [CLS] state, or on its mean over real tokens."""
 
-        def __init__(self, hidden: int, num_labels: int, dropout: float):
+        def __init__(self, hidden: int, num_labels: int, dropout: float, pooling: str = "cls"):
             super().__init__()
+            self.pooling = pooling
             self.dense = nn.Linear(hidden, hidden)
             self.dropout = nn.Dropout(dropout)
             self.classifier = nn.Linear(hidden, num_labels)
 
-        def forward(self, cls: torch.Tensor) -> torch.Tensor:
-            return self.classifier(self.dropout(torch.tanh(self.dense(cls))))
+        def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return pooled(hidden, mask, self.pooling)
+
+        def forward(self, vector: torch.Tensor) -> torch.Tensor:
+            return self.classifier(self.dropout(torch.tanh(self.dense(vector))))
 
     class Segment(nn.Module):
         """Layer k (+ the embeddings for k = 0) and its exit: exit head k, or the model's own head at the end."""
@@ -151,15 +167,25 @@ def torch_modules():
                 hidden = self.embeddings(input_ids=named["input_ids"], token_type_ids=named.get("token_type_ids"))
             else:
                 hidden = named[HIDDEN_IN]
-            hidden = self.layer(hidden, attention_mask=extended(mask, hidden.dtype))[0]
+            hidden = self.layer(hidden, attention_mask=extended(mask, hidden))
+            if isinstance(hidden, tuple):  # transformers 4 returns (hidden, ...); 5 the tensor alone
+                hidden = hidden[0]
             if self.last:
                 return self.classifier(self.pooler(hidden))
-            return hidden, self.head(hidden[:, 0])
+            return hidden, self.head(self.head.pool(hidden, mask))
 
     return ExitHead, Segment
 
 
-def make_heads(model, dropout: float | None = None):
+def pooled(hidden, mask, pooling: str):
+    """[B, H] from a layer's [B, T, H] states: the [CLS] state, or the mean over the tokens `mask` marks real."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = mask.to(hidden.dtype)[:, :, None]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def make_heads(model, dropout: float | None = None, pooling: str = "cls"):
     """Exit heads for layers 1 .. L-1, initialised from the model's pooler and classifier."""
     import torch
 
@@ -167,7 +193,7 @@ def make_heads(model, dropout: float | None = None):
     _, layers, pooler, classifier = _bert_parts(model)
     hidden, num_labels = pooler.dense.in_features, classifier.out_features
     p = model.config.hidden_dropout_prob if dropout is None else dropout
-    heads = torch.nn.ModuleList([ExitHead(hidden, num_labels, p) for _ in range(len(layers) - 1)])
+    heads = torch.nn.ModuleList([ExitHead(hidden, num_labels, p, pooling) for _ in range(len(layers) - 1)])
     with torch.no_grad():
         for head in heads:
             head.dense.load_state_dict(pooler.dense.state_dict())
@@ -178,7 +204,7 @@ def make_heads(model, dropout: float | None = None):
 def load_heads(artifact: Artifact, model):
     from safetensors.torch import load_file
 
-    heads = make_heads(model)
+    heads = make_heads(model, pooling=artifact.manifest["early_exit"]["exit_heads"].get("pooling", "cls"))
     path = artifact.path / HEADS_FILE
     if not path.is_file():
         raise ArtifactError(f"early-exit artifact has no {HEADS_FILE}", where=str(artifact.path),
@@ -198,8 +224,9 @@ def sorted_batches(features: list[dict], encoder, batch_size: int):
         yield idx, encoder.collate([features[i] for i in idx])
 
 
-def _layer_states(model, features, encoder, batch_size: int):
-    """Every layer's [CLS] state [N, L, H] (float32) and the final logits [N, C], in feature order."""
+def _layer_states(model, features, encoder, batch_size: int, pooling: str = "cls"):
+    """Every layer's pooled state [N, L, H] (float32: [CLS], or the mean over real tokens) and the final logits
+    [N, C], in feature order."""
     import torch
 
     n, layers = len(features), model.config.num_hidden_layers
@@ -207,7 +234,8 @@ def _layer_states(model, features, encoder, batch_size: int):
     with torch.no_grad():
         for idx, batch in sorted_batches(features, encoder, batch_size):
             out = model(**{k: torch.from_numpy(v) for k, v in batch.items()}, output_hidden_states=True)
-            states = torch.stack([h[:, 0] for h in out.hidden_states[1:]], dim=1)
+            mask = torch.from_numpy(batch["attention_mask"])
+            states = torch.stack([pooled(h, mask, pooling) for h in out.hidden_states[1:]], dim=1)
             if cls is None:
                 cls = torch.zeros((n, layers, states.shape[-1]), dtype=torch.float32)
                 logits = torch.zeros((n, out.logits.shape[-1]), dtype=torch.float32)
@@ -315,7 +343,7 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
     from safetensors.torch import save_file
 
     from ..evaluate import artifact_view, load_task_data, task_settings
-    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
+    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, save_tokenizer
 
     model, hf_tokenizer = load_torch_artifact(parent)
     _, layers, _, _ = _bert_parts(model)
@@ -341,14 +369,14 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
     log.info(f"early-exit: teacher pass over {len(train)} train and {len(dev)} dev examples "
              f"({len(layers)} layers)")
     train_cls, train_logits = _layer_states(model, task.train_features(train, encoder, settings), encoder,
-                                            config.eval_batch_size)
+                                            config.eval_batch_size, config.pooling)
     dev_cls, dev_logits = _layer_states(model, task.eval_features(dev, encoder, settings), encoder,
-                                        config.eval_batch_size)
+                                        config.eval_batch_size, config.pooling)
     teacher_s = time.perf_counter() - started
     gold = torch.tensor([ex["label"] for ex in train], dtype=torch.long)
     dev_gold = np.array([ex["label"] for ex in dev], dtype=np.int64)
 
-    heads = make_heads(model)
+    heads = make_heads(model, pooling=config.pooling)
     before = _layer_logits(heads, dev_cls, dev_logits)
     started = time.perf_counter()
     history = _train_heads(heads, train_cls, train_logits, gold, config)
@@ -366,7 +394,7 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
 
     with atomic_artifact(out, stage="early-exit", task=parent.task, overwrite=overwrite) as writer:
         model.save_pretrained(writer.path, safe_serialization=True)
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(writer.path / HEADS_FILE))
         writer.manifest.update({
             **derived_record(parent, settings, metric, config),
@@ -379,8 +407,9 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
             "early_exit": {
                 "heads_file": HEADS_FILE,
                 "layers": len(layers),
-                "exit_heads": {"layers": list(range(1, len(layers))), "shape": "tanh(dense(h_cls)) -> linear "
-                               "(BERT's pooler + classifier), initialised from the model's own",
+                "exit_heads": {"layers": list(range(1, len(layers))), "pooling": config.pooling,
+                               "shape": f"tanh(dense({'h_cls' if config.pooling == 'cls' else 'mean of h over real tokens'}))"
+                                        " -> linear (BERT's pooler + classifier), initialised from the model's own",
                                "parameters": sum(p.numel() for p in heads.parameters()),
                                "last_layer": "the model's own pooler + classifier (unchanged)"},
                 "training": {"mode": config.mode, "temperature": config.temperature, "kd_weight": config.kd_weight,

@@ -31,6 +31,7 @@ from ..early_exit import (
 )
 from ..errors import ConfigError, ExportError, QuantizationError
 from .early_exit import SEGMENT_FILE, label_metrics, load_heads, require_early_exit_task, sorted_batches, torch_modules
+from .exporters import check_dynamic_axes, exporter_record, stdout_to_stderr
 
 # ----------------------------------------------------------------------------- export
 
@@ -75,6 +76,7 @@ def _export_segment(module, sample: dict[str, np.ndarray], path: Path, opset: in
         detail = " ".join(str(exc).split())[:240]
         raise ExportError(f"ONNX export of segment {module.k} failed ({type(exc).__name__}: {detail})",
                           where="export", fix="Try another --opset, or rerun with --debug") from None
+    check_dynamic_axes(path, None, axes)
 
 
 def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: bool = False) -> Artifact:
@@ -82,12 +84,15 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
     import warnings
 
     from ..evaluate import artifact_settings
-    from ..modeling import encoder_from_hf
+    from ..modeling import encoder_from_hf, save_tokenizer
     from ..providers import make_session
     from ..runtime import session_forward
     from ..tasks import get_task
-    from .export import describe_graph, fuse_graph, interface_record, load_eager, stdout_to_stderr, validation_examples
+    from .export import describe_graph, fuse_graph, interface_record, load_eager, validation_examples
 
+    if config.exporter != "bertedge":
+        raise ConfigError("early-exit bundles are exported segment by segment with bertedge's exporter",
+                          where=f"--exporter {config.exporter}", fix="Drop --exporter (the default is bertedge)")
     if config.ort_format:
         raise ConfigError("--ort-format is not available for early-exit bundles (they hold one graph per segment)",
                           where="--ort-format", fix="Export without --ort-format")
@@ -131,7 +136,7 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
                 fused.append({})
             if not module.last:
                 hidden = _torch_segment_fns([module])[0](feeds)[HIDDEN_OUT]
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         model.config.save_pretrained(writer.path)
 
         log.info(f"export: validating {layers} segments on {len(examples)} dev examples against PyTorch")
@@ -155,8 +160,8 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
             "data": parent.manifest.get("data"),
             "tokenizer": parent.manifest.get("tokenizer") or {},
             "onnx": {"segments": [{**io, "file": f, "fused_node_counts": c} for io, f, c in zip(onnx_io, files, fused)],
-                     "opset": config.opset, "optimized": config.optimize, "ort_format": None,
-                     "attention_implementation_at_export": "eager"},
+                     "exporter": exporter_record("bertedge"), "opset": config.opset, "optimized": config.optimize,
+                     "ort_format": None, "attention_implementation_at_export": "eager"},
             "interface": interface,
             "early_exit": {**protocol, "calibration": record.get("calibration"),
                            "training": record.get("training"), "exit_heads": record.get("exit_heads"),

@@ -5,8 +5,10 @@ The bundle is `model.onnx` (+ `model.ort` and `required_operators.config` with `
 the tokenizer files and a manifest that says everything a non-Python ONNX Runtime user needs
 (inputs, dtypes, dynamic axes, outputs, padding side, truncation, labels, postprocessing).
 
-Steps: export with optimum-onnx from a model loaded with eager attention (the SDPA graph does
-not match ONNX Runtime's attention fusion patterns), fuse with onnxruntime.transformers
+Steps: export from a model loaded with eager attention (the SDPA graph does not match ONNX
+Runtime's attention fusion patterns) with bertedge's own `torch.onnx.export` call, or optimum-onnx's
+where it is installed and asked for (`bertedge.stages.exporters`), check that the batch and sequence
+axes are symbolic, fuse with onnxruntime.transformers
 (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNormalization), then validate twice on
 real dev samples: max abs difference per output against PyTorch, and the task metric through
 ONNX Runtime against PyTorch. Any failure raises inside `atomic_artifact`, so no bundle is left.
@@ -14,9 +16,7 @@ ONNX Runtime against PyTorch. Any failure raises inside `atomic_artifact`, so no
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -31,9 +31,10 @@ from ..errors import ArtifactError, ConfigError, ExportError
 from ..runtime import session_forward
 from ..tasks import get_task
 from ..tasks.base import run_forward
+from .exporters import Exporter, export_onnx, exporter_record, graph_input_names, require_optimum, stdout_to_stderr
 
 DEFAULT_OPSET = 17
-# optimum's BERT export needs >= 14 (LayerNormalization is native from 17); the TorchScript
+# BERT's export needs >= 14 (LayerNormalization is native from 17); the TorchScript
 # exporter in torch 2.x stops at 20. ONNX Runtime's transformer fusions are tested on 14-20.
 SUPPORTED_OPSETS = range(14, 21)
 MODEL_FILE = "model.onnx"
@@ -46,6 +47,9 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "Embed
 
 
 class ExportConfig(StrictModel):
+    exporter: Exporter = Field(
+        "bertedge", description="bertedge: torch.onnx.export (TorchScript) called by bertedge, any transformers; "
+                                "optimum: optimum-onnx's exporter (pip install 'bertedge[optimum]', transformers < 4.58)")
     opset: int = Field(DEFAULT_OPSET, description=f"ONNX opset ({SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})")
     optimize: bool = Field(True, description="Fuse with ONNX Runtime's transformer optimizer (Attention, "
                                              "SkipLayerNormalization, BiasGelu, EmbedLayerNormalization)")
@@ -97,7 +101,7 @@ def validation_examples(parent: Artifact, config) -> list[dict]:
 def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *, overwrite: bool = False) -> Artifact:
     """Export a fine-tuned artifact to a validated ONNX bundle at `out`."""
     from ..evaluate import artifact_settings
-    from ..modeling import encoder_from_hf
+    from ..modeling import encoder_from_hf, save_tokenizer
 
     parent = src if isinstance(src, Artifact) else load_artifact(src)
     if parent.is_bundle:
@@ -109,6 +113,8 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
     require_task_model(parent)
     if config.with_tokenizer:
         check_with_tokenizer(parent)
+    if config.exporter == "optimum":
+        require_optimum("--exporter optimum")
     if parent.manifest.get("early_exit"):  # exit heads: one graph per segment (docs/early_exit.md)
         from .early_exit_bundle import export_early_exit
 
@@ -124,14 +130,15 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
     with atomic_artifact(out, stage="export", task=parent.task, overwrite=overwrite) as writer, \
             tempfile.TemporaryDirectory(prefix="bertedge-export-") as scratch_dir:
         scratch = Path(scratch_dir)
-        raw_path = _onnx_export(model, task.ort_task, config.opset, scratch / "raw")
+        raw_path = export_onnx(model, task, graph_input_names(model, hf_tokenizer.model_input_names), config.opset,
+                               scratch / "raw", config.exporter)
         model_path = writer.path / MODEL_FILE
         fused: dict[str, int] = {}
         if config.optimize:
             fused = fuse_graph(raw_path, model_path, model.config, config)
         else:
             shutil.copyfile(raw_path, model_path)
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         model.config.save_pretrained(writer.path)  # lets optimum's ORTModelFor* load the bundle too
 
         log.info(f"export: validating on {len(examples)} dev examples against PyTorch")
@@ -162,7 +169,8 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
             "parent": parent_record(parent),
             "data": parent.manifest.get("data"),
             "tokenizer": parent.manifest.get("tokenizer") or {},
-            "onnx": {**onnx_io, "file": MODEL_FILE, "opset": config.opset, "optimized": config.optimize,
+            "onnx": {**onnx_io, "file": MODEL_FILE, "exporter": exporter_record(config.exporter),
+                     "opset": config.opset, "optimized": config.optimize,
                      "fused_node_counts": fused, "ort_format": ort_record and
                      {k: v for k, v in ort_record.items() if k != "validation"},
                      "attention_implementation_at_export": "eager"},
@@ -238,38 +246,6 @@ def load_eager(parent: Artifact):
                             where=str(parent.path), fix="The artifact is damaged; rerun the stage that wrote it") from None
 
 
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Libraries print progress on stdout; stdout belongs to --json output."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
-
-
-def _onnx_export(model, ort_task: str, opset: int, directory: Path) -> Path:
-    import logging
-
-    from optimum.exporters.onnx import onnx_export_from_model
-
-    # optimum recommends opset 18 for BERT but 17 exports the same graph (native LayerNormalization);
-    # its warning about that would only confuse.
-    optimum_logger = logging.getLogger("optimum.exporters.onnx.convert")
-    previous = optimum_logger.level
-    optimum_logger.setLevel(logging.ERROR)
-    try:
-        with stdout_to_stderr():
-            onnx_export_from_model(model, directory, opset=opset, task=ort_task, do_validation=False)
-    except Exception as exc:
-        detail = " ".join(str(exc).split())[:240]
-        raise ExportError(f"ONNX export failed ({type(exc).__name__}: {detail})", where="export",
-                          fix="Try another --opset, or rerun with --debug for the traceback") from None
-    finally:
-        optimum_logger.setLevel(previous)
-    path = directory / MODEL_FILE
-    if not path.is_file():
-        raise ExportError("the exporter wrote no model.onnx", where=str(directory), fix="Rerun with --debug")
-    return path
-
-
 def fusion_options(config: ExportConfig):
     from onnxruntime.transformers.fusion_options import FusionOptions
 
@@ -283,9 +259,17 @@ def fuse_graph(raw_path: Path, out_path: Path, hf_config, config: ExportConfig) 
     """ONNX Runtime transformer fusions (offline, opt_level 0: portable, no hardware-specific nodes)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from ..pruning import pruned_heads_of
+    from .exporters import write_head_counts
+
     heads, hidden = hf_config.num_attention_heads, hf_config.hidden_size
-    if getattr(hf_config, "pruned_heads", None):
-        heads, hidden = 0, 0  # pruned layers have different head counts: let the optimizer read each graph
+    pruned = pruned_heads_of(hf_config)
+    if pruned:
+        # Pruned layers have different head counts: the optimizer reads each layer's from its graph, which
+        # must hold them (transformers 5 traces -1 there).
+        per_layer = [heads - len(pruned.get(i, ())) for i in range(hf_config.num_hidden_layers)]
+        write_head_counts(raw_path, per_layer, hidden // heads)
+        heads, hidden = 0, 0
     with stdout_to_stderr():
         optimized = optimize_model(str(raw_path), model_type="bert", num_heads=heads, hidden_size=hidden,
                                    optimization_options=fusion_options(config), opt_level=0)

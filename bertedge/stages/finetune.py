@@ -12,7 +12,15 @@ from ..config import FinetuneConfig
 from ..data import subsample
 from ..errors import ConfigError, ModelError
 from ..evaluate import evaluate_split, load_task_data, task_settings
-from ..modeling import count_parameters, encoder_from_hf, load_hf_tokenizer, model_class, reinit_head, tokenizer_record
+from ..modeling import (
+    count_parameters,
+    encoder_from_hf,
+    load_hf_tokenizer,
+    model_class,
+    reinit_head,
+    save_tokenizer,
+    tokenizer_record,
+)
 from ..models import resolve_model
 from ..tasks import get_task
 from ..train import freeze, require_metric, train_model
@@ -154,7 +162,7 @@ def finetune(model: str | None, config: FinetuneConfig, out: str | Path, *, over
                 metrics["test"] = evaluate_split(net, encoder, config.task, test, settings, data.labels,
                                                  config.train.eval_batch_size)
             net.save_pretrained(writer.path, safe_serialization=True)
-            hf_tokenizer.save_pretrained(writer.path)
+            save_tokenizer(hf_tokenizer, writer.path)
             writer.manifest.update({
                 "labels": data.labels,
                 "settings": settings.record(),

@@ -57,6 +57,9 @@ class PruneConfig(StrictModel):
                                                        "model) instead of labels only")
     alpha: float = Field(0.5, ge=0, le=1, description="With distill_from: weight of the label loss (1-alpha on KD)")
     temperature: float = Field(2.0, gt=0, description="With distill_from: softmax temperature of the KD term")
+    hidden_weight: float = Field(0.0, ge=0, description="With distill_from: weight of the hidden-state MSE between "
+                                 "each kept layer and the same layer of the teacher (intermediate KD, as TinyBERT "
+                                 "and CoFi); the teacher then runs every step instead of its cached logits")
     teacher_cache: str | None = Field(None, description="With distill_from: where the teacher's outputs over the "
                                       "train features are cached, computed once and reused by every later prune "
                                       "or distill of the same teacher and features (default: $BERTEDGE_CACHE/distill)")
@@ -88,6 +91,8 @@ class PruneConfig(StrictModel):
                                  f"({self.sparsity_start_step})")
         elif not self.structured:
             raise ValueError("nothing to prune: give heads/target_heads, ffn/target_ffn, drop_layers or sparsity")
+        if self.hidden_weight > 0 and self.distill_from is None:
+            raise ValueError("hidden_weight is intermediate KD from a teacher: give distill_from too")
         return self
 
     @property
@@ -179,32 +184,56 @@ def _to_remove(scores: list[list[float]], keep, scope: str) -> list[list[int]]:
 # ----------------------------------------------------------------------------- losses
 
 
-def _kd_loss(teacher, task_name: str, config: PruneConfig, cache=None):
+def hidden_layer_map(teacher_layers: int, parent_layers: int, drop_layers: list[int]) -> list[int]:
+    """Teacher layer (0-based) whose output each layer of the pruned model imitates under intermediate KD.
+
+    The teacher as deep as the parent (the usual case: the unpruned model itself): each kept layer keeps its
+    original index, so dropping the top layers maps the bottom ones onto themselves. A deeper teacher (the parent
+    is a distilled student): TinyBERT's uniform map over the layers left."""
+    dropped = set(drop_layers)
+    kept = [i for i in range(parent_layers) if i not in dropped]
+    if teacher_layers == parent_layers:
+        return kept
+    from ..distill_student import uniform_transfer_map
+
+    return uniform_transfer_map(teacher_layers, len(kept))
+
+
+def _kd_loss(teacher, task_name: str, config: PruneConfig, cache=None, layer_map: list[int] | None = None):
     """Loss for recovery by distillation: the distill stage's KD losses on logits. With `cache` (the teacher's
-    logits per train feature, rows found by the batch's `index`), the teacher does not run."""
+    logits per train feature, rows found by the batch's `index`), the teacher does not run. With
+    config.hidden_weight > 0 the teacher runs every step and each layer's hidden states imitate the teacher
+    layer `layer_map` names (distill_losses.intermediate_loss)."""
     import torch
 
-    from ..distill_losses import kd_loss, teacher_logits
+    from ..distill_losses import intermediate_loss, kd_loss, teacher_logits
     from .distill import cached_rows
 
     task = get_task(task_name)
+    hidden = config.hidden_weight > 0
 
     def compute_loss(model, inputs):
         index = inputs.get("index")
         inputs = {k: v for k, v in inputs.items() if not k.startswith("teacher_") and k != "index"}
         features = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        out = model(**features)
+        out = model(**features, output_hidden_states=hidden)
         device = out[0].device
-        if cache is not None and index is not None:
+        teacher_out = None
+        if cache is not None and index is not None:  # prune() passes no cache with hidden_weight > 0
             soft = cached_rows(cache, index, features["input_ids"].shape[1], device)
         else:
             if next(teacher.parameters()).device != device:
                 teacher.to(device)  # the Trainer placed the student; follow it
             with torch.no_grad():
-                soft = teacher_logits(task, teacher(**features))
+                teacher_out = teacher(**features, output_hidden_states=hidden)
+            soft = teacher_logits(task, teacher_out)
         parts = kd_loss(task, out, soft, inputs, inputs["attention_mask"],
                         temperature=config.temperature, alpha=config.alpha)
-        return parts["loss"], out
+        loss = parts["loss"]
+        if hidden:
+            loss = loss + intermediate_loss(out, teacher_out, inputs["attention_mask"], layer_map,
+                                            hidden_weight=config.hidden_weight, attention_weight=0.0)["loss"]
+        return loss, out
 
     return compute_loss
 
@@ -248,7 +277,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
     from transformers import set_seed
 
     from .. import pruning
-    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact
+    from ..modeling import count_parameters, encoder_from_hf, load_torch_artifact, save_tokenizer
     from ..train import Collator, train_model
 
     set_seed(config.train.seed)
@@ -262,8 +291,16 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
     dev_examples = subsample(data.split("dev"), config.data.max_eval_samples, config.train.seed)
     train_features = task.train_features(train_examples, encoder, settings)
     metric = config.train.metric or parent.manifest.get("primary_metric") or task.primary_metric
-    cache_record = None
-    if teacher is not None and config.recover_epochs > 0:  # teacher logits over the train features, computed once
+    cache_record, layer_map = None, None
+    if teacher is not None and config.hidden_weight > 0:
+        if teacher.config.hidden_size != model.config.hidden_size:
+            raise ConfigError(f"hidden_weight matches hidden states, but the teacher is {teacher.config.hidden_size} "
+                              f"wide and the model {model.config.hidden_size}", where="prune.hidden_weight",
+                              fix="Distill from a teacher of the same width, or set hidden_weight to 0")
+        layer_map = hidden_layer_map(teacher.config.num_hidden_layers, model.config.num_hidden_layers,
+                                     config.drop_layers)
+        base_loss = _kd_loss(teacher, parent.task, config, layer_map=layer_map)  # the teacher runs: no cache
+    elif teacher is not None and config.recover_epochs > 0:  # teacher logits over the train features, computed once
         from .distill import cache_root, teacher_outputs
 
         cache, cache_record = teacher_outputs(teacher, teacher_artifact, encoder, train_features, cache_root(config),
@@ -292,7 +329,7 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
             model.eval()
             metrics = {"dev": evaluate(model), "dev_before": dev_before}
             model.save_pretrained(writer.path, safe_serialization=True)
-            hf_tokenizer.save_pretrained(writer.path)
+            save_tokenizer(hf_tokenizer, writer.path)
             if not config.structured:
                 record["compressed_bytes"] = _compressed(parent.path, writer.path)
             record["structure"] = pruning.structure(model) if config.structured else None
@@ -301,6 +338,8 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
                 **derived_record(parent, settings, metric, config),
                 "distilled_from": parent_record(teacher_artifact),
                 "teacher_cache": cache_record,
+                "intermediate_kd": ({"hidden_weight": config.hidden_weight, "layer_map": layer_map}
+                                    if layer_map is not None else None),
                 "data": {**data.source, "train_examples": len(train_examples), "dev_examples": len(dev_examples)},
                 "tokenizer": parent.manifest.get("tokenizer") or {},
                 "parameters": count_parameters(model),

@@ -141,12 +141,24 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
 
     import torch
 
-    from ..modeling import count_parameters, encoder_from_hf, load_hf_tokenizer, load_torch_artifact, tokenizer_record
+    from ..modeling import (
+        count_parameters,
+        encoder_from_hf,
+        load_hf_tokenizer,
+        load_torch_artifact,
+        save_tokenizer,
+        tokenizer_record,
+    )
     from ..tasks import get_task
 
     model, hf_tokenizer = load_torch_artifact(parent)
     backend = json.loads(hf_tokenizer.backend_tokenizer.to_str())
-    kind = (backend.get("model") or {}).get("type")
+    # The tokenizer.json on disk is what bundles and the runtime use. transformers 5 rebuilds a
+    # BertTokenizer's pipeline from its vocabulary, so the loaded backend says WordPiece even when the file
+    # holds another model: judge the file.
+    on_disk = parent.path / "tokenizer.json"
+    kind = ((json.loads(on_disk.read_text(encoding="utf-8")) if on_disk.is_file() else backend).get("model")
+            or {}).get("type")
     if kind != "WordPiece":
         raise ConfigError(f"trim-vocab handles WordPiece (BERT-style) tokenizers; this artifact's tokenizer is {kind}",
                           where=str(parent.path), fix="Use a BERT-family artifact, or skip this stage")
@@ -218,7 +230,7 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
 
     with atomic_artifact(out, stage="trim-vocab", task=parent.task, overwrite=overwrite) as writer:
         model.save_pretrained(writer.path, safe_serialization=True)
-        hf_tokenizer.save_pretrained(writer.path)
+        save_tokenizer(hf_tokenizer, writer.path)
         _rewrite_tokenizer_files(writer.path, _remap_backend(backend, old2new, tokens), old2new, tokens)
         new_tokenizer = load_hf_tokenizer(writer.path)
         expected_pad = old2new.get(hf_tokenizer.pad_token_id)

@@ -16,7 +16,10 @@
 //   max_length tokens overlapping by doc_stride, the best span (s <= e, at most max_answer_length
 //   tokens, among the n_best start and end logits), mapped back to characters;
 // - batching: features sorted by length and padded per batch like bertedge, or one sequence per call
-//   (per-sequence, the default for int8 bundles whose graphs compute scales over the whole batch).
+//   (per-sequence, the default for int8 bundles whose graphs compute scales over the whole batch);
+// - early-exit bundles (manifest early_exit, docs/early_exit.md): one session per segment graph, run in
+//   order until the rule (entropy, max-prob or patience) fires, rows decided leaving the batch and the
+//   columns that are padding for every remaining row cut, as bertedge/early_exit.py's run_segments does.
 // Character offsets (entity and answer start/end) count Unicode code points, as Python does.
 
 const PY_SPACE = "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
@@ -164,17 +167,91 @@ function longestFirst(n1, n2, budget) {
   return swap ? [n2, n1] : [n1, n2];
 }
 
+// ------------------------------------------------------------------ early exit (bertedge/early_exit.py)
+
+export const EXIT_RULES = ["entropy", "max-prob", "patience"];
+
+/** `threshold` if it is in range for `rule` (bertedge.early_exit.check_threshold); throws otherwise. */
+export function checkThreshold(rule, threshold) {
+  if (!EXIT_RULES.includes(rule)) throw new Error(`unknown exit rule '${rule}': choose one of ${EXIT_RULES.join(", ")}`);
+  const value = typeof threshold === "number" ? threshold : NaN;
+  if (rule === "patience") {
+    if (!Number.isFinite(value) || value < 1 || !Number.isInteger(value)) {
+      throw new Error(`threshold ${threshold} is out of range for the patience rule (a whole number of layers, 1 or more)`);
+    }
+    return value;
+  }
+  if (!Number.isFinite(value) || value < 0 || value > 1) {
+    throw new Error(`threshold ${threshold} is out of range for the ${rule} rule (0 to 1)`);
+  }
+  return value;
+}
+
+/** H(p) / ln(num_labels) of a probability row, in float64 (bertedge.early_exit.normalised_entropy). */
+export function normalisedEntropy(probs) {
+  if (probs.length <= 1) return 0;
+  let sum = 0;
+  for (const p of probs) sum += p > 0 ? p * Math.log(p) : 0;
+  return -sum / Math.log(probs.length);
+}
+
+/** Does an entropy / max-prob exit fire on one row of exit logits? (softmax in float64, as Python does) */
+export function exitFires(rule, threshold, logits) {
+  const probs = softmax(Array.from(logits));
+  if (rule === "entropy") return normalisedEntropy(probs) < threshold;
+  if (rule === "max-prob") return Math.max(...probs) > threshold;
+  throw new Error(`exitFires: ${rule} is not a per-layer rule`);
+}
+
+/** The rows of a [rows, width, ...inner] tensor's data, `rows` picked and the sequence cut to `keepWidth`. */
+function pickRows(data, rows, width, inner, keepWidth) {
+  const out = new data.constructor(rows.length * keepWidth * inner);
+  rows.forEach((r, i) => {
+    out.set(data.subarray(r * width * inner, (r * width + keepWidth) * inner), i * keepWidth * inner);
+  });
+  return out;
+}
+
 export class BertedgeBundle {
   /**
    * @param {object} o
    * @param {object} o.manifest        bertedge.json
    * @param {object} o.tokenizer       a @huggingface/tokenizers Tokenizer over the bundle's tokenizer.json
    * @param {object} o.tokenizerJson   tokenizer.json (special-token template, WordPiece settings)
-   * @param {object} o.session         an ONNX Runtime InferenceSession of model.onnx
+   * @param {object} o.session         an ONNX Runtime InferenceSession of model.onnx (early exit: of segment 0)
+   * @param {object[]} [o.segments]    early-exit bundles: one InferenceSession per early_exit.segments file, in order
    * @param {object} o.ort             the ONNX Runtime module (for ort.Tensor)
    * @param {boolean} [o.perSequence]  one sequence per model call (default: for batch-dependent int8)
+   * @param {boolean} [o.fullDepth]    early exit: run every segment (the full-depth model's logits)
+   * @param {string} [o.rule]          early exit: entropy, max-prob or patience instead of the manifest's
+   * @param {number} [o.threshold]     early exit: the rule's threshold instead of the manifest's
    */
-  constructor({ manifest, tokenizer, tokenizerJson, session, ort, perSequence }) {
+  constructor({ manifest, tokenizer, tokenizerJson, session, segments, ort, perSequence, fullDepth = false, rule, threshold }) {
+    const exits = manifest.early_exit || {};
+    this.earlyExit = exits.segments?.length ? exits : null;
+    if (this.earlyExit) {
+      const files = exits.segments.map((s) => s.file);
+      if ((exits.protocol_version ?? 1) !== 1) {
+        throw new Error(`this early-exit bundle uses exit protocol version ${exits.protocol_version}; ` +
+          "this code implements version 1 (docs/early_exit.md)");
+      }
+      if (!Array.isArray(segments) || segments.length !== files.length) {
+        throw new Error(`this early-exit bundle has ${files.length} segment graphs (${files.join(", ")}): pass ` +
+          "segments, one InferenceSession per file in that order (lib/node.mjs loadBundle does)");
+      }
+      session = segments[0];
+      this.segments = segments;
+      this.rule = rule ?? exits.rule;
+      if (threshold == null && this.rule !== exits.rule) {
+        throw new Error(`the bundle's threshold is for the ${exits.rule} rule, not ${this.rule}: pass a threshold with the rule`);
+      }
+      this.threshold = checkThreshold(this.rule, threshold ?? exits.threshold);
+      this.fullDepth = Boolean(fullDepth);
+      this.segmentCalls = files.map(() => 0);
+    } else if (rule != null || threshold != null) {
+      throw new Error("rule and threshold are for early-exit bundles; this bundle has no early_exit.segments");
+    }
+    if (!session) throw new Error("pass session, an ONNX Runtime InferenceSession of the bundle's model.onnx");
     this.manifest = manifest;
     this.tokenizer = tokenizer;
     this.tokenizerJson = tokenizerJson;
@@ -192,7 +269,7 @@ export class BertedgeBundle {
     this.batchInvariant = batchInvariant(manifest);
     this.perSequence = perSequence ?? !this.batchInvariant;
     this.inputNames = session.inputNames;
-    this.outputNames = session.outputNames;
+    this.outputNames = this.earlyExit ? ["logits", "exit_layer"] : session.outputNames;
   }
 
   /** Token ids of `text` without special tokens. */
@@ -374,12 +451,17 @@ export class BertedgeBundle {
     const perToken = this.task !== "text-classification";
     for (let start = 0; start < order.length; start += size) {
       const idx = order.slice(start, start + size);
-      const out = await this.session.run(this.collate(idx.map((i) => features[i])));
+      const feeds = this.collate(idx.map((i) => features[i]));
+      const out = this.earlyExit ? await this.runSegments(feeds) : await this.session.run(feeds);
       idx.forEach((i, row) => {
         const n = features[i].ids.length;
         const result = {};
         for (const name of this.outputNames) {
           const tensor = out[name];
+          if (tensor.dims.length === 1) { // one number per row (exit_layer)
+            result[name] = Number(tensor.data[row]);
+            continue;
+          }
           const [, length, ...rest] = tensor.dims;
           const width = rest.reduce((a, b) => a * b, 1);
           if (perToken) {
@@ -395,6 +477,82 @@ export class BertedgeBundle {
       });
     }
     return results;
+  }
+
+  /**
+   * One batch through an early-exit bundle's segments (bertedge.early_exit.run_segments): after segment k
+   * the rows whose exit fires are decided (exit layer k + 1); the others go on to segment k + 1 with its
+   * hidden state, cut to their longest remaining sequence. The last segment answers for every row left.
+   * Returns {logits: [rows, labels] float32, exit_layer: [rows]} in the shape of a session's outputs.
+   */
+  async runSegments(feeds) {
+    const layers = this.segments.length;
+    if (!feeds.attention_mask) throw new Error("segment 0 of an early-exit bundle must take attention_mask");
+    let mask = feeds.attention_mask.data;
+    let [n, width] = feeds.attention_mask.dims;
+    const exitLayer = new Int32Array(n).fill(layers);
+    const decided = new Array(n);
+    let active = Array.from({ length: n }, (_, i) => i);
+    let previous = new Array(n).fill(-1); // patience: the argmax of the previous layer and how many agreed
+    let count = new Array(n).fill(0);
+    let labels = 0;
+    let inputs = feeds;
+    for (let k = 0; k < layers; k++) {
+      const session = this.segments[k];
+      this.segmentCalls[k] += 1;
+      const out = await session.run(Object.fromEntries(session.inputNames.map((name) => {
+        if (!(name in inputs)) throw new Error(`segment ${k} (${this.earlyExit.segments[k].file}) wants input ${name}, which the exit protocol does not give it`);
+        return [name, inputs[name]];
+      })));
+      const last = k === layers - 1;
+      const tensor = out[last ? "logits" : "exit_logits"];
+      if (!tensor) throw new Error(`segment ${k} (${this.earlyExit.segments[k].file}) has no ${last ? "logits" : "exit_logits"} output`);
+      labels = tensor.dims[1];
+      const row = (r) => tensor.data.slice(r * labels, (r + 1) * labels);
+      if (last) {
+        active.forEach((i, r) => { decided[i] = row(r); });
+        break;
+      }
+      const fire = active.map((_, r) => {
+        if (this.fullDepth) return false;
+        if (this.rule !== "patience") return exitFires(this.rule, this.threshold, row(r));
+        const predicted = argmax(row(r));
+        count[r] = predicted === previous[r] ? count[r] + 1 : 0;
+        previous[r] = predicted;
+        return count[r] >= this.threshold;
+      });
+      active.forEach((i, r) => {
+        if (fire[r]) {
+          decided[i] = row(r);
+          exitLayer[i] = k + 1;
+        }
+      });
+      const keep = fire.flatMap((f, r) => (f ? [] : [r]));
+      if (!keep.length) break;
+      const hidden = out.next_hidden_state;
+      if (!hidden) throw new Error(`segment ${k} (${this.earlyExit.segments[k].file}) has no next_hidden_state output`);
+      const size = hidden.dims[2];
+      let used = -1; // the last column that is not padding for some remaining row
+      for (const r of keep) {
+        for (let j = width - 1; j > used; j--) {
+          if (mask[r * width + j] !== 0n) { used = j; break; }
+        }
+      }
+      const keepWidth = used >= 0 ? used + 1 : width;
+      let state = hidden;
+      if (keep.length < active.length || keepWidth < width) {
+        state = new this.ort.Tensor("float32", pickRows(hidden.data, keep, width, size, keepWidth), [keep.length, keepWidth, size]);
+        mask = pickRows(mask, keep, width, 1, keepWidth);
+        active = keep.map((r) => active[r]);
+        previous = keep.map((r) => previous[r]);
+        count = keep.map((r) => count[r]);
+        width = keepWidth;
+      }
+      inputs = { hidden_state: state, attention_mask: new this.ort.Tensor("int64", mask, [active.length, width]) };
+    }
+    const logits = new Float32Array(n * labels);
+    decided.forEach((values, i) => logits.set(values, i * labels));
+    return { logits: { data: logits, dims: [n, labels] }, exit_layer: { data: exitLayer, dims: [n] } };
   }
 
   // ------------------------------------------------------------------ predictions
@@ -425,8 +583,10 @@ export class BertedgeBundle {
         const probs = softmax(outputs[i].logits);
         const best = argmax(probs);
         const names = this.labels || probs.map((_, k) => String(k));
-        return { label: names[best], score: probs[best],
+        const result = { label: names[best], score: probs[best],
           scores: Object.fromEntries(names.map((name, k) => [name, probs[k]])), truncated: f.truncated };
+        if (outputs[i].exit_layer !== undefined) result.exit_layer = outputs[i].exit_layer;
+        return result;
       });
     }
     if (this.task === "token-classification") {
