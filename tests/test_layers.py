@@ -69,12 +69,7 @@ LAYERS = {
 }
 
 # Cycles known and not yet broken, each with why it is still there. Add none: break the cycle instead.
-KNOWN_CYCLES = {
-    # export() hands an early-exit artifact to export_early_exit, which reuses export's graph helpers
-    # (load_eager, fuse_graph, interface_record, ...). Breaking it means moving those helpers out of
-    # stages/export.py into a module below both.
-    frozenset({"bertedge.stages.export", "bertedge.stages.early_exit_bundle"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()  # cycles allowed for now: none (add one only with a reason)
 
 
 # ----------------------------------------------------------------------------- the checker

@@ -88,7 +88,7 @@ def export_early_exit(parent: Artifact, config, out: str | Path, *, overwrite: b
     from ..providers import make_session
     from ..runtime import session_forward
     from ..tasks import get_task
-    from .export import describe_graph, fuse_graph, interface_record, load_eager, validation_examples
+    from .onnx_graph import describe_graph, fuse_graph, interface_record, load_eager, validation_examples
 
     if config.exporter != "bertedge":
         raise ConfigError("early-exit bundles are exported segment by segment with bertedge's exporter",

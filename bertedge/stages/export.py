@@ -32,6 +32,7 @@ from ..runtime import session_forward
 from ..tasks import get_task
 from ..tasks.base import run_forward
 from .exporters import Exporter, export_onnx, exporter_record, graph_input_names, require_optimum, stdout_to_stderr
+from .onnx_graph import describe_graph, fuse_graph, interface_record, load_eager, validation_examples
 
 DEFAULT_OPSET = 17
 # BERT's export needs >= 14 (LayerNormalization is native from 17); the TorchScript
@@ -42,8 +43,6 @@ ORT_FILE = "model.ort"
 ORT_CONFIG_FILE = "required_operators.config"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
-FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization",
-             "BiasGelu", "FastGelu", "Gelu", "LayerNormalization")
 
 
 class ExportConfig(StrictModel):
@@ -86,17 +85,6 @@ class ExportConfig(StrictModel):
 
 # ----------------------------------------------------------------------------- public stage
 
-
-
-def validation_examples(parent: Artifact, config) -> list[dict]:
-    """The dev examples an export is validated on; an empty dev split fails here, before any export work."""
-    from ..evaluate import load_eval_examples
-
-    examples = load_eval_examples(parent, config.data, "dev", config.metric_samples)
-    if not examples:
-        raise ConfigError("the dev split is empty, so the export cannot be validated", where=str(parent.path),
-                          fix="Pass --data with a non-empty dev split")
-    return examples
 
 def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *, overwrite: bool = False) -> Artifact:
     """Export a fine-tuned artifact to a validated ONNX bundle at `out`."""
@@ -234,55 +222,6 @@ def write_tokenizer_graph(bundle_dir: Path, parent: Artifact, encoder, max_lengt
     return record
 
 
-def load_eager(parent: Artifact):
-    from ..modeling import load_torch_artifact
-
-    try:
-        # Eager attention exports as plain MatMul/Softmax, the pattern ORT's fusion matches. The bertedge
-        # loader also rebuilds per-layer FFN widths of pruned models.
-        return load_torch_artifact(parent, attn_implementation="eager")
-    except Exception as exc:
-        raise ArtifactError(f"cannot load the PyTorch model ({str(exc).splitlines()[0][:200]})",
-                            where=str(parent.path), fix="The artifact is damaged; rerun the stage that wrote it") from None
-
-
-def fusion_options(config: ExportConfig):
-    from onnxruntime.transformers.fusion_options import FusionOptions
-
-    options = FusionOptions("bert")
-    options.enable_embed_layer_norm = config.embed_layer_norm
-    options.use_raw_attention_mask(config.raw_attention_mask)
-    return options
-
-
-def fuse_graph(raw_path: Path, out_path: Path, hf_config, config: ExportConfig) -> dict[str, int]:
-    """ONNX Runtime transformer fusions (offline, opt_level 0: portable, no hardware-specific nodes)."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    from ..pruning import pruned_heads_of
-    from .exporters import write_head_counts
-
-    heads, hidden = hf_config.num_attention_heads, hf_config.hidden_size
-    pruned = pruned_heads_of(hf_config)
-    if pruned:
-        # Pruned layers have different head counts: the optimizer reads each layer's from its graph, which
-        # must hold them (transformers 5 traces -1 there).
-        per_layer = [heads - len(pruned.get(i, ())) for i in range(hf_config.num_hidden_layers)]
-        write_head_counts(raw_path, per_layer, hidden // heads)
-        heads, hidden = 0, 0
-    with stdout_to_stderr():
-        optimized = optimize_model(str(raw_path), model_type="bert", num_heads=heads, hidden_size=hidden,
-                                   optimization_options=fusion_options(config), opt_level=0)
-        stats = optimized.get_fused_operator_statistics()
-        optimized.save_model_to_file(str(out_path))
-    counts = {op: int(stats.get(op, 0)) for op in FUSED_OPS if stats.get(op, 0)}
-    attention = counts.get("Attention", 0) + counts.get("MultiHeadAttention", 0)
-    if attention < hf_config.num_hidden_layers:
-        log.warning(f"attention was fused in {attention} of {hf_config.num_hidden_layers} layers; the unfused "
-                    "layers run as MatMul/Softmax (slower). Check that the model was exported with eager attention")
-    return counts
-
-
 def _architecture(hf_config) -> dict:
     return {"num_layers": hf_config.num_hidden_layers, "num_heads": hf_config.num_attention_heads,
             "hidden_size": hf_config.hidden_size, "pruned_heads": {str(k): sorted(v) for k, v in
@@ -412,44 +351,3 @@ def ort_operators(lines: list[str]) -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------- manifest documentation
 
 
-def describe_graph(model_path: Path) -> dict:
-    """Inputs and outputs of the ONNX graph: names, dtypes, shapes with named dynamic axes."""
-    import onnx
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-
-    def spec(value) -> dict:
-        t = value.type.tensor_type
-        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-        dtype = str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)))
-        return {"name": value.name, "dtype": dtype, "shape": dims,
-                "dynamic_axes": {str(i): d for i, d in enumerate(dims) if isinstance(d, str)}}
-
-    initializers = {i.name for i in graph.initializer}
-    return {"inputs": [spec(v) for v in graph.input if v.name not in initializers],
-            "outputs": [spec(v) for v in graph.output]}
-
-
-def interface_record(parent: Artifact, task_name: str, settings, onnx_io: dict, config: ExportConfig) -> dict:
-    """How to call the model without bertedge: preprocessing, inputs, outputs, postprocessing."""
-    tokenizer = parent.manifest.get("tokenizer") or {}
-    columns = (parent.manifest.get("data") or {}).get("columns") or {}
-    task = get_task(task_name)
-    kind = task.input_kind(columns)
-    pair = kind == "sentence-pair"
-    record = {
-        "input_kind": kind,
-        "tokenizer": "tokenizer.json (HuggingFace tokenizers format: normalisation, pre-tokenisation, "
-                     "WordPiece/BPE model, [CLS]/[SEP] template; load it with the tokenizers library or "
-                     "any port of it, e.g. Microsoft.ML.Tokenizers, tokenizers.js, DJL tokenizers)",
-        "padding": {"side": "right", "pad_token_id": tokenizer.get("pad_token_id", 0),
-                    "note": "attention_mask is 1 for real tokens then 0 for padding"
-                            + ("" if config.raw_attention_mask or not config.optimize else
-                               "; the fused graph requires right padding (it reads the mask as a length)")},
-        "input_dtype": "int64 for every input",
-        "max_length": settings.max_length,
-    }
-    record.update(task.interface_notes(settings, pair))
-    record["inputs"] = [i["name"] for i in onnx_io["inputs"]]
-    record["outputs"] = [o["name"] for o in onnx_io["outputs"]]
-    return record
