@@ -98,8 +98,8 @@ def main() -> None:
         "# The two peer paths on the SST-2 teacher (minilm-l6): optimum vs plain ONNX Runtime",
         "",
         f"Teacher dev accuracy {teacher.metrics['dev']['accuracy']:.4f}; key point batch {KEY_POINT[0]}, seq "
-        f"{KEY_POINT[1]}, {args.runs} interleaved rounds; grid b1/b8 x seq 32/128 + real SST-2 dev lengths, "
-        f"{args.grid_runs} rounds. Timing wall time {wall} s.",
+        f"{KEY_POINT[1]}, {args.runs} timed runs; grid b1/b8 x seq 32/128 + real SST-2 dev lengths, "
+        f"{args.grid_runs} runs; every target in its own process, in alternating blocks. Timing wall time {wall} s.",
         "",
         "| peer | recipe | dev accuracy | int8 size (MB) | p50 b1 s128 (ms) |",
         "|---|---|---|---|---|",
@@ -109,7 +109,7 @@ def main() -> None:
         f"optimum's at b1 seq128 (above 1 = faster), so speed-ups 'vs peer' from the two stacks differ by that "
         "factor.",
         "",
-        markdown_table({"machine": key["machine"], "artifacts": key["artifacts"],
+        markdown_table({"machine": key["machine"], "artifacts": key["artifacts"], "method": key["method"],
                         "results": key["results"] + grid["results"]}).split("\n", 1)[1],
     ]
     write_results("peers_sst2", {"teacher": {"path": str(teacher.path), "payload_sha256":
