@@ -309,8 +309,10 @@ def renamed_training_arguments(arguments_class, warmup_ratio: float) -> dict:
 
     transformers 5 folds warmup_ratio into warmup_steps (a float below 1 is a ratio) and group_by_length
     into train_sampling_strategy="group_by_length"; 4.x has the old names. 5 also turns
-    average_tokens_across_devices on, which multiplies each rank's loss by the world size (the gradient DDP
-    averages is the same either way, but the logged train loss doubles on 2 ranks): it is kept off, as in 4.x.
+    average_tokens_across_devices on: each rank's loss is divided by the labels of all ranks and multiplied
+    by the world size, so the logged train loss doubles on 2 ranks. It is kept off, as in 4.x: each rank's
+    loss is its own mean, and DDP averages those. With equal label counts per rank (classification, whose
+    batches are equal) the gradient is the same either way; token classification keeps 4.x's per-rank weighting.
     """
     import dataclasses
 
