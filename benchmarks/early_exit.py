@@ -40,7 +40,8 @@ def build(args) -> None:
     log.setup()
     base = root(args.name)
     base.mkdir(parents=True, exist_ok=True)
-    config = EarlyExitConfig(rule=args.rule, max_accuracy_drop=args.max_accuracy_drop, epochs=args.epochs,
+    config = EarlyExitConfig(mode=args.mode, joint_epochs=args.joint_epochs, encoder_lr=args.encoder_lr,
+                             rule=args.rule, max_accuracy_drop=args.max_accuracy_drop, epochs=args.epochs,
                              ce_weight=args.ce_weight, pooling=args.pooling, lr=args.lr,
                              data={"max_train_samples": args.max_train_samples})
     ee = load_artifact(base / "ee") if is_artifact(base / "ee") else early_exit(args.source, config, base / "ee")
@@ -109,6 +110,9 @@ def main() -> None:
     b.add_argument("--pooling", default="cls", choices=["cls", "mean"])
     b.add_argument("--lr", type=float, default=1e-4)
     b.add_argument("--max-train-samples", type=int, default=None)
+    b.add_argument("--mode", default="frozen", choices=["frozen", "joint"])
+    b.add_argument("--joint-epochs", type=float, default=3.0)
+    b.add_argument("--encoder-lr", type=float, default=2e-5)
     b.add_argument("--int8-mode", default="dynamic", choices=["dynamic", "auto"])
     t = sub.add_parser("time")
     t.add_argument("--name", action="append", required=True)

@@ -227,6 +227,39 @@ def test_manifests_document_the_protocol(ee):
         assert segment["fused_node_counts"].get("Attention") == 1
 
 
+def test_joint_mode_trains_the_encoder_with_the_exits(ee, tmp_path):
+    from safetensors.numpy import load_file
+
+    from bertedge.stages.early_exit import EarlyExitConfig, early_exit
+    from bertedge.stages.export import ExportConfig, export
+
+    joint = early_exit(ee["plain"], EarlyExitConfig(mode="joint", epochs=1, joint_epochs=2, encoder_lr=1e-3),
+                       tmp_path / "joint")
+    parent, frozen, trained = (load_file(str(a.path / "model.safetensors"))
+                               for a in (ee["plain"], ee["artifact"], joint))
+    key = next(k for k in parent if "layer.0." in k and "query.weight" in k)
+    assert np.array_equal(frozen[key], parent[key])  # frozen mode leaves the encoder as it was
+    assert not np.allclose(trained[key], parent[key])  # joint mode moved it
+    training = joint.manifest["early_exit"]["training"]
+    assert training["mode"] == "joint" and joint.manifest["config"]["mode"] == "joint"
+    assert (training["joint"]["encoder_lr"], training["joint"]["epochs"]) == (1e-3, 2.0)
+    assert [h["epoch"] for h in training["joint"]["history"]] == [1.0, 2.0]
+    record = joint.manifest["early_exit"]
+    assert record["exit_heads"]["last_layer"].endswith("trained jointly with the exits")
+    assert record["dev_accuracy_parent_full_depth"] == pytest.approx(
+        ee["artifact"].manifest["early_exit"]["calibration"]["accuracy_full_depth"])
+    assert record["calibration"]["accuracy_full_depth"] == pytest.approx(
+        joint.manifest["metrics"]["dev_full_depth"]["accuracy"])
+    # the bundle's last segment is the jointly trained model, and "never exit" is its plain output
+    bundle = export(joint, ExportConfig(), tmp_path / "bundle")
+    assert bundle.manifest["validation"]["last_segment_vs_plain_model_max_abs_diff"] <= 1e-4
+    never = Bundle(bundle.path, rule="entropy", threshold=0.0).predict(TEXTS, logits=True)
+    old = Bundle(ee["bundle"].path, full_depth=True).predict(TEXTS, logits=True)
+    assert all(r["exit_layer"] == LAYERS for r in never)
+    assert not np.allclose([r["outputs"][0]["logits"] for r in never], [r["outputs"][0]["logits"] for r in old],
+                           atol=1e-3)
+
+
 def test_eval_and_predict_full_depth(cli, ee, tmp_path):
     result = cli("eval", ee["bundle"].path, "--json")
     assert result.code == 0, result

@@ -19,6 +19,9 @@ def early_exit(
                                                   "(finetune, distill, prune or trim-vocab output).")],
     out: Annotated[Path, typer.Option("--out", help="Output artifact directory.")],
     rule: Annotated[str, typer.Option(help="Exit rule: entropy, max-prob or patience (PABEE).")] = "entropy",
+    mode: Annotated[str, typer.Option(help="frozen: only the exit heads train (seconds); joint: then the encoder "
+                                           "trains with the exit losses too (a fine-tuning run), so early layers "
+                                           "decide more often.")] = "frozen",
     pooling: Annotated[str, typer.Option(help="What each exit head reads: cls (the [CLS] state) or mean (the "
                                               "mean over real tokens).")] = "cls",
     threshold: Annotated[float | None, typer.Option(help="Fixed threshold of the rule (entropy/max-prob: 0-1; "
@@ -30,6 +33,10 @@ def early_exit(
     ce_weight: Annotated[float, typer.Option(help="Weight of cross-entropy with the gold labels.")] = 0.0,
     epochs: Annotated[float, typer.Option(help="Epochs of exit-head training (the encoder is frozen).")] = 5.0,
     lr: Annotated[float, typer.Option(help="Learning rate of the exit heads.")] = 1e-4,
+    joint_epochs: Annotated[float, typer.Option(help="--mode joint: epochs of training the encoder with the "
+                                                     "exits.")] = 3.0,
+    encoder_lr: Annotated[float, typer.Option(help="--mode joint: peak learning rate of the encoder and final "
+                                                   "classifier.")] = 2e-5,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
     seed: Seed = 42,
     data: Annotated[str | None, typer.Option(help="Data (defaults to the one the artifact records).")] = None,
@@ -39,8 +46,8 @@ def early_exit(
     overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
-    """Add an exit classifier after every encoder layer, train them from the final classifier (encoder frozen)
-    and calibrate the exit threshold on dev. Export the result for a bundle that stops at the first confident exit."""
+    """Add an exit classifier after every encoder layer, train them from the final classifier (encoder frozen;
+    --mode joint then trains the encoder with them) and calibrate the exit threshold on dev. Export the result for a bundle that stops at the first confident exit."""
     from ..config import build
     from ..early_exit import check_threshold
     from ..stages.early_exit import EarlyExitConfig
@@ -49,6 +56,7 @@ def early_exit(
     if threshold is not None:
         check_threshold(rule, threshold)
     config = build(EarlyExitConfig, {
+        "mode": mode, "joint_epochs": joint_epochs, "encoder_lr": encoder_lr,
         "rule": rule, "pooling": pooling, "threshold": threshold, "max_accuracy_drop": max_accuracy_drop, "temperature": temperature,
         "kd_weight": kd_weight, "ce_weight": ce_weight, "epochs": epochs, "lr": lr, "batch_size": batch_size,
         "seed": seed, "eval_batch_size": eval_batch_size,

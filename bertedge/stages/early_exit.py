@@ -7,6 +7,11 @@ term at a temperature, plus optional cross-entropy on the gold labels. Layer L's
 classifier, so "never exit early" is exactly the plain model. With the encoder frozen, every layer's
 [CLS] state and the final logits are computed once, and the heads train on them (seconds, not hours).
 
+Joint mode (`mode: joint`) then trains the encoder, final classifier and heads together for `joint_epochs`
+(`_train_joint`): the early layers learn to decide, at the cost of a fine-tuning run. The saved model is the
+jointly trained one, so "never exit early" is still exactly its plain export, and calibration compares
+against its own full depth (the parent's full-depth dev accuracy is recorded beside it).
+
 Calibration: on dev, the threshold of the exit rule (normalised entropy, max probability, or PABEE
 patience) with the fewest layers run whose accuracy is within `max_accuracy_drop` points of full depth.
 
@@ -53,14 +58,24 @@ SEGMENT_FILE = "segment_{}.onnx"
 
 
 class EarlyExitConfig(StrictModel):
-    mode: Literal["frozen"] = Field("frozen", description="frozen: the encoder and final classifier stay fixed and "
-                                                          "only the exit heads train (self-distillation)")
+    mode: Literal["frozen", "joint"] = Field("frozen", description="frozen: the encoder and final classifier stay "
+                                                                   "fixed and only the exit heads train "
+                                                                   "(self-distillation); joint: after that, the "
+                                                                   "encoder, final classifier and heads train "
+                                                                   "together, so early layers learn to decide")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the KL term (teacher: the final "
                                                       "classifier)")
     kd_weight: float = Field(1.0, ge=0, description="Weight of KL(final classifier || exit head) at the temperature "
                                                     "(scaled by T^2)")
     ce_weight: float = Field(0.0, ge=0, description="Weight of cross-entropy with the gold labels")
-    epochs: float = Field(5.0, gt=0, description="Epochs over the train split (heads only: cheap)")
+    epochs: float = Field(5.0, gt=0, description="Epochs of exit-head training over the train split (heads only: "
+                                                 "cheap)")
+    joint_epochs: float = Field(3.0, gt=0, description="joint mode: epochs of training the encoder with the exit "
+                                                       "losses (a full forward and backward pass: as costly as "
+                                                       "fine-tuning)")
+    joint_batch_size: int = Field(32, ge=1, description="joint mode: training batch size")
+    encoder_lr: float = Field(2e-5, gt=0, description="joint mode: peak learning rate of the encoder and final "
+                                                      "classifier (the heads keep `lr`); 10% warmup, linear decay")
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the exit heads (1e-3 made them fragile under int8)")
     batch_size: int = Field(64, ge=1, description="Training batch size")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
@@ -300,6 +315,90 @@ def _train_heads(heads, cls, teacher, gold, config: EarlyExitConfig) -> list[dic
     return history
 
 
+def _train_joint(model, heads, features: list[dict], encoder, teacher, config: EarlyExitConfig) -> list[dict]:
+    """Joint mode: the encoder, the final classifier and the exit heads train together (BERxiT/PABEE-style).
+    Loss = the final classifier's cross-entropy on the gold labels + kd_weight x KL(parent || final) at the
+    temperature, plus the mean over the exits of the frozen mode's terms (KL to the parent's logits, and
+    ce_weight x cross-entropy). The parent's logits (`teacher`, feature order) were computed once, before any
+    weight moved. Encoder lr `encoder_lr`, heads `lr`; 10% warmup, linear decay, gradient norm clipped at 1."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    n, size = len(features), config.joint_batch_size
+    steps_per_epoch = max(1, -(-n // size))
+    total = max(1, round(config.joint_epochs * steps_per_epoch))
+    warmup = max(1, round(0.1 * total))
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+    def no_decay(name: str) -> bool:
+        return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+
+    named = list(model.named_parameters())
+    groups = [{"params": [p for k, p in named if not no_decay(k)], "lr": config.encoder_lr,
+               "weight_decay": config.weight_decay},
+              {"params": [p for k, p in named if no_decay(k)], "lr": config.encoder_lr, "weight_decay": 0.0},
+              {"params": list(heads.parameters()), "lr": config.lr, "weight_decay": config.weight_decay}]
+    optimizer = torch.optim.AdamW(groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup)))
+    t = config.temperature
+    target = F.softmax(teacher / t, dim=-1)
+    gold = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
+
+    def kd(logits, idx):
+        return t * t * F.kl_div(F.log_softmax(logits / t, dim=-1), target[idx], reduction="batchmean")
+
+    model.train()
+    heads.train()
+    history: list[dict] = []
+    step, running, since = 0, 0.0, 0
+    try:
+        while step < total:
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, size):
+                if step >= total:
+                    break
+                idx = order[start:start + size]
+                batch = encoder.collate([features[i] for i in idx.tolist()])
+                inputs = {k: torch.from_numpy(v) for k, v in batch.items() if k != "labels"}
+                out = model(**inputs, output_hidden_states=True)
+                mask = inputs["attention_mask"]
+                loss = F.cross_entropy(out.logits, gold[idx])
+                if config.kd_weight:
+                    loss = loss + config.kd_weight * kd(out.logits, idx)
+                exits: Any = 0.0
+                for k, head in enumerate(heads):
+                    logits = head(head.pool(out.hidden_states[k + 1], mask))
+                    if config.kd_weight:
+                        exits = exits + config.kd_weight * kd(logits, idx)
+                    if config.ce_weight:
+                        exits = exits + config.ce_weight * F.cross_entropy(logits, gold[idx])
+                loss = loss + exits / len(heads)
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                since += 1
+                running += loss.item()
+                if step % steps_per_epoch == 0 or step == total:
+                    history.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                                    "loss": round(running / since, 6)})
+                    log.info(f"early-exit: joint step {step}/{total} (epoch {step / steps_per_epoch:.2f}) "
+                             f"loss {running / since:.4f}")
+                    running, since = 0.0, 0
+    finally:
+        model.eval()
+        heads.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return history
+
+
 def label_metrics(predicted: np.ndarray, gold: np.ndarray, labels) -> dict:
     from ..tasks.classification import classification_metrics
 
@@ -368,10 +467,10 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
     started = time.perf_counter()
     log.info(f"early-exit: teacher pass over {len(train)} train and {len(dev)} dev examples "
              f"({len(layers)} layers)")
-    train_cls, train_logits = _layer_states(model, task.train_features(train, encoder, settings), encoder,
-                                            config.eval_batch_size, config.pooling)
-    dev_cls, dev_logits = _layer_states(model, task.eval_features(dev, encoder, settings), encoder,
-                                        config.eval_batch_size, config.pooling)
+    train_features = task.train_features(train, encoder, settings)
+    dev_features = task.eval_features(dev, encoder, settings)
+    train_cls, train_logits = _layer_states(model, train_features, encoder, config.eval_batch_size, config.pooling)
+    dev_cls, dev_logits = _layer_states(model, dev_features, encoder, config.eval_batch_size, config.pooling)
     teacher_s = time.perf_counter() - started
     gold = torch.tensor([ex["label"] for ex in train], dtype=torch.long)
     dev_gold = np.array([ex["label"] for ex in dev], dtype=np.int64)
@@ -381,6 +480,17 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
     started = time.perf_counter()
     history = _train_heads(heads, train_cls, train_logits, gold, config)
     train_s = time.perf_counter() - started
+    parent_full = float((dev_logits.argmax(-1).numpy() == dev_gold).mean())
+    joint: dict[str, Any] | None = None
+    if config.mode == "joint":
+        log.info(f"early-exit: joint training of the encoder and the exits, {config.joint_epochs:g} epochs "
+                 f"(encoder lr {config.encoder_lr:g}, heads lr {config.lr:g})")
+        started = time.perf_counter()
+        joint_history = _train_joint(model, heads, train_features, encoder, train_logits, config)
+        joint = {"epochs": config.joint_epochs, "encoder_lr": config.encoder_lr, "heads_lr": config.lr,
+                 "batch_size": config.joint_batch_size, "train_s": round(time.perf_counter() - started, 2),
+                 "history": joint_history}
+        dev_cls, dev_logits = _layer_states(model, dev_features, encoder, config.eval_batch_size, config.pooling)
     layer_logits = _layer_logits(heads, dev_cls, dev_logits)
 
     calibrated = config.threshold is None
@@ -411,11 +521,13 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
                                "shape": f"tanh(dense({'h_cls' if config.pooling == 'cls' else 'mean of h over real tokens'}))"
                                         " -> linear (BERT's pooler + classifier), initialised from the model's own",
                                "parameters": sum(p.numel() for p in heads.parameters()),
-                               "last_layer": "the model's own pooler + classifier (unchanged)"},
+                               "last_layer": "the model's own pooler + classifier (unchanged)" if joint is None
+                               else "the model's own pooler + classifier, trained jointly with the exits"},
                 "training": {"mode": config.mode, "temperature": config.temperature, "kd_weight": config.kd_weight,
                              "ce_weight": config.ce_weight, "epochs": config.epochs, "lr": config.lr,
                              "train_examples": len(train), "teacher_pass_s": round(teacher_s, 2),
-                             "train_s": round(train_s, 2), "history": history},
+                             "train_s": round(train_s, 2), "history": history, "joint": joint},
+                "dev_accuracy_parent_full_depth": parent_full,
                 "rule": config.rule, "threshold": record["threshold"], "rule_definition": RULE_TEXT[config.rule],
                 "calibration": record,
                 "dev_accuracy_per_layer": per_layer,
