@@ -1,6 +1,10 @@
 """Early exit on a fine-tuned teacher (and optionally a student): train the exits, export, int8, time per process.
 
-Two phases:
+Three phases (screen is optional):
+
+  python benchmarks/early_exit.py screen --source ARTIFACT --suffix mrpc
+      Frozen-mode head configs (SCREEN_GRID) from one teacher pass, each calibrated on dev in fp32: the mean exit
+      layer per config -> benchmarks/results/early-exit-screen[-SUFFIX].json/.md. Minutes, not hours.
 
   nice -n 10 python benchmarks/early_exit.py build --source ARTIFACT --name sst2-teacher [--pairs]
       ARTIFACT is a fine-tuned text-classification PyTorch artifact (e.g. $BERTEDGE_CACHE/teachers/sst2).
@@ -97,6 +101,89 @@ def time_bundles(args) -> None:
     print(f"wrote {json_path} and {md_path}")
 
 
+SCREEN_GRID = [  # (pooling, ce_weight, kd_weight, epochs, lr, temperature); the first row is the stage's defaults
+    ("mean", 0.0, 1.0, 5, 1e-4, 2.0), ("mean", 0.0, 1.0, 3, 1e-4, 2.0), ("mean", 1.0, 1.0, 3, 1e-4, 2.0),
+    ("mean", 1.0, 0.0, 3, 1e-4, 2.0), ("mean", 0.0, 1.0, 10, 1e-4, 2.0), ("mean", 1.0, 1.0, 10, 1e-4, 2.0),
+    ("mean", 0.0, 1.0, 5, 3e-4, 2.0), ("mean", 1.0, 1.0, 5, 3e-4, 2.0), ("mean", 0.0, 1.0, 3, 1e-4, 1.0),
+    ("mean", 0.0, 1.0, 3, 1e-4, 4.0), ("cls", 0.0, 1.0, 3, 1e-4, 2.0), ("cls", 1.0, 1.0, 10, 1e-4, 2.0),
+]
+
+
+def screen(args) -> None:
+    """Frozen-mode head configs from one teacher pass: every layer's pooled states are computed once per pooling,
+    then each config's heads train on them (seconds) and are calibrated on dev (fp32, PyTorch). The mean exit
+    layer is what the latency follows (about mean / layers of full depth at batch 1)."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from bertedge import log
+    from bertedge.artifacts import load_artifact
+    from bertedge.config import DataConfig
+    from bertedge.early_exit import calibrate
+    from bertedge.evaluate import artifact_view, load_task_data, task_settings
+    from bertedge.modeling import encoder_from_hf, load_torch_artifact
+    from bertedge.stages import early_exit as ee
+    from bertedge.tasks import get_task
+
+    log.setup()
+    parent = load_artifact(args.source)
+    model, tokenizer = load_torch_artifact(parent)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    view = artifact_view(parent, DataConfig())
+    data = load_task_data(view, need=("train", "dev"), labels=parent.labels or None)
+    settings, task, encoder = task_settings(view), get_task(parent.task), encoder_from_hf(tokenizer)
+    train, dev = data.split("train"), data.split("dev")
+    gold = torch.tensor([ex["label"] for ex in train], dtype=torch.long)
+    dev_gold = np.array([ex["label"] for ex in dev], dtype=np.int64)
+    states, rows = {}, []
+    for pooling in sorted({g[0] for g in SCREEN_GRID}):
+        started = time.perf_counter()
+        states[pooling] = (ee._layer_states(model, task.train_features(train, encoder, settings), encoder, 64, pooling),
+                           ee._layer_states(model, task.eval_features(dev, encoder, settings), encoder, 64, pooling))
+        print(f"{pooling}: teacher pass {time.perf_counter() - started:.0f} s", flush=True)
+    for pooling, ce, kd, epochs, lr, temperature in SCREEN_GRID:
+        (train_cls, train_logits), (dev_cls, dev_logits) = states[pooling]
+        config = ee.EarlyExitConfig(pooling=pooling, ce_weight=ce, kd_weight=kd, epochs=epochs, lr=lr,
+                                    temperature=temperature, seed=42)
+        heads = ee.make_heads(model, pooling=pooling)
+        started = time.perf_counter()
+        ee._train_heads(heads, train_cls, train_logits, gold, config)
+        train_s = time.perf_counter() - started
+        logits = ee._layer_logits(heads, dev_cls, dev_logits)
+        row = {"pooling": pooling, "ce_weight": ce, "kd_weight": kd, "epochs": epochs, "lr": lr,
+               "temperature": temperature, "train_s": round(train_s, 2),
+               "dev_accuracy_per_layer": [float((logits[:, k].argmax(-1) == dev_gold).mean())
+                                          for k in range(logits.shape[1])]}
+        for rule in ("max-prob", "entropy"):
+            row[rule] = {k: v for k, v in calibrate(rule, logits, dev_gold, args.max_accuracy_drop).items()
+                         if k != "curve"}
+        rows.append(row)
+        print(f"{pooling} ce {ce:g} kd {kd:g} epochs {epochs} lr {lr:g} T {temperature:g}: mean exit layer "
+              f"{row['max-prob']['mean_exit_layer']:.2f} (max-prob), {row['entropy']['mean_exit_layer']:.2f} "
+              f"(entropy)", flush=True)
+    lines = [f"# Early exit: frozen exit-head configs screened on {Path(args.source).name} (fp32, calibrated on dev)",
+             "", f"Source: `{args.source}` ({parent.task}, {len(train)} train, {len(dev)} dev). Budget: "
+             f"{args.max_accuracy_drop} pts below full depth. One teacher pass per pooling; each config's heads "
+             "train on the stored states with seed 42 and are calibrated on dev. Batch-1 latency follows the mean "
+             "exit layer (about mean / layers of full depth); the chosen config is then built and timed through "
+             "the bundle runtime (`build` and `time`). The first row is the stage's defaults.", "",
+             "| pooling | ce_weight | kd_weight | epochs | lr | T | dev acc per layer | max-prob: threshold, acc, "
+             "mean exit | entropy: threshold, acc, mean exit |", "|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        cells = [f"{r[rule]['threshold']:.3f}, {r[rule]['accuracy']:.4f} "
+                 f"(full {r[rule]['accuracy_full_depth']:.4f}), **{r[rule]['mean_exit_layer']:.2f}**"
+                 for rule in ("max-prob", "entropy")]
+        lines.append(f"| {r['pooling']} | {r['ce_weight']:g} | {r['kd_weight']:g} | {r['epochs']} | {r['lr']:g} | "
+                     f"{r['temperature']:g} | {' '.join(f'{a:.3f}' for a in r['dev_accuracy_per_layer'])} | "
+                     f"{cells[0]} | {cells[1]} |")
+    name = "early-exit-screen" + (f"-{args.suffix}" if args.suffix else "")
+    json_path, md_path = write_results(name, {"source": args.source, "rows": rows}, "\n".join(lines) + "\n")
+    print(f"wrote {json_path} and {md_path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="phase", required=True)
@@ -120,8 +207,12 @@ def main() -> None:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--max-samples", type=int, default=None)
     t.add_argument("--suffix", default="", help="results file suffix (e.g. sst2, rte)")
+    c = sub.add_parser("screen")
+    c.add_argument("--source", required=True, help="fine-tuned text-classification artifact")
+    c.add_argument("--max-accuracy-drop", type=float, default=0.5)
+    c.add_argument("--suffix", default="", help="results file suffix (e.g. mrpc)")
     args = parser.parse_args()
-    build(args) if args.phase == "build" else time_bundles(args)
+    {"build": build, "time": time_bundles, "screen": screen}[args.phase](args)
 
 
 if __name__ == "__main__":

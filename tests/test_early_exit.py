@@ -148,6 +148,12 @@ def test_threshold_out_of_range_is_one_line(cli, ee, tmp_path):
     assert_one_line_error(result, "--threshold", "patience rule")
     with pytest.raises(Exception, match="out of range"):
         Bundle(ee["bundle"].path, threshold=-0.1)
+    result = cli("early-exit", ee["plain"].path, "--out", tmp_path / "out", "--mode", "both")
+    line = assert_one_line_error(result, "mode")
+    assert "'frozen' or 'joint'" in line, line
+    result = cli("early-exit", ee["plain"].path, "--out", tmp_path / "out", "--mode", "joint", "--encoder-lr", "0")
+    assert_one_line_error(result, "encoder_lr", "greater than 0")
+    assert not (tmp_path / "out").exists()
 
 
 def test_recipe_refuses_early_exit_for_qa():

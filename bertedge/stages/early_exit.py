@@ -337,6 +337,7 @@ def _train_joint(model, heads, features: list[dict], encoder, teacher, config: E
         return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
 
     named = list(model.named_parameters())
+    trained = [p for _, p in named] + list(heads.parameters())
     groups = [{"params": [p for k, p in named if not no_decay(k)], "lr": config.encoder_lr,
                "weight_decay": config.weight_decay},
               {"params": [p for k, p in named if no_decay(k)], "lr": config.encoder_lr, "weight_decay": 0.0},
@@ -379,7 +380,7 @@ def _train_joint(model, heads, features: list[dict], encoder, teacher, config: E
                 loss = loss + exits / len(heads)
                 optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+                torch.nn.utils.clip_grad_norm_(trained, 1.0)
                 optimizer.step()
                 scheduler.step()
                 step += 1
