@@ -268,6 +268,25 @@ def _layer_logits(heads, cls, final_logits) -> np.ndarray:
     return torch.stack([*exits, final_logits], dim=1).numpy().astype(np.float64)
 
 
+def _kd(logits, target, t: float):
+    """T^2 x KL(target || softmax(logits / T)): the self-distillation term."""
+    import torch.nn.functional as F
+
+    return t * t * F.kl_div(F.log_softmax(logits / t, dim=-1), target, reduction="batchmean")
+
+
+def _exit_loss(logits, target, gold, config: EarlyExitConfig):
+    """One exit head's loss: kd_weight x the KD term to `target` + ce_weight x cross-entropy with `gold`."""
+    import torch.nn.functional as F
+
+    loss: Any = 0.0
+    if config.kd_weight:
+        loss = loss + config.kd_weight * _kd(logits, target, config.temperature)
+    if config.ce_weight:
+        loss = loss + config.ce_weight * F.cross_entropy(logits, gold)
+    return loss
+
+
 def _train_heads(heads, cls, teacher, gold, config: EarlyExitConfig) -> list[dict]:
     import torch
     import torch.nn.functional as F
@@ -292,14 +311,7 @@ def _train_heads(heads, cls, teacher, gold, config: EarlyExitConfig) -> list[dic
             idx = order[start:start + config.batch_size]
             loss: Any = 0.0  # a tensor once the first head's term is added
             for k, head in enumerate(heads):
-                student = head(cls[idx, k])
-                term = 0.0
-                if config.kd_weight:
-                    term = term + config.kd_weight * t * t * F.kl_div(F.log_softmax(student / t, dim=-1), target[idx],
-                                                                      reduction="batchmean")
-                if config.ce_weight:
-                    term = term + config.ce_weight * F.cross_entropy(student, gold[idx])
-                loss = loss + term
+                loss = loss + _exit_loss(head(cls[idx, k]), target[idx], gold[idx], config)
             loss = loss / len(heads)
             optimizer.zero_grad()
             loss.backward()
@@ -315,7 +327,7 @@ def _train_heads(heads, cls, teacher, gold, config: EarlyExitConfig) -> list[dic
     return history
 
 
-def _train_joint(model, heads, features: list[dict], encoder, teacher, config: EarlyExitConfig) -> list[dict]:
+def _train_joint(model, heads, features: list[dict], encoder, teacher, gold, config: EarlyExitConfig) -> list[dict]:
     """Joint mode: the encoder, the final classifier and the exit heads train together (BERxiT/PABEE-style).
     Loss = the final classifier's cross-entropy on the gold labels + kd_weight x KL(parent || final) at the
     temperature, plus the mean over the exits of the frozen mode's terms (KL to the parent's logits, and
@@ -330,28 +342,17 @@ def _train_joint(model, heads, features: list[dict], encoder, teacher, config: E
     steps_per_epoch = max(1, -(-n // size))
     total = max(1, round(config.joint_epochs * steps_per_epoch))
     warmup = max(1, round(0.1 * total))
+    from ..train import parameter_groups
+
     for p in model.parameters():
         p.requires_grad_(True)
-
-    def no_decay(name: str) -> bool:
-        return name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
-
-    named = list(model.named_parameters())
-    trained = [p for _, p in named] + list(heads.parameters())
-    groups = [{"params": [p for k, p in named if not no_decay(k)], "lr": config.encoder_lr,
-               "weight_decay": config.weight_decay},
-              {"params": [p for k, p in named if no_decay(k)], "lr": config.encoder_lr, "weight_decay": 0.0},
+    trained = list(model.parameters()) + list(heads.parameters())
+    groups = [*parameter_groups(model, config.encoder_lr, config.weight_decay, 1.0),
               {"params": list(heads.parameters()), "lr": config.lr, "weight_decay": config.weight_decay}]
     optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup)))
-    t = config.temperature
-    target = F.softmax(teacher / t, dim=-1)
-    gold = torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)
-
-    def kd(logits, idx):
-        return t * t * F.kl_div(F.log_softmax(logits / t, dim=-1), target[idx], reduction="batchmean")
-
+    target = F.softmax(teacher / config.temperature, dim=-1)
     model.train()
     heads.train()
     history: list[dict] = []
@@ -369,14 +370,11 @@ def _train_joint(model, heads, features: list[dict], encoder, teacher, config: E
                 mask = inputs["attention_mask"]
                 loss = F.cross_entropy(out.logits, gold[idx])
                 if config.kd_weight:
-                    loss = loss + config.kd_weight * kd(out.logits, idx)
+                    loss = loss + config.kd_weight * _kd(out.logits, target[idx], config.temperature)
                 exits: Any = 0.0
                 for k, head in enumerate(heads):
-                    logits = head(head.pool(out.hidden_states[k + 1], mask))
-                    if config.kd_weight:
-                        exits = exits + config.kd_weight * kd(logits, idx)
-                    if config.ce_weight:
-                        exits = exits + config.ce_weight * F.cross_entropy(logits, gold[idx])
+                    exits = exits + _exit_loss(head(head.pool(out.hidden_states[k + 1], mask)), target[idx],
+                                               gold[idx], config)
                 loss = loss + exits / len(heads)
                 optimizer.zero_grad()
                 loss.backward()
@@ -487,7 +485,7 @@ def early_exit(src: str | Path | Artifact, config: EarlyExitConfig, out: str | P
         log.info(f"early-exit: joint training of the encoder and the exits, {config.joint_epochs:g} epochs "
                  f"(encoder lr {config.encoder_lr:g}, heads lr {config.lr:g})")
         started = time.perf_counter()
-        joint_history = _train_joint(model, heads, train_features, encoder, train_logits, config)
+        joint_history = _train_joint(model, heads, train_features, encoder, train_logits, gold, config)
         joint = {"epochs": config.joint_epochs, "encoder_lr": config.encoder_lr, "heads_lr": config.lr,
                  "batch_size": config.joint_batch_size, "train_s": round(time.perf_counter() - started, 2),
                  "history": joint_history}
