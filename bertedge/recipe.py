@@ -235,6 +235,10 @@ def _check_flow(recipe: Recipe) -> None:
                               f"PyTorch teacher (a finetune, distill or prune step), not the {source_stage} step "
                               f"'{source_name}'",
                               fix="Put the search step right after its teacher, or name the teacher with `source:`")
+        if step.stage == "search":
+            from .search_space import check_early_exit_task
+
+            check_early_exit_task(step, recipe.task, where)
         if step.stage == "early-exit" and not get_task(recipe.task).per_sequence:
             raise ConfigError(f"{where}: early exit needs a text-classification model; this recipe's task is "
                               f"{recipe.task}", fix="Drop the early-exit step for this task")

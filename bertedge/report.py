@@ -220,7 +220,7 @@ def _within(row: dict, budget: dict) -> bool:
 # What the report keeps of each search candidate (search.json has everything).
 SEARCH_FIELDS = ("name", "stage", "parent", "status", "reason", "verdict", "final", "metric_value", "drop_pts",
                  "size_bytes", "p50_ms", "speedup_vs_teacher", "within_budget", "pareto", "wall_time_s",
-                 "kept_from_earlier_run")
+                 "kept_from_earlier_run", "dev_mean_ms", "mean_exit_layer")
 
 
 def _search_section(run_dir: Path, name: str, step, names: list[str], recipe: Recipe) -> dict:
@@ -249,7 +249,8 @@ def _search_section(run_dir: Path, name: str, step, names: list[str], recipe: Re
         pareto_front=result.get("pareto_front", []), wall_time_s=result.get("wall_time_s"),
         cost=result.get("cost"), stopped=result.get("stopped"), plot=result.get("plot"),
         search_md=str(directory / SEARCH_MD),
-        ranking={k: (result.get("search") or {}).get(k) for k in ("batch_size", "seq_len", "runs")},
+        ranking={**{k: (result.get("search") or {}).get(k) for k in ("batch_size", "seq_len", "runs")},
+                 **(result.get("ranking") or {})},
         candidates=[{k: c.get(k) for k in SEARCH_FIELDS if k in c} for c in result.get("candidates", [])])
     return section
 
@@ -371,15 +372,19 @@ def _search_markdown(section: dict, metric: str, run_dir: Path) -> list[str]:
               f"drop ≤ {budget['max_accuracy_drop']} pts"
               + (f", size ≤ {budget['max_size_mb']} MB" if budget.get("max_size_mb") else "")
               + (f", wall clock ≤ {budget['max_hours']:g} h" if budget.get("max_hours") is not None else "")
-              + f". Ranking: p50 at batch {ranking.get('batch_size')}, seq {ranking.get('seq_len')}, one bench run "
-                f"of the teacher and every final candidate.", "",
+              + (f". Ranking: {ranking['description']} (early-exit candidates: how deep an input goes depends on the "
+                 "input); the p50 column is the fixed-shape bench of the teacher and the candidates without exits."
+                 if ranking.get("key") == "dev_mean_ms" else
+                 f". Ranking: p50 at batch {ranking.get('batch_size')}, seq {ranking.get('seq_len')}, one bench run "
+                 "of the teacher and every final candidate."), "",
               *candidate_table(section["candidates"]), ""]
     if section.get("picked"):
         lines.append(f"**Picked: {section['picked']}** (fastest within the budget), copied to the step's artifact "
                      f"{rel(section['artifact'])}.")
     else:
         lines.append("**No candidate within budget**: the search step wrote no artifact.")
-    lines += [f"Pareto front (dev {metric} vs p50): {', '.join(section.get('pareto_front') or []) or 'none'}.", "",
+    against = "dev-input mean latency" if ranking.get("key") == "dev_mean_ms" else "p50"
+    lines += [f"Pareto front (dev {metric} vs {against}): {', '.join(section.get('pareto_front') or []) or 'none'}.", "",
               cost_line(section), "",
               (f"Plot (dev {metric} vs p50 of the search's bench): {rel(section.get('plot'))}; every candidate's "
                f"details: {rel(section.get('search_md'))}.")]

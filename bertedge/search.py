@@ -52,6 +52,7 @@ from .search_space import (  # noqa: F401 - the search's config, also imported f
     candidate_table,
     check_blocks,
     check_depths,
+    check_early_exit_task,
     cost_line,
     parse_search,
     stage_configs,
@@ -151,6 +152,24 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
         return (f"skipped: its weights alone take {size / 1e6:.1f} MB ({'int8' if bytes_per_weight == 1 else 'fp32'}"
                 f", vocabulary {vocab:,}), over the {config.max_size_mb:g} MB budget")
 
+    def export_and_quantize(source: str) -> None:
+        """The fp32 bundle of `source` and its quantized bundles: the final candidates of this branch."""
+        bundle = f"{source}-onnx"
+        record = attempt(bundle, "export", source, {})
+        records.append(record)
+        for mode in config.quantize:
+            if mode == "none":
+                record["final"] = True
+                continue
+            if mode == "static" and source.endswith("-ee"):
+                skip(f"{source}-{mode}", "quantize", bundle, "skipped: static int8 is not available for early-exit "
+                                                             "bundles (dynamic and auto are)")
+                continue
+            left = config.max_accuracy_drop - max(record.get("drop_pts") or 0.0, 0.0)
+            records.append(attempt(f"{source}-{mode}", "quantize", bundle,
+                                   {"mode": mode, "max_accuracy_drop": round(max(left, 0.0), 4)}))
+            records[-1]["final"] = True
+
     depths = sorted({teacher_depth if d in (0, teacher_depth) else d for d in config.layers}, reverse=True)
     failed_depth: tuple[int, float] | None = None
     for depth in depths:
@@ -196,17 +215,16 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
                 if record is None:
                     continue
                 source = trimmed
-            bundle = f"{source}-onnx"
-            record = attempt(bundle, "export", source, {})
-            records.append(record)
-            for mode in config.quantize:
-                if mode == "none":
-                    record["final"] = True
-                    continue
-                left = config.max_accuracy_drop - max(record.get("drop_pts") or 0.0, 0.0)
-                records.append(attempt(f"{source}-{mode}", "quantize", bundle,
-                                       {"mode": mode, "max_accuracy_drop": round(max(left, 0.0), 4)}))
-                records[-1]["final"] = True
+            source_drop = next((r.get("drop_pts") or 0.0 for r in reversed(records) if r["name"] == source), 0.0)
+            export_and_quantize(source)
+            if config.early_exit is not None:  # the same model with exit heads, its own branch
+                cap = float(config.early_exit.get("max_accuracy_drop", 0.5))
+                left = config.max_accuracy_drop - max(source_drop, 0.0)
+                ee = f"{source}-ee"
+                record = build_or_drop(ee, "early-exit", source, {"max_accuracy_drop": round(max(min(cap, left), 0.0), 4)},
+                                       "not exported")
+                if record is not None:
+                    export_and_quantize(ee)
     return records
 
 
@@ -256,6 +274,7 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
                           fix=f"Choose --metric among: {', '.join(sorted(dev_metrics(teacher))) or 'none recorded'}")
     teacher_depth = _depth(teacher)
     check_depths(config, teacher_depth, where="--layers")  # before anything is written
+    check_early_exit_task(config, teacher.task)
     (out / "candidates").mkdir(parents=True, exist_ok=True)
     (out / "state").mkdir(exist_ok=True)
     paths: dict[str, Path] = {"teacher": teacher.path}
@@ -328,11 +347,17 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
 
 def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: str, config: SearchConfig,
           out: Path) -> dict:
-    """Time the teacher and every final candidate in one bench run (a process each); choose; mark the Pareto front."""
+    """Time the teacher and every final candidate in one bench run (a process each); choose; mark the Pareto front.
+
+    With early-exit candidates, fixed shapes say nothing about their speed (how deep an input goes depends on
+    the input), so every final candidate is also timed at batch 1 over real dev inputs in one run of
+    bench/early_exit.py (a process each, alternating passes), and that mean is what ranks them all."""
     from .bench import BenchConfig, run_bench
     from .bench.report import plot_pareto
 
-    bench = run_bench([str(teacher.path), *[r["path"] for r in finals]],
+    exits = {r["name"] for r in finals if (load_artifact(r["path"]).manifest.get("early_exit") or {}).get("segments")}
+    fixed = [r for r in finals if r["name"] not in exits]  # an early-exit bundle has no one-graph fixed-shape run
+    bench = run_bench([str(teacher.path), *[r["path"] for r in fixed]],
                       BenchConfig(batch_sizes=[config.batch_size], seq_lens=[config.seq_len], runs=config.runs,
                                   warmup=config.warmup, threads=config.threads, flops=False))
     by_path = {str(Path(a["path"]).absolute()): a["artifact"] for a in bench["artifacts"]}
@@ -341,6 +366,25 @@ def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: st
     for r in finals:
         r["p50_ms"] = p50.get(by_path.get(str(Path(r["path"]).absolute())))
         r["speedup_vs_teacher"] = round(teacher_p50 / r["p50_ms"], 3) if r["p50_ms"] and teacher_p50 else None
+    ranking = {"key": "p50_ms", "description": f"p50 at batch {config.batch_size}, seq {config.seq_len}"}
+    if exits:
+        from .bench.early_exit import METHOD as DEV_METHOD
+        from .bench.early_exit import bench_early_exit
+
+        dev = bench_early_exit([r["path"] for r in finals], data=config.data.data, max_samples=config.dev_timing_samples,
+                               rounds=config.dev_timing_rounds, threads=config.threads, modes=("early-exit",),
+                               plain=True)
+        timed = {str(Path(t["bundle"]).absolute()): t for t in dev["targets"]}
+        for r in finals:
+            t = timed[str(Path(r["path"]).absolute())]
+            r["dev_mean_ms"] = round(t["mean_ms"], 4)
+            r["mean_exit_layer"] = t["mean_exit_layer"]
+        ranking = {"key": "dev_mean_ms", "description": f"mean batch-1 latency over {dev['targets'][0]['n']} dev "
+                                                        f"inputs, {config.dev_timing_rounds} alternating rounds, "
+                                                        "each candidate in its own process",
+                   "inputs": dev["targets"][0]["n"], "method": DEV_METHOD}
+    key = ranking["key"]
+    for r in finals:
         size_ok = config.max_size_mb is None or (r["size_bytes"] or 0) <= config.max_size_mb * 1e6
         drop_ok = r["drop_pts"] is not None and r["drop_pts"] <= config.max_accuracy_drop
         r["within_budget"] = bool(size_ok and drop_ok)
@@ -348,12 +392,12 @@ def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: st
             r["verdict"] = f"over budget: loses {r['drop_pts']} pts"
         elif not size_ok:
             r["verdict"] = f"over budget: {r['size_bytes'] / 1e6:.1f} MB > {config.max_size_mb:g} MB"
-    points = [{"name": r["name"], "p50_ms": r["p50_ms"], "value": r["metric_value"]} for r in finals
-              if r["p50_ms"] is not None and r["metric_value"] is not None]
+    points = [{"name": r["name"], "p50_ms": r[key], "value": r["metric_value"]} for r in finals
+              if r.get(key) is not None and r["metric_value"] is not None]
     front = {p["name"] for p in pareto_front(points)}
     for r in finals:
         r["pareto"] = r["name"] in front
-    within = sorted((r for r in finals if r["within_budget"] and r["p50_ms"] is not None), key=lambda r: r["p50_ms"])
+    within = sorted((r for r in finals if r["within_budget"] and r.get(key) is not None), key=lambda r: r[key])
     best = within[0] if within else None
     for r in finals:
         if r is best:
@@ -369,7 +413,8 @@ def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: st
         best_link.symlink_to(Path("candidates") / best["name"])
     return {"metric": metric, "teacher_p50_ms": teacher_p50, "best": best["name"] if best else None,
             "best_path": best["path"] if best else None,
-            "pareto_front": [r["name"] for r in sorted(finals, key=lambda r: r["p50_ms"] or 0) if r["pareto"]],
+            "pareto_front": [r["name"] for r in sorted(finals, key=lambda r: r.get(key) or 0) if r["pareto"]],
+            "ranking": ranking,
             "candidates": records, "budget": {"max_accuracy_drop": config.max_accuracy_drop,
                                               "max_size_mb": config.max_size_mb, "met": best is not None},
             "machine": bench["machine"], "timing_method": bench["method"], "plot": str(pareto) if pareto else None}
@@ -451,6 +496,9 @@ def _make_config(stage: str, settings: dict, config: SearchConfig, teacher: Arti
         return models["prune_options"].model_validate({**options, "data": data(config.prune_options)})
     if stage == "export":
         return models["export_options"].model_validate(config.export_options)
+    if stage == "early-exit":
+        block = config.early_exit or {}
+        return models["early_exit"].model_validate({**block, **settings, "data": data(block)})
     if stage == "trim-vocab":
         return models["trim_vocab"].model_validate({**(config.trim_vocab or {}), "data": config.data.model_dump()})
     options = dict(config.quantize_options)
@@ -476,14 +524,20 @@ def markdown(result: dict) -> str:
              + (f", wall clock ≤ {s['max_hours']:g} h" if s.get("max_hours") is not None else "")
              + f". Search: layers {s['layers']}, prune {[tuple(v for v in (p['ffn'], p['heads'], p.get('layers')) if v is not None) for p in s['prune']]}, "
                f"quantize {s['quantize']}" + (", vocabulary trimmed" if s.get("trim_vocab") is not None else "")
+             + (", and each model with early exit" if s.get("early_exit") is not None else "")
              + ".  ",
              f"CPU: {cpu.get('model')} ({cpu.get('usable_cores')} cores), threads {m.get('threads')}; "
              f"wall time {result['wall_time_s'] / 60:.1f} min.", "", *candidate_table(result["candidates"])]
     lines += ["", (f"**Best: {result['best']}** ({result['best_path']})." if result["best"]
                    else "**No candidate meets the budget.**"),
-              f"Pareto front (dev metric vs p50): {', '.join(result['pareto_front']) or 'none'}.", "",
+              f"Ranked by {(result.get('ranking') or {}).get('description', 'p50')}.",
+              f"Pareto front (dev metric vs that latency): {', '.join(result['pareto_front']) or 'none'}.", "",
               cost_line(result), "",
               "Intermediate candidates (students, pruned models; fp32 bundles unless `none` is a quantize mode) carry "
               "their dev metric; only final candidates are timed, all in one bench run with the teacher (each target "
-              "in its own worker process, alternating blocks). Build (s) is each candidate's own wall time."]
+              "in its own worker process, alternating blocks)"
+              + ("; early-exit bundles have no fixed-shape run, so every final candidate is also timed over the same "
+                 "dev inputs, and that mean ranks them" if (result.get("ranking") or {}).get("key") == "dev_mean_ms"
+                 else "")
+              + ". Build (s) is each candidate's own wall time."]
     return "\n".join(lines) + "\n"

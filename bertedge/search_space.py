@@ -62,6 +62,14 @@ class SearchConfig(StrictModel):
     trim_vocab: dict[str, Any] | None = Field(None, description="Trim the vocabulary of every model before export "
                                               "(TrimVocabConfig fields, e.g. {keep_chars: ascii}; {} = defaults; "
                                               "default: no trimming)")
+    early_exit: dict[str, Any] | None = Field(None, description="Also try every model with exit heads (EarlyExitConfig "
+                                              "fields, e.g. {pooling: mean, ce_weight: 1}; {} = defaults; its "
+                                              "max_accuracy_drop caps the calibration's share of the budget; "
+                                              "text classification only; default: no early exit)")
+    dev_timing_samples: int = Field(200, ge=1, description="With early_exit: dev inputs every final candidate is "
+                                                           "timed over at batch 1 (how deep an input goes depends "
+                                                           "on the input)")
+    dev_timing_rounds: int = Field(3, ge=1, description="With early_exit: alternating passes over those inputs")
     distill: dict[str, Any] = Field(default_factory=dict, description="Extra distill settings (DistillConfig fields)")
     prune_options: dict[str, Any] = Field(default_factory=dict, description="Extra prune settings (PruneConfig fields)")
     export_options: dict[str, Any] = Field(default_factory=dict, description="Extra export settings (ExportConfig)")
@@ -88,22 +96,24 @@ class SearchConfig(StrictModel):
 
 # What the search sets in each block; a sample value lets the block validate on its own.
 SAMPLE = {"distill": {"layers": 1}, "prune_options": {"ffn": 0.5}, "quantize_options": {"mode": "dynamic"},
-          "export_options": {}, "trim_vocab": {}}
+          "export_options": {}, "trim_vocab": {}, "early_exit": {}}
 FIXED = {"distill": {"layers", "layer_map", "student_config", "student", "task"},
          "prune_options": {"ffn", "heads", "sparsity", "target_ffn", "target_heads", "drop_layers"},
-         "quantize_options": {"mode", "max_accuracy_drop"}, "export_options": set(), "trim_vocab": set()}
+         "quantize_options": {"mode", "max_accuracy_drop"}, "export_options": set(), "trim_vocab": set(),
+         "early_exit": set()}
 
 
 def stage_configs():
     """The config class of each per-stage option block."""
     from .stages.distill import DistillConfig
+    from .stages.early_exit import EarlyExitConfig
     from .stages.export import ExportConfig
     from .stages.prune import PruneConfig
     from .stages.quantize import QuantizeConfig
     from .stages.vocab import TrimVocabConfig
 
     return {"distill": DistillConfig, "prune_options": PruneConfig, "export_options": ExportConfig,
-            "quantize_options": QuantizeConfig, "trim_vocab": TrimVocabConfig}
+            "quantize_options": QuantizeConfig, "trim_vocab": TrimVocabConfig, "early_exit": EarlyExitConfig}
 
 
 def parse_search(data: Any, where: str = "search") -> SearchConfig:
@@ -123,7 +133,7 @@ def check_blocks(config: SearchConfig, where: str = "search") -> None:
     """The per-stage option blocks (distill, prune_options, ...): no field the search varies, each valid."""
     for block, model in stage_configs().items():
         options = getattr(config, block)
-        if options is None:  # trim_vocab: off
+        if options is None:  # trim_vocab, early_exit: off
             continue
         fixed = sorted(FIXED[block] & set(options))
         if fixed:
@@ -134,6 +144,15 @@ def check_blocks(config: SearchConfig, where: str = "search") -> None:
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, f"{where}.{block}"),
                               fix="Fix the value (same fields as the stage's config)") from None
+
+
+def check_early_exit_task(config: SearchConfig, task: str, where: str = "search") -> None:
+    """Early exit as a search axis is for text classification: refused for other tasks before any model loads."""
+    from .tasks import get_task
+
+    if config.early_exit is not None and not get_task(task).per_sequence:
+        raise ConfigError(f"{where}.early_exit: early exit needs a text-classification model; this search's task is "
+                          f"{task}", fix="Remove early_exit from the search for this task")
 
 
 def check_depths(config: SearchConfig, teacher_depth: int, path: str = "layers", teacher: str = "the teacher",
@@ -157,10 +176,12 @@ def check_depths(config: SearchConfig, teacher_depth: int, path: str = "layers",
 
 
 def candidate_table(candidates: list[dict]) -> list[str]:
-    """The candidates as a markdown table: status, verdict (or reason), drop, size, p50 and build wall time."""
+    """The candidates as a markdown table: status, verdict (or reason), drop, size, p50 and build wall time; with
+    early-exit candidates also the mean batch-1 latency over dev inputs (what ranks them) and the mean exit layer."""
+    dev = any(r.get("dev_mean_ms") is not None for r in candidates)
     lines = [("| candidate | stage | from | status | dev metric | drop (pts) | size (MB) | p50 (ms) | vs teacher "
-              "| build (s) | Pareto | verdict |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              + ("| dev mean (ms) | mean exit layer " if dev else "") + "| build (s) | Pareto | verdict |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if dev else "")]
     for r in candidates:
         size = r.get("size_bytes")
         verdict = r.get("verdict") or r.get("reason") or ("intermediate" if r["status"] == "built" else r["status"])
@@ -169,7 +190,10 @@ def candidate_table(candidates: list[dict]) -> list[str]:
         lines.append(f"| {r['name']} | {r['stage']} | {r.get('parent') or ''} | {r['status']} "
                      f"| {number_or_dash(r.get('metric_value'), '.4f')} | {number_or_dash(r.get('drop_pts'))} "
                      f"| {number_or_dash(size / 1e6 if size else None)} | {number_or_dash(r.get('p50_ms'))} "
-                     f"| {number_or_dash(speedup)}{'x' if speedup else ''} | {build} | {'yes' if r.get('pareto') else ''} "
+                     f"| {number_or_dash(speedup)}{'x' if speedup else ''} "
+                     + (f"| {number_or_dash(r.get('dev_mean_ms'), '.3f')} | {number_or_dash(r.get('mean_exit_layer'))} "
+                        if dev else "")
+                     + f"| {build} | {'yes' if r.get('pareto') else ''} "
                      f"| {verdict} |")
     return lines
 

@@ -112,10 +112,32 @@ def test_negative_max_hours_is_refused(cli, tmp_path, tiny_model_dir, tiny_data)
                                              f"than or equal to 0. {FIX}")
 
 
-def test_early_exit_is_not_an_axis_yet(cli, tmp_path, tiny_model_dir, tiny_data):
+def test_early_exit_axis_is_validated_before_any_model_loads(cli, tmp_path, tiny_model_dir, tiny_data):
     path, result = check(cli, tmp_path, tiny_model_dir, tiny_data, search={"early_exit": [0.9]})
-    assert assert_one_line_error(result) == (f"error: {path}: stages.1.search.early_exit: unknown key (misspelled?). "
-                                             f"{FIX}")
+    assert assert_one_line_error(result) == (f"error: {path}: stages.1.search.early_exit: Input should be a valid "
+                                             f"dictionary. {FIX}")
+    path, result = check(cli, tmp_path, tiny_model_dir, tiny_data, search={"early_exit": {"pooling": "max"}})
+    assert assert_one_line_error(result) == (f"error: {path}: stages.1.search.early_exit.pooling: Input should be "
+                                             "'cls' or 'mean'. Fix the value (same fields as the stage's config)")
+    # Early exit is for text classification: a search of an NER recipe with it is refused in one line.
+    path = write_recipe(tmp_path / "ner.yaml", tiny_model_dir, tiny_data["conll"], search={"early_exit": {}})
+    data = yaml.safe_load(path.read_text())
+    data["task"] = "token-classification"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = cli("run", str(path), "--out", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    assert assert_one_line_error(result) == (f"error: {path}: stages.1.search.early_exit: early exit needs a "
+                                             "text-classification model; this search's task is token-classification. "
+                                             "Remove early_exit from the search for this task")
+
+
+def test_optimize_refuses_early_exit_for_a_token_classification_teacher(cli, tmp_path, tiny_artifacts):
+    out = tmp_path / "s"
+    line = assert_one_line_error(cli("optimize", "--teacher", tiny_artifacts["conll"].path, "--out", out,
+                                     "--layers", "1", "--early-exit"))
+    assert line == ("error: search.early_exit: early exit needs a text-classification model; this search's task is "
+                    "token-classification. Remove early_exit from the search for this task")
+    assert not out.exists()
 
 
 def test_option_blocks_and_flow_are_checked(cli, tmp_path, tiny_model_dir, tiny_data):
@@ -205,6 +227,36 @@ def test_max_hours_zero_stops_after_the_first_chain_even_on_a_frozen_clock():
                              clock=lambda: 0.0)
     assert calls == ["L2"] and [(r["name"], r["status"]) for r in records] == [
         ("L2", "dropped"), ("L1", "not tried"), ("L1-onnx", "not tried"), ("L1-dynamic", "not tried")]
+
+
+def test_early_exit_is_a_branch_of_every_model_with_its_share_of_the_budget():
+    seen = []
+
+    def build(name, stage, parent, settings):
+        seen.append((name, stage, parent, settings))
+        return {"name": name, "stage": stage, "parent": parent, "status": "built",
+                "drop_pts": {"L1": 0.4, "L1-p50-50": 0.9}.get(name, 0.0)}
+
+    records = plan_and_build(tree(early_exit={"max_accuracy_drop": 0.5}, quantize=["dynamic", "static"],
+                                  max_accuracy_drop=1.0), 2, build)
+    names = [r["name"] for r in records]
+    assert names == ["L1", "L1-onnx", "L1-dynamic", "L1-static", "L1-ee", "L1-ee-onnx", "L1-ee-dynamic",
+                     "L1-ee-static", "L1-p50-50", "L1-p50-50-onnx", "L1-p50-50-dynamic", "L1-p50-50-static",
+                     "L1-p50-50-ee", "L1-p50-50-ee-onnx", "L1-p50-50-ee-dynamic", "L1-p50-50-ee-static"]
+    settings = {name: s for name, stage, parent, s in seen}
+    parents = {name: parent for name, stage, parent, s in seen}
+    # The exit heads' calibration gets the early_exit cap or what the model left of the budget, the lower.
+    assert settings["L1-ee"] == {"max_accuracy_drop": 0.5} and parents["L1-ee"] == "L1"
+    assert settings["L1-p50-50-ee"] == {"max_accuracy_drop": 0.1} and parents["L1-p50-50-ee"] == "L1-p50-50"
+    assert parents["L1-ee-onnx"] == "L1-ee" and parents["L1-ee-dynamic"] == "L1-ee-onnx"
+    static = next(r for r in records if r["name"] == "L1-ee-static")
+    assert static["status"] == "skipped" and static["reason"] == ("skipped: static int8 is not available for "
+                                                                  "early-exit bundles (dynamic and auto are)")
+    finals = [r["name"] for r in records if r.get("final")]
+    assert finals == ["L1-dynamic", "L1-static", "L1-ee-dynamic", "L1-p50-50-dynamic", "L1-p50-50-static",
+                      "L1-p50-50-ee-dynamic"]
+    # Without the block there is no early-exit branch (the default).
+    assert not any(r["name"].endswith("-ee") for r in plan_and_build(tree(), 2, build))
 
 
 # ----------------------------------------------------------------------------- tiny end-to-end runs
@@ -355,3 +407,37 @@ def test_no_candidate_within_budget_has_no_final_artifact(cli, search_run, tmp_p
     md = (out / "report.md").read_text()
     assert "**Final: none — no candidate within budget.** Best within budget: **teacher**." in md
     assert "**No candidate within budget**" in md and "dropped: loses 30.00 pts" in md
+
+
+def test_early_exit_candidates_are_ranked_with_the_rest_on_dev_inputs(cli, tmp_path, tiny_model_dir, tiny_data):
+    """A search with the early-exit axis: each model also gets exit heads, and every final candidate (with
+    exits or without) is timed at batch 1 over the same dev inputs in one run; that mean picks."""
+    ee = {"epochs": 1, "batch_size": 16, "eval_batch_size": 16, "max_accuracy_drop": 5.0}
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tiny_data["sst"],
+                          search={"layers": [0], "prune": [{"ffn": 0, "heads": 0}], "early_exit": ee,
+                                  "dev_timing_samples": 16,
+                                  "dev_timing_rounds": 2})
+    result = cli("run", str(recipe), "--out", str(tmp_path / "run"), "--json")
+    assert result.code == 0, result
+    directory = tmp_path / "run" / "search" / "search"
+    search = json.loads((directory / "search.json").read_text())
+    assert [c["name"] for c in search["candidates"]] == ["teacher-onnx", "teacher-dynamic", "teacher-ee",
+                                                         "teacher-ee-onnx", "teacher-ee-dynamic"]
+    by_name = {c["name"]: c for c in search["candidates"]}
+    assert by_name["teacher-ee"]["stage"] == "early-exit" and by_name["teacher-ee"]["parent"] == "teacher"
+    assert by_name["teacher-ee"]["settings"] == {"max_accuracy_drop": 5.0}
+    manifest = json.loads((directory / "candidates" / "teacher-ee-dynamic" / "bertedge.json").read_text())
+    assert len(manifest["early_exit"]["segments"]) == 2  # the 2-layer teacher: one segment per layer
+    assert search["ranking"]["key"] == "dev_mean_ms" and search["ranking"]["inputs"] == 16
+    timed = finals(search)
+    assert [c["name"] for c in timed] == ["teacher-dynamic", "teacher-ee-dynamic"]
+    assert all(c["dev_mean_ms"] > 0 for c in timed)
+    assert 1.0 <= by_name["teacher-ee-dynamic"]["mean_exit_layer"] <= 2.0
+    assert by_name["teacher-dynamic"]["mean_exit_layer"] is None
+    assert by_name["teacher-ee-dynamic"]["p50_ms"] is None and by_name["teacher-dynamic"]["p50_ms"] > 0
+    fastest = min((c for c in timed if c["within_budget"]), key=lambda c: c["dev_mean_ms"])
+    assert search["best"] == fastest["name"] and fastest["verdict"] == "chosen: fastest within the budget"
+    md = (directory / "search.md").read_text()
+    assert "| dev mean (ms) | mean exit layer |" in md and "Ranked by mean batch-1 latency over 16 dev inputs" in md
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Ranking: mean batch-1 latency over 16 dev inputs" in report and "| dev mean (ms) |" in report

@@ -28,6 +28,7 @@ METHOD = ("batch 1 over the real dev inputs (pre-tokenized) through bertedge.run
           "mode) in its own worker process; alternating blocks of one pass over the inputs each, one process "
           "running at a time")
 MODES = ("early-exit", "full-depth")
+PLAIN = "plain"  # a bundle without exits, every layer through Bundle.forward: the same harness can rank both
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -59,10 +60,10 @@ def _worker(args: list[str]) -> None:
     gold = [ex.get("label") for ex in examples]
     for batch in batches[: spec.get("warmup", 20)]:
         bundle.forward(batch)
-    exits = [int(bundle.forward(b)["exit_layer"][0]) for b in batches]
+    exits = [int(bundle.forward(b)["exit_layer"][0]) for b in batches] if bundle.early_exit else []
     predicted = [int(np.argmax(bundle.forward(b)["logits"][0])) for b in batches]
     correct = [p == g for p, g in zip(predicted, gold) if g is not None]
-    ready = {"n": len(batches), "exit_layers": exits, "layers": len(bundle.segments),
+    ready = {"n": len(batches), "exit_layers": exits, "layers": len(bundle.segments) if bundle.early_exit else None,
              "accuracy": sum(correct) / len(correct) if correct else None,
              "tokens": [int(b["input_ids"].shape[1]) for b in batches], "pid": os.getpid()}
     out.write(json.dumps(ready) + "\n")
@@ -89,11 +90,13 @@ def _worker(args: list[str]) -> None:
 
 def bench_early_exit(bundles: list[str | Path], *, data: str | None = None, split: str = "dev",
                      max_samples: int | None = None, rounds: int = 5, threads: int | None = None,
-                     modes: tuple[str, ...] = MODES, warmup: int = 20) -> dict:
+                     modes: tuple[str, ...] = MODES, warmup: int = 20, plain: bool = False) -> dict:
     """Per-input b1 latency over the dev inputs of each early-exit bundle, early exit vs full depth.
 
-    Returns {"method", "rounds", "targets": [{bundle, mode, n, mean_ms, p50_ms, p90_ms, p99_ms, accuracy,
-    mean_exit_layer, exit_histogram, ...}], "speedups": {bundle: full-depth mean / early-exit mean}}.
+    With `plain`, bundles without exits are accepted too and timed once, in mode "plain" (a search ranks
+    early-exit and ordinary candidates in one run). Returns {"method", "rounds", "targets": [{bundle, mode, n,
+    mean_ms, p50_ms, p90_ms, p99_ms, accuracy, mean_exit_layer, exit_histogram, ...}], "speedups": {bundle:
+    full-depth mean / early-exit mean}}.
     """
     from ..artifacts import load_artifact
     from ..early_exit import histogram
@@ -101,15 +104,20 @@ def bench_early_exit(bundles: list[str | Path], *, data: str | None = None, spli
     for mode in modes:
         if mode not in MODES:
             raise BenchError(f"unknown mode '{mode}'", where="modes", fix=f"Use {', '.join(MODES)}")
+    plan = []
     for path in bundles:
         artifact = load_artifact(path)
-        if not (artifact.manifest.get("early_exit") or {}).get("segments"):
+        if (artifact.manifest.get("early_exit") or {}).get("segments"):
+            plan.append((path, modes))
+        elif plain and artifact.is_bundle:
+            plan.append((path, (PLAIN,)))
+        else:
             raise BenchError("not an early-exit bundle (its manifest has no early_exit.segments)", where=str(path),
                              fix="Pass a bundle exported from a `bertedge early-exit` artifact")
     workers = []
     try:
-        for path in bundles:
-            for mode in modes:
+        for path, bundle_modes in plan:
+            for mode in bundle_modes:
                 spec = {"path": str(path), "mode": mode, "data": data, "split": split, "max_samples": max_samples,
                         "threads": threads, "warmup": warmup}
                 proc = subprocess.Popen([sys.executable, "-m", "bertedge.bench.early_exit", json.dumps(spec)],
@@ -150,9 +158,10 @@ def bench_early_exit(bundles: list[str | Path], *, data: str | None = None, spli
             "mean_ms": statistics.fmean(times), "p50_ms": _percentile(times, 0.5), "p90_ms": _percentile(times, 0.9),
             "p99_ms": _percentile(times, 0.99), "block_means_ms": w["blocks"], "accuracy": ready["accuracy"],
             "layers": ready["layers"], "mean_exit_layer": statistics.fmean(exits) if exits else None,
-            "exit_histogram": histogram(exits, ready["layers"]), "mean_tokens": statistics.fmean(ready["tokens"]),
-            "manifest_threshold": load_artifact(w["path"]).manifest["early_exit"]["threshold"],
-            "rule": load_artifact(w["path"]).manifest["early_exit"]["rule"],
+            "exit_histogram": histogram(exits, ready["layers"]) if exits else {},
+            "mean_tokens": statistics.fmean(ready["tokens"]),
+            "manifest_threshold": (load_artifact(w["path"]).manifest.get("early_exit") or {}).get("threshold"),
+            "rule": (load_artifact(w["path"]).manifest.get("early_exit") or {}).get("rule"),
         })
     speedups = {}
     for path in dict.fromkeys(w["path"] for w in workers):
@@ -172,7 +181,8 @@ def markdown(report: dict) -> str:
     for t in report["targets"]:
         acc = "-" if t["accuracy"] is None else f"{t['accuracy']:.4f}"
         hist = " ".join(f"{k}:{v}" for k, v in t["exit_histogram"].items())
-        lines.append(f"| {Path(t['bundle']).name} | {t['mode']} | {t['n']} | {acc} | {t['mean_exit_layer']:.2f} | "
+        depth = "-" if t["mean_exit_layer"] is None else f"{t['mean_exit_layer']:.2f}"
+        lines.append(f"| {Path(t['bundle']).name} | {t['mode']} | {t['n']} | {acc} | {depth} | "
                      f"{t['mean_ms']:.3f} | {t['p50_ms']:.3f} | {t['p90_ms']:.3f} | {hist} |")
     for path, s in report["speedups"].items():
         drop = "" if s["accuracy_drop_pts"] is None else f", accuracy {-s['accuracy_drop_pts']:+.2f} pts"

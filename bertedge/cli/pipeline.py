@@ -112,6 +112,7 @@ def optimize(
     max_eval_samples: Annotated[Optional[int], typer.Option(help="Evaluate every candidate on a seeded dev subset.")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="Distillation epochs per student.")] = None,
     recover_epochs: Annotated[Optional[float], typer.Option(help="Recovery epochs after pruning.")] = None,
+    early_exit: Annotated[bool, typer.Option("--early-exit", help="Also try every model with exit heads (text classification; the config's early_exit block sets their options). Candidates are then ranked by batch-1 latency over dev inputs.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue a search: keep finished candidates whose config and parent match.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print search.json on stdout.")] = False,
 ) -> None:
@@ -140,6 +141,8 @@ def optimize(
                                                                   "epochs": epochs}}
     if recover_epochs is not None:
         raw["prune_options"] = {**(raw.get("prune_options") or {}), "recover_epochs": recover_epochs}
+    if early_exit and raw.get("early_exit") is None:
+        raw["early_exit"] = {}
     search = parse_search(raw, where=str(config) if config else "search")
     from ..artifacts import output_lock
 
@@ -148,10 +151,13 @@ def optimize(
     if json_out:
         emit_json(result)
         return
+    key = (result.get("ranking") or {}).get("key", "p50_ms")
+    label = "dev mean" if key == "dev_mean_ms" else "p50"
     for r in result["candidates"]:
-        if r.get("final"):
+        if r.get("final") and r["status"] == "built":
+            latency = f"{r[key]:7.2f}" if r.get(key) is not None else "      -"
             typer.echo(f"{r['name']:<22} drop {r['drop_pts'] if r['drop_pts'] is not None else '-':>7} pts  "
-                       f"p50 {r.get('p50_ms') or 0:7.2f} ms  {r.get('verdict', '')}")
+                       f"{label} {latency} ms  {r.get('verdict', '')}")
         elif r["status"] != "built":
             typer.echo(f"{r['name']:<22} {r['reason']}")
     if result.get("stopped"):
