@@ -13,6 +13,11 @@ in both; the table reports dev, and test where the data has a labelled test spli
 to pick anything). BANKING77 has no dev split: both runs carve the same seeded, stratified 10% out of train
 (`--dev-split 0.1`). Artifacts go to $BERTEDGE_CACHE/finetune-defaults/NAME-{old,new}; `--resume` keeps
 finished ones.
+
+`--reuse NAME[:SCHEDULE]` takes that row from the committed results file instead of training it again, for a
+rule change that leaves it alone: a reused *new* row must be what the current rule would still choose (same LR
+and epoch cap for its recorded size), or the script refuses. The results file lists every reused row with the
+date, CPU and versions it was measured with.
 """
 
 from __future__ import annotations
@@ -78,11 +83,11 @@ def classes_never_predicted(metrics: dict | None) -> int | None:
                if sum(row[c] for row in confusion) == 0 and sum(confusion[c]) > 0)
 
 
-def mean_over_seeds(runs: dict, metric: str) -> dict:
+def mean_over_seeds(runs: dict, metric: str, schedules: list[str]) -> dict:
     """Fold extra-seed runs into the old/new rows: the row's dev/test metrics become the mean over every seed,
     and each seed's own value is kept under per_seed."""
     out = {}
-    for schedule in SCHEDULES:
+    for schedule in schedules:
         all_runs = [runs[schedule], *runs["seeds"][schedule]]
         merged = dict(runs[schedule])
         merged["metrics"] = {}
@@ -99,6 +104,45 @@ def mean_over_seeds(runs: dict, metric: str) -> dict:
     return out
 
 
+def parse_reuse(items: list[str], names: list[str]) -> set[tuple[str, str]]:
+    reuse = set()
+    for item in (i.strip() for chunk in items for i in chunk.split(",")):
+        if not item:
+            continue
+        name, _, schedule = item.partition(":")
+        if name not in names or (schedule and schedule not in SCHEDULES):
+            raise SystemExit(f"--reuse {item!r}: expected NAME[:SCHEDULE] with NAME one of {', '.join(names)} and "
+                             f"SCHEDULE one of {', '.join(SCHEDULES)}")
+        reuse |= {(name, s) for s in ([schedule] if schedule else SCHEDULES)}
+    return reuse
+
+
+def reused_row(previous: dict, name: str, schedule: str) -> dict:
+    """One row of the committed results, checked against the current rule when it is the new schedule's."""
+    from bertedge.stages.finetune import auto_epochs, auto_lr
+
+    try:
+        row = dict(previous["runs"][name][schedule])
+    except KeyError:
+        raise SystemExit(f"--reuse {name}:{schedule}: the committed results file has no such row; train it") from None
+    sched = row.get("schedule") or {}
+    if schedule == "new":
+        steps, params = sched.get("steps_per_epoch"), sched.get("parameters")
+        batch = 32  # every run here uses the default batch
+        features = sched.get("train_features")
+        bounds = [features] if features else [(steps - 1) * batch + 1, steps * batch]
+        lrs = {auto_lr(params, f) for f in bounds}
+        if lrs != {sched.get("lr")} or float(auto_epochs(steps)) != sched.get("epochs"):
+            raise SystemExit(f"--reuse {name}:new: the rule now picks lr {', '.join(f'{x:g}' for x in sorted(lrs))} "
+                             f"and {auto_epochs(steps)} epochs (the committed run had lr {sched.get('lr'):g}, "
+                             f"{sched.get('epochs'):g} epochs); train it again")
+    machine = previous.get("machine") or {}
+    row["reused"] = {"date": previous.get("date"), "cpu": (machine.get("cpu") or {}).get("model"),
+                     "isa": (machine.get("cpu") or {}).get("isa"),
+                     "transformers": (machine.get("versions") or {}).get("transformers")}
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="banking77,ncbi_disease,mrpc,rte")
@@ -106,6 +150,9 @@ def main() -> None:
     parser.add_argument("--seeds", action="append", default=[], metavar="NAME=S1,S2,...",
                         help="Extra seeds for one dataset (its row becomes the mean over seed 42 and these), "
                              "e.g. rte=43,44 for a dev split too small for one seed to tell.")
+    parser.add_argument("--reuse", action="append", default=[], metavar="NAME[:SCHEDULE]",
+                        help="Take this row from the committed results file instead of training it (comma list; "
+                             "a NAME alone means both schedules).")
     parser.add_argument("--note", default="", help="A line for the results file (e.g. how the runs were made).")
     args = parser.parse_args()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
@@ -118,20 +165,29 @@ def main() -> None:
         if key not in names or not values:
             raise SystemExit(f"--seeds {item!r}: expected NAME=S1,S2 with NAME one of {', '.join(names)}")
         extra_seeds[key] = [int(v) for v in values.split(",")]
+    reuse = parse_reuse(args.reuse, names)
+    previous = {}
+    if reuse:
+        committed = ROOT / "benchmarks" / "results" / "finetune-defaults.json"
+        previous = json.loads(committed.read_text(encoding="utf-8"))
     root = cache_dir() / "finetune-defaults"
     root.mkdir(parents=True, exist_ok=True)
     rows = {}
     for name in names:
-        rows[name] = {s: run_one(name, s, root / f"{name}-{s}", args.resume) for s in SCHEDULES}
+        kept = {s: reused_row(previous, name, s) for s in SCHEDULES if (name, s) in reuse}
+        trained = [s for s in SCHEDULES if s not in kept]
+        rows[name] = {s: run_one(name, s, root / f"{name}-{s}", args.resume) for s in trained}
         for seed in extra_seeds.get(name, []):
-            for s in SCHEDULES:
+            for s in trained:
                 rows[name].setdefault("seeds", {}).setdefault(s, []).append(
                     run_one(name, s, root / f"{name}-{s}-seed{seed}", args.resume, seed))
         if name in extra_seeds:
-            rows[name] = mean_over_seeds(rows[name], DATASETS[name][2])
+            rows[name] = mean_over_seeds(rows[name], DATASETS[name][2], trained)
+        rows[name].update(kept)
+        rows[name].pop("seeds", None)
         print(f"{name}: done", flush=True)
 
-    from bertedge.stages.finetune import AUTO_EPOCHS, AUTO_LR, AUTO_PATIENCE, AUTO_TARGET_STEPS
+    from bertedge.stages.finetune import AUTO_EPOCHS, AUTO_LR, AUTO_PATIENCE, AUTO_SMALL_TRAIN, AUTO_TARGET_STEPS
 
     lines = ["# Finetune defaults: the old fixed schedule against the auto schedule",
              "",
@@ -141,7 +197,8 @@ def main() -> None:
              "picks nothing; RTE has none, so its row is dev only. Produced by `benchmarks/finetune_defaults.py`.",
              "",
              f"The rule (bertedge/stages/finetune.py): peak LR {', '.join(f'{lr:g} under {lim / 1e6:g}M parameters' for lim, lr in AUTO_LR[:-1])}, "
-             f"else {AUTO_LR[-1][1]:g}; epochs = ceil({AUTO_TARGET_STEPS} / steps per epoch) kept within "
+             f"else {AUTO_LR[-1][1]:g}, times {AUTO_SMALL_TRAIN[1]:g} for a train set under {AUTO_SMALL_TRAIN[0]:,} "
+             f"features; epochs = ceil({AUTO_TARGET_STEPS} / steps per epoch) kept within "
              f"{AUTO_EPOCHS[0]}..{AUTO_EPOCHS[1]}, with early stopping after {AUTO_PATIENCE} evaluations (epochs) "
              "without a better dev metric. A flag the user gives (`--lr`, `--epochs`, `--early-stopping`) is kept.",
              *(["", f"**Note:** {args.note}"] if args.note else []),
@@ -192,6 +249,12 @@ def main() -> None:
                 values = [p["dev"] for p in per]
                 lines.append(f"| {name} | {schedule} | " + ", ".join(f"{p['seed']}: {p['dev']:.4f}" for p in per)
                              + f" | {sum(values) / len(values):.4f} | {min(values):.4f}..{max(values):.4f} |")
+    reused = [(name, s, runs[s]["reused"]) for name, runs in rows.items() for s in SCHEDULES if runs[s].get("reused")]
+    if reused:
+        lines += ["", "Rows taken from an earlier run of this script (`--reuse`; a reused *new* row is checked to be "
+                      "what the current rule still picks), not trained again here:", ""]
+        lines += [f"- {name} {s}: measured {r['date']} on {r['cpu']} (ISA {r['isa']}), transformers {r['transformers']}"
+                  for name, s, r in reused]
     lines += ["", "Commands (each run's own): see finetune-defaults.json (`runs.NAME.old.command`)."]
     json_path, md_path = write_results("finetune-defaults", {"runs": rows}, "\n".join(lines) + "\n")
     print(f"wrote {md_path} and {json_path}")

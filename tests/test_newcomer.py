@@ -224,6 +224,9 @@ def test_auto_schedule_from_model_and_data_size():
     from bertedge.stages.finetune import auto_epochs, auto_lr
 
     assert auto_lr(22_700_000) == 1e-4 and auto_lr(110_000_000) == 5e-5 and auto_lr(340_000_000) == 2e-5
+    # A train set under 3,000 features halves it (RTE's 2,490 pairs); MRPC's 3,668 keep the full LR.
+    assert auto_lr(22_700_000, 2490) == 5e-5 and auto_lr(22_700_000, 3668) == 1e-4
+    assert auto_lr(110_000_000, 2999) == 2.5e-5 and auto_lr(110_000_000, 3000) == 5e-5
     assert auto_epochs(2105) == 3  # SST-2: the old 3 epochs
     assert auto_epochs(282) == 8  # BANKING77 after a 10% dev split
     assert auto_epochs(78) == 10  # RTE: the cap
@@ -236,10 +239,10 @@ def test_auto_schedule_is_recorded_and_a_given_flag_is_kept(cli, tmp_path, tiny_
     assert result.code == 0, result
     schedule = json.loads((out / "bertedge.json").read_text())["schedule"]
     assert schedule["auto"] == ["lr", "epochs", "early_stopping_patience"]
-    assert (schedule["lr"], schedule["epochs"], schedule["early_stopping_patience"]) == (1e-4, 10.0, 2)
-    assert schedule["steps_per_epoch"] == 3  # 96 examples / batch 32
-    assert schedule["summary"].startswith("auto schedule: lr 0.0001 (0.0M parameters); up to 10 epochs (3 steps "
-                                          "an epoch")
+    assert (schedule["lr"], schedule["epochs"], schedule["early_stopping_patience"]) == (5e-5, 10.0, 2)
+    assert schedule["steps_per_epoch"] == 3 and schedule["train_features"] == 96  # 96 examples / batch 32
+    assert schedule["summary"].startswith("auto schedule: lr 5e-05 (0.0M parameters, 96 train features < 3000); "
+                                          "up to 10 epochs (3 steps an epoch")
     fixed = tmp_path / "fixed"
     assert cli("finetune", "--model", tiny_model_dir, "--task", "text-classification", "--data", tiny_data["sst"],
                "--epochs", "1", "--lr", "3e-3", "--out", fixed).code == 0

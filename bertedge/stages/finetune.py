@@ -219,10 +219,15 @@ AUTO_TARGET_STEPS = 2000  # optimizer steps the epoch count aims for
 AUTO_EPOCHS = (3, 10)  # the epoch count's floor and cap
 AUTO_PATIENCE = 2  # evaluations without a better dev metric before stopping (with auto epochs)
 AUTO_LR = ((60e6, 1e-4), (200e6, 5e-5), (float("inf"), 2e-5))  # (parameters below, peak LR)
+# A train set this small (RTE's 2.5k pairs) halves the peak LR: fewer, noisier steps make a high LR unstable
+# (some seeds collapse towards one class), while the epoch cap and early stopping still give it time.
+AUTO_SMALL_TRAIN = (3000, 0.5)  # (train features below, LR factor)
 
 
-def auto_lr(parameters: int) -> float:
-    return next(lr for limit, lr in AUTO_LR if parameters < limit)
+def auto_lr(parameters: int, train_features: int | None = None) -> float:
+    lr = next(lr for limit, lr in AUTO_LR if parameters < limit)
+    below, factor = AUTO_SMALL_TRAIN
+    return lr * factor if train_features is not None and train_features < below else lr
 
 
 def auto_epochs(steps_per_epoch: int) -> int:
@@ -241,9 +246,11 @@ def resolve_schedule(config: FinetuneConfig, parameters: int, train_features: in
     steps_per_epoch = max(1, math.ceil(train_features / per_step))
     auto, update, reasons = [], {}, []
     if "lr" not in given:
-        update["lr"] = auto_lr(parameters)
+        update["lr"] = auto_lr(parameters, train_features)
         auto.append("lr")
-        reasons.append(f"lr {update['lr']:g} ({parameters / 1e6:.1f}M parameters)")
+        below = AUTO_SMALL_TRAIN[0]
+        small = f", {train_features} train features < {below}" if train_features < below else ""
+        reasons.append(f"lr {update['lr']:g} ({parameters / 1e6:.1f}M parameters{small})")
     if "epochs" not in given:
         update["epochs"] = float(auto_epochs(steps_per_epoch))
         auto.append("epochs")
@@ -258,9 +265,10 @@ def resolve_schedule(config: FinetuneConfig, parameters: int, train_features: in
     resolved = config.train
     record = {"auto": auto, "lr": resolved.lr, "epochs": resolved.epochs,
               "early_stopping_patience": resolved.early_stopping_patience, "steps_per_epoch": steps_per_epoch,
-              "parameters": parameters,
+              "parameters": parameters, "train_features": train_features,
               "rule": f"lr: {', '.join(f'{lr:g} under {limit / 1e6:g}M parameters' for limit, lr in AUTO_LR[:-1])}, "
-                      f"else {AUTO_LR[-1][1]:g}; epochs: ceil({AUTO_TARGET_STEPS} / steps per epoch) within "
+                      f"else {AUTO_LR[-1][1]:g}, times {AUTO_SMALL_TRAIN[1]:g} under {AUTO_SMALL_TRAIN[0]} train "
+                      f"features; epochs: ceil({AUTO_TARGET_STEPS} / steps per epoch) within "
                       f"{AUTO_EPOCHS[0]}..{AUTO_EPOCHS[1]}, with early stopping (patience {AUTO_PATIENCE})",
               "summary": ("auto schedule: " + "; ".join(reasons) + " (pass --lr / --epochs to fix them)")
               if reasons else "schedule as given"}
