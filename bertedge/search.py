@@ -152,8 +152,9 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
         return (f"skipped: its weights alone take {size / 1e6:.1f} MB ({'int8' if bytes_per_weight == 1 else 'fp32'}"
                 f", vocabulary {vocab:,}), over the {config.max_size_mb:g} MB budget")
 
-    def export_and_quantize(source: str) -> None:
-        """The fp32 bundle of `source` and its quantized bundles: the final candidates of this branch."""
+    def export_and_quantize(source: str, exits: bool = False) -> None:
+        """The fp32 bundle of `source` and its quantized bundles: the final candidates of this branch (`exits`:
+        `source` has exit heads)."""
         bundle = f"{source}-onnx"
         record = attempt(bundle, "export", source, {})
         records.append(record)
@@ -161,7 +162,7 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
             if mode == "none":
                 record["final"] = True
                 continue
-            if mode == "static" and source.endswith("-ee"):
+            if mode == "static" and exits:
                 skip(f"{source}-{mode}", "quantize", bundle, "skipped: static int8 is not available for early-exit "
                                                              "bundles (dynamic and auto are)")
                 continue
@@ -218,13 +219,14 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
             source_drop = next((r.get("drop_pts") or 0.0 for r in reversed(records) if r["name"] == source), 0.0)
             export_and_quantize(source)
             if config.early_exit is not None:  # the same model with exit heads, its own branch
-                cap = float(config.early_exit.get("max_accuracy_drop", 0.5))
+                default = stage_configs()["early_exit"].model_fields["max_accuracy_drop"].default  # the stage's own
+                cap = float(config.early_exit.get("max_accuracy_drop", default))
                 left = config.max_accuracy_drop - max(source_drop, 0.0)
                 ee = f"{source}-ee"
                 record = build_or_drop(ee, "early-exit", source, {"max_accuracy_drop": round(max(min(cap, left), 0.0), 4)},
                                        "not exported")
                 if record is not None:
-                    export_and_quantize(ee)
+                    export_and_quantize(ee, exits=True)
     return records
 
 

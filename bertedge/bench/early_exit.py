@@ -105,9 +105,11 @@ def bench_early_exit(bundles: list[str | Path], *, data: str | None = None, spli
         if mode not in MODES:
             raise BenchError(f"unknown mode '{mode}'", where="modes", fix=f"Use {', '.join(MODES)}")
     plan = []
+    protocols: dict[str, dict] = {}  # bundle path -> its manifest's early_exit ({} for a plain bundle)
     for path in bundles:
         artifact = load_artifact(path)
-        if (artifact.manifest.get("early_exit") or {}).get("segments"):
+        protocols[str(path)] = artifact.manifest.get("early_exit") or {}
+        if protocols[str(path)].get("segments"):
             plan.append((path, modes))
         elif plain and artifact.is_bundle:
             plan.append((path, (PLAIN,)))
@@ -160,8 +162,7 @@ def bench_early_exit(bundles: list[str | Path], *, data: str | None = None, spli
             "layers": ready["layers"], "mean_exit_layer": statistics.fmean(exits) if exits else None,
             "exit_histogram": histogram(exits, ready["layers"]) if exits else {},
             "mean_tokens": statistics.fmean(ready["tokens"]),
-            "manifest_threshold": (load_artifact(w["path"]).manifest.get("early_exit") or {}).get("threshold"),
-            "rule": (load_artifact(w["path"]).manifest.get("early_exit") or {}).get("rule"),
+            "manifest_threshold": protocols[w["path"]].get("threshold"), "rule": protocols[w["path"]].get("rule"),
         })
     speedups = {}
     for path in dict.fromkeys(w["path"] for w in workers):
