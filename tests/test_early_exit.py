@@ -294,6 +294,19 @@ def test_dynamic_int8_quantizes_every_segment(ee):
     assert all(1 <= r["exit_layer"] <= LAYERS for r in results)
 
 
+def test_auto_int8_tries_the_dynamic_schemes_even_with_calibration_data(ee, tiny_data):
+    """A search hands auto the train split as calibration data; static segments would fail, so auto on an
+    early-exit bundle compares the three dynamic schemes and never a static one."""
+    from bertedge.stages.quantize import QuantizeConfig, quantize
+
+    out = quantize(ee["bundle"], QuantizeConfig(mode="auto", calibration=str(tiny_data["sst"]),
+                                                max_accuracy_drop=100.0), ee["root"] / "auto-cal")
+    tried = [c["scheme"] for c in out.manifest["quantization"]["candidates"]]
+    assert [(s["mode"], s["per_channel"], s["reduce_range"]) for s in tried] == \
+        [("dynamic", False, False), ("dynamic", True, False), ("dynamic", True, True)]
+    assert Bundle(out.path).predict(TEXTS[:1])[0]["exit_layer"] >= 1
+
+
 def test_pair_classification(tmp_path, tiny_model_dir, tiny_data):
     from bertedge.stages.early_exit import EarlyExitConfig, early_exit
     from bertedge.stages.export import ExportConfig, export

@@ -298,7 +298,9 @@ def quantize_early_exit(parent: Artifact, config, out: str | Path, *, overwrite:
     protocol = parent.manifest["early_exit"]
     files = [s["file"] for s in protocol["segments"]]
     preset = oq.preset_for(config.preset)
-    schemes = oq.base_schemes(config, preset, parent.path / files[0])
+    # Static int8 needs calibration inputs per segment (hidden states, not token ids): auto tries the dynamic
+    # schemes only, even when calibration data is given (a search hands auto the train split for plain bundles).
+    schemes = [s for s in oq.base_schemes(config, preset, parent.path / files[0]) if s.mode == "dynamic"]
     fp32 = Bundle(parent.path)
     task = get_task(parent.task)
     settings = artifact_settings(parent)
