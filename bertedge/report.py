@@ -91,11 +91,12 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     teacher_dev = dev_metrics(teacher)
 
     # Early-exit bundles have no single graph for the fixed-shape grid: `bertedge bench` times them on dev inputs.
-    targets: list = [str(a.path) for _, a in artifacts if not (a.manifest.get("early_exit") or {}).get("segments")]
+    targets: list = [str(a.path) for _, a in artifacts if not _has_exits(a)]
     if len(targets) < len(artifacts):
-        log.warning("report: early-exit bundles are left out of the latency grid; time them with `bertedge bench "
-                    "BUNDLE` (real dev inputs, early exit vs full depth)")
+        log.warning("report: early-exit bundles are left out of the fixed-shape latency grid; a final one is timed "
+                    "over the dev inputs with the teacher and the peer (others: `bertedge bench BUNDLE`)")
     peer_name = peer_method = None
+    peer_files: dict = {}
     use_peer = recipe.bench.peer if peer is None else peer
     peer_metrics: dict = {}
     if use_peer:
@@ -166,8 +167,13 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     else:
         final_index = len(artifacts) - 1 if artifacts else None
     final = rows[final_index] if final_index is not None else None
+    dev_inputs = None
     if final is not None:
         final["batching"] = _batching(artifacts[final_index][1])
+        final_artifact = artifacts[final_index][1]
+        if _has_exits(final_artifact) or any(_ranked_on_dev(run_dir, name) for name, _ in searches):
+            dev_inputs = _dev_input_bench(teacher, final, final_artifact, peer_name, peer_files, run_dir,
+                                          recipe.target.threads)
     budget["metric"] = metric
     budget["final_drop_pts"] = budget["final_size_mb"] = None
     budget["met"] = False
@@ -194,6 +200,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
         "bench": {"config": bench["config"], "method": bench["method"], "results": results,
                   "artifacts": bench["artifacts"]},
         "speedup_grid": speedup_grid(results, teacher_target, final["bench_name"] if final else None, peer_name),
+        "dev_inputs": dev_inputs,
         "search": [_search_section(run_dir, name, step, names, recipe) for name, step in searches],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": str(run_dir),
@@ -208,6 +215,62 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     (run_dir / REPORT_MD).write_text(markdown(report), encoding="utf-8")
     log.info(f"report: {run_dir / REPORT_MD}")
     return str(run_dir / REPORT_JSON)
+
+
+def _has_exits(artifact: Artifact) -> bool:
+    return bool((artifact.manifest.get("early_exit") or {}).get("segments"))
+
+
+def _ranked_on_dev(run_dir: Path, step: str) -> bool:
+    """Whether a search step ranked its candidates on dev inputs (it had the early-exit axis)."""
+    from .search_space import SEARCH_JSON
+
+    try:
+        result = json.loads((run_dir / "search" / step / SEARCH_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (result.get("ranking") or {}).get("key") == "dev_mean_ms"
+
+
+DEV_ROUNDS = 3
+DEV_METHOD = ("batch 1 over the real dev inputs, pre-tokenized, the same inputs for every target; each target in its "
+              "own worker process (bundles through bertedge.runtime.Bundle with their exit rule, the teacher in "
+              "PyTorch eager fp32, the peer in an ONNX Runtime session); alternating passes over the inputs, one "
+              "process running at a time")
+
+
+def _dev_input_bench(teacher: Artifact, final: dict, final_artifact: Artifact, peer_name: str | None,
+                     peer_files: dict, run_dir: Path, threads: int | None) -> dict:
+    """The teacher (PyTorch fp32), the peer and the final artifact at batch 1 over the same dev inputs, in one run
+    (bench/early_exit.py: each in its own process, alternating passes). How deep an early-exit model goes depends on
+    the input, so this is the one honest comparison for such a final; its ratios replace the fixed-shape ones."""
+    from .bench.early_exit import PLAIN, bench_early_exit
+
+    log.info("report: timing the teacher, the peer and the final artifact over the dev inputs (batch 1)")
+    extra: list[dict] = [{"name": "teacher", "artifact": teacher.path}]
+    if peer_name:
+        extra.append({"name": peer_name, "onnx": peer_files["int8"], "task": teacher.task,
+                      "tokenizer_dir": run_dir / "peer", "data_artifact": teacher.path})
+    result = bench_early_exit([final_artifact.path], plain=True, targets=extra, rounds=DEV_ROUNDS, threads=threads)
+    final_key = str(final_artifact.path)
+    rows = []
+    for t in result["targets"]:
+        role = ("final" if t["mode"] in ("early-exit", PLAIN) else "final, full depth") if t["bundle"] == final_key \
+            else ("teacher" if t["bundle"] == "teacher" else "peer")
+        rows.append({"name": final["name"] if role.startswith("final") else t["bundle"], "role": role,
+                     "mode": t["mode"], "n": t["n"], "mean_ms": round(t["mean_ms"], 3), "p50_ms": round(t["p50_ms"], 3),
+                     "p90_ms": round(t["p90_ms"], 3), "mean_exit_layer": t["mean_exit_layer"],
+                     "exit_histogram": t["exit_histogram"], "accuracy": t["accuracy"]})
+    by_role = {r["role"]: r for r in rows}
+    for r in rows:
+        for other in ("teacher", "peer"):
+            base = by_role.get(other)
+            r[f"speedup_vs_{other}"] = round(base["mean_ms"] / r["mean_ms"], 3) if base and r["mean_ms"] else None
+    if _has_exits(final_artifact):  # no fixed-shape figure exists for it: these are its speed-ups
+        final.update(speedup_vs_teacher=by_role["final"]["speedup_vs_teacher"],
+                     speedup_vs_peer=by_role["final"]["speedup_vs_peer"], speedup_basis="dev_mean_ms")
+    final["dev_mean_ms"] = by_role["final"]["mean_ms"]
+    return {"method": DEV_METHOD, "rounds": DEV_ROUNDS, "split": "dev", "threads": threads, "rows": rows}
 
 
 def _within(row: dict, budget: dict) -> bool:
@@ -316,7 +379,10 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['name']} | {r['stage']} | {_fmt(value, '.4f')} | {_change(r['metric_drop_pts'])} | "
                      f"{_fmt(size)} | {_fmt(r['p50_ms_b1_s128'])} | {_fmt(r['p90_ms_b1_s128'])} | "
                      f"{_fmt(r['p50_ms_real'])} | {_fmt(r['throughput_b32'], '.1f')} | "
-                     f"{_fmt(r['speedup_vs_teacher'])}x | {_fmt(r['speedup_vs_peer'])}x |")
+                     f"{_fmt(r['speedup_vs_teacher'])}x{_dagger(r)} | {_fmt(r['speedup_vs_peer'])}x{_dagger(r)} |")
+    if any(_dagger(r) for r in report["artifacts"]):
+        lines += ["", "† an early-exit artifact: ratio of mean batch-1 latency over the dev inputs (section below). "
+                  "Fixed shapes with random tokens say nothing about exits, so it has no fixed-shape figures."]
     b = report["budget"]
     budget_text = (f"Budget: drop ≤ {b['max_accuracy_drop']} pts on dev {metric}"
                    + (f", size ≤ {b['max_size_mb']} MB" if b.get("max_size_mb") else "")
@@ -340,14 +406,36 @@ def markdown(report: dict) -> str:
             lines.append(f"| {g['batch_size']} | {g['seq_len']} | {_fmt(g['final_p50_ms'])} | "
                          f"{_fmt(g['teacher_p50_ms'])} | {_fmt(g.get('peer_p50_ms'))} | {_fmt(g['speedup'])}x | "
                          + ("–" if vs_peer is None else f"{vs_peer:.2f}x") + " |")
+    if report.get("dev_inputs"):
+        lines += ["", *_dev_inputs_markdown(report["dev_inputs"])]
     for section in report.get("search") or []:
         lines += ["", *_search_markdown(section, metric, Path(report["run_dir"]))]
     lines += ["", "Teacher = the first finetune artifact, PyTorch eager fp32. " + _peer_sentence(report)
-              + " All timings come from one bench run on this machine; speed-ups are ratios of p50 latency at "
-              "batch 1, seq 128.",
+              + " The grid's timings come from one bench run on this machine; its speed-ups are ratios of p50 latency "
+              "at batch 1, seq 128" + ("; the dev-input rows come from a second run of their own." if
+                                       report.get("dev_inputs") else "."),
               "", f"Timing method: {timing_method(report)}. CPU ISA class: "
               f"{(report.get('machine') or {}).get('cpu', {}).get('isa', 'not recorded')}."]
     return "\n".join(lines) + "\n"
+
+
+def _dagger(row: dict) -> str:
+    return "†" if row.get("speedup_basis") == "dev_mean_ms" else ""
+
+
+def _dev_inputs_markdown(dev: dict) -> list[str]:
+    rows = dev["rows"]
+    n = rows[0]["n"] if rows else 0
+    lines = [f"Teacher, peer and final at batch 1 over the {n} dev inputs, one run ({dev['method']}; "
+             f"{dev['rounds']} rounds):", "",
+             "| artifact | role | mode | dev accuracy (this pass) | mean exit layer | mean (ms) | p50 (ms) | p90 (ms) | "
+             "vs teacher (mean) | vs peer (mean) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['role']} | {r['mode']} | {_fmt(r['accuracy'], '.4f')} | "
+                     f"{_fmt(r['mean_exit_layer'])} | {_fmt(r['mean_ms'])} | {_fmt(r['p50_ms'])} | {_fmt(r['p90_ms'])} | "
+                     f"{_fmt(r['speedup_vs_teacher'])}x | {_fmt(r['speedup_vs_peer'])}x |")
+    return lines
 
 
 def _search_markdown(section: dict, metric: str, run_dir: Path) -> list[str]:

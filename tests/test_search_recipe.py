@@ -409,14 +409,24 @@ def test_no_candidate_within_budget_has_no_final_artifact(cli, search_run, tmp_p
     assert "**No candidate within budget**" in md and "dropped: loses 30.00 pts" in md
 
 
-def test_early_exit_candidates_are_ranked_with_the_rest_on_dev_inputs(cli, tmp_path, tiny_model_dir, tiny_data):
+def test_early_exit_candidates_are_ranked_with_the_rest_on_dev_inputs(cli, tmp_path, tiny_model_dir, tiny_data,
+                                                                      monkeypatch):
     """A search with the early-exit axis: each model also gets exit heads, and every final candidate (with
-    exits or without) is timed at batch 1 over the same dev inputs in one run; that mean picks."""
+    exits or without) is timed at batch 1 over the same dev inputs in one run; that mean picks. The report then
+    times the teacher, the peer and the (early-exit) final over the dev inputs in one run, and takes the final's
+    speed-ups from it."""
+    import bertedge.search
+
+    # teacher-dynamic over the budget, so the pick is the early-exit bundle whatever the tiny models time
+    monkeypatch.setattr(bertedge.search, "_candidate_value", forced_drops({"teacher-dynamic": 20.0}))
     ee = {"epochs": 1, "batch_size": 16, "eval_batch_size": 16, "max_accuracy_drop": 5.0}
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tiny_data["sst"],
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tiny_data["sst"], budget={"max_accuracy_drop": 10.0},
                           search={"layers": [0], "prune": [{"ffn": 0, "heads": 0}], "early_exit": ee,
                                   "dev_timing_samples": 16,
                                   "dev_timing_rounds": 2})
+    data = yaml.safe_load(recipe.read_text())
+    data["bench"]["peer"] = True
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False))
     result = cli("run", str(recipe), "--out", str(tmp_path / "run"), "--json")
     assert result.code == 0, result
     directory = tmp_path / "run" / "search" / "search"
@@ -425,7 +435,7 @@ def test_early_exit_candidates_are_ranked_with_the_rest_on_dev_inputs(cli, tmp_p
                                                          "teacher-ee-onnx", "teacher-ee-dynamic"]
     by_name = {c["name"]: c for c in search["candidates"]}
     assert by_name["teacher-ee"]["stage"] == "early-exit" and by_name["teacher-ee"]["parent"] == "teacher"
-    assert by_name["teacher-ee"]["settings"] == {"max_accuracy_drop": 5.0}
+    assert by_name["teacher-ee"]["settings"] == {"max_accuracy_drop": 5.0}  # the cap, below the 10 pts left
     manifest = json.loads((directory / "candidates" / "teacher-ee-dynamic" / "bertedge.json").read_text())
     assert len(manifest["early_exit"]["segments"]) == 2  # the 2-layer teacher: one segment per layer
     assert search["ranking"]["key"] == "dev_mean_ms" and search["ranking"]["inputs"] == 16
@@ -435,9 +445,26 @@ def test_early_exit_candidates_are_ranked_with_the_rest_on_dev_inputs(cli, tmp_p
     assert 1.0 <= by_name["teacher-ee-dynamic"]["mean_exit_layer"] <= 2.0
     assert by_name["teacher-dynamic"]["mean_exit_layer"] is None
     assert by_name["teacher-ee-dynamic"]["p50_ms"] is None and by_name["teacher-dynamic"]["p50_ms"] > 0
-    fastest = min((c for c in timed if c["within_budget"]), key=lambda c: c["dev_mean_ms"])
-    assert search["best"] == fastest["name"] and fastest["verdict"] == "chosen: fastest within the budget"
+    assert [c["name"] for c in timed if c["within_budget"]] == ["teacher-ee-dynamic"]
+    assert search["best"] == "teacher-ee-dynamic" and by_name["teacher-ee-dynamic"]["verdict"] == \
+        "chosen: fastest within the budget"
     md = (directory / "search.md").read_text()
     assert "| dev mean (ms) | mean exit layer |" in md and "Ranked by mean batch-1 latency over 16 dev inputs" in md
-    report = (tmp_path / "run" / "report.md").read_text()
-    assert "Ranking: mean batch-1 latency over 16 dev inputs" in report and "| dev mean (ms) |" in report
+    report_md = (tmp_path / "run" / "report.md").read_text()
+    assert "Ranking: mean batch-1 latency over 16 dev inputs" in report_md and "| dev mean (ms) |" in report_md
+    # The report: one dev-input run of teacher (PyTorch), peer (ORT int8) and the early-exit final.
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    dev = report["dev_inputs"]
+    rows = {r["role"]: r for r in dev["rows"]}
+    assert set(rows) == {"teacher", "peer", "final", "final, full depth"} and dev["rounds"] == 3
+    assert rows["teacher"]["mode"] == rows["peer"]["mode"] == "plain" and rows["final"]["mode"] == "early-exit"
+    assert len({r["n"] for r in dev["rows"]}) == 1  # the same dev inputs for every target
+    assert 1.0 <= rows["final"]["mean_exit_layer"] <= 2.0 and rows["teacher"]["mean_exit_layer"] is None
+    assert all(r["mean_ms"] > 0 and 0 <= r["accuracy"] <= 1 for r in dev["rows"])
+    final = report["final"]
+    assert final["search_pick"] == "teacher-ee-dynamic" and final["p50_ms_b1_s128"] is None
+    assert final["speedup_basis"] == "dev_mean_ms" and final["dev_mean_ms"] == rows["final"]["mean_ms"]
+    assert final["speedup_vs_teacher"] == round(rows["teacher"]["mean_ms"] / rows["final"]["mean_ms"], 3)
+    assert final["speedup_vs_peer"] == round(rows["peer"]["mean_ms"] / rows["final"]["mean_ms"], 3)
+    assert "Teacher, peer and final at batch 1 over the" in report_md
+    assert f"{final['speedup_vs_teacher']:.2f}x† |" in report_md and "† an early-exit artifact" in report_md

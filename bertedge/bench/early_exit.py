@@ -10,6 +10,10 @@ drift hits every target alike, as bench/isolated.py does for the fixed-shape gri
 
     from bertedge.bench.early_exit import bench_early_exit
     report = bench_early_exit(["bundles/sst2-ee", "bundles/sst2-ee-int8"], rounds=5)
+
+The same harness times models without exits over the same inputs (mode "plain"): bundles (`plain=True`), and
+with `targets` the PyTorch fp32 teacher or any ONNX file with a tokenizer (the peer path), so a run report can
+put the teacher, the peer and an early-exit final side by side in one run.
 """
 
 from __future__ import annotations
@@ -44,28 +48,19 @@ def _percentile(values: list[float], q: float) -> float:
 def _worker(args: list[str]) -> None:
     """stdin: one JSON command a line ({"block": true} or {"stop": true}); stdout: one JSON answer a line."""
     spec = json.loads(args[0])
-    import numpy as np
-
-    from ..evaluate import load_eval_examples
-    from ..runtime import Bundle
-
     out = sys.stdout
     sys.stdout = sys.stderr  # libraries print; the pipe belongs to the protocol
-    bundle = Bundle(spec["path"], full_depth=spec["mode"] == "full-depth", threads=spec.get("threads"))
-    examples = load_eval_examples(bundle.artifact, spec.get("data"), spec.get("split", "dev"), spec.get("max_samples"))
-    normalized = [bundle.normalize({"text": ex["text"], "text_pair": ex.get("text_pair")}
-                                   if ex.get("text_pair") is not None else ex["text"]) for ex in examples]
-    features = bundle.task.eval_features(normalized, bundle.encoder, bundle.settings)
-    batches = [bundle.encoder.collate([f]) for f in features]
-    gold = [ex.get("label") for ex in examples]
-    for batch in batches[: spec.get("warmup", 20)]:
-        bundle.forward(batch)
-    exits = [int(bundle.forward(b)["exit_layer"][0]) for b in batches] if bundle.early_exit else []
-    predicted = [int(np.argmax(bundle.forward(b)["logits"][0])) for b in batches]
-    correct = [p == g for p, g in zip(predicted, gold) if g is not None]
-    ready = {"n": len(batches), "exit_layers": exits, "layers": len(bundle.segments) if bundle.early_exit else None,
+    if spec.get("target"):
+        calls, gold, predict, exits, layers = _target_calls(spec)
+    else:
+        calls, gold, predict, exits, layers = _bundle_calls(spec)
+    for call in calls[: spec.get("warmup", 20)]:
+        call()
+    predicted = [predict(call()) for call in calls]
+    correct = [p == g for p, g in zip(predicted, gold) if g is not None and p is not None]
+    ready = {"n": len(calls), "exit_layers": exits, "layers": layers,
              "accuracy": sum(correct) / len(correct) if correct else None,
-             "tokens": [int(b["input_ids"].shape[1]) for b in batches], "pid": os.getpid()}
+             "tokens": [int(call.tokens) for call in calls], "pid": os.getpid()}  # type: ignore[attr-defined]
     out.write(json.dumps(ready) + "\n")
     out.flush()
     clock = time.perf_counter_ns
@@ -73,16 +68,78 @@ def _worker(args: list[str]) -> None:
         command = json.loads(line)
         if command.get("stop"):
             break
-        for batch in batches[: spec.get("warm_per_block", 5)]:  # bring this target's weights back into cache
-            bundle.forward(batch)
+        for call in calls[: spec.get("warm_per_block", 5)]:  # bring this target's weights back into cache
+            call()
         timings = []
-        for batch in batches:
+        for call in calls:
             t0 = clock()
-            bundle.forward(batch)
+            call()
             timings.append((clock() - t0) / 1e6)
         time.sleep(spec.get("settle_s", 0.2))  # let ORT's spinning threads go quiet before the next worker
         out.write(json.dumps({"timings_ms": timings}) + "\n")
         out.flush()
+
+
+def _tagged(call, batch):
+    call.tokens = int(batch["input_ids"].shape[1])
+    return call
+
+
+def _bundle_calls(spec: dict):
+    """One batch-1 call per dev input through `bertedge.runtime.Bundle` (the exit rule, when it has exits)."""
+    import numpy as np
+
+    from ..evaluate import load_eval_examples
+    from ..runtime import Bundle
+
+    bundle = Bundle(spec["path"], full_depth=spec["mode"] == "full-depth", threads=spec.get("threads"))
+    examples = load_eval_examples(bundle.artifact, spec.get("data"), spec.get("split", "dev"), spec.get("max_samples"))
+    normalized = [bundle.normalize({"text": ex["text"], "text_pair": ex.get("text_pair")}
+                                   if ex.get("text_pair") is not None else ex["text"]) for ex in examples]
+    features = bundle.task.eval_features(normalized, bundle.encoder, bundle.settings)
+    batches = [bundle.encoder.collate([f]) for f in features]
+    calls = [_tagged(lambda b=b: bundle.forward(b), b) for b in batches]
+    exits = [int(bundle.forward(b)["exit_layer"][0]) for b in batches] if bundle.early_exit else []
+    layers = len(bundle.segments) if bundle.early_exit else None
+    classify = bundle.task.name == "text-classification"
+    return (calls, [ex.get("label") for ex in examples],
+            lambda result: int(np.argmax(result["logits"][0])) if classify else None, exits, layers)
+
+
+def _target_calls(spec: dict):
+    """One batch-1 call per dev input through a bench Target (bench/backends.py): the PyTorch fp32 artifact, or an
+    ONNX file with its tokenizer (the peer path), in the session configuration the fixed-shape bench uses."""
+    import numpy as np
+
+    from ..artifacts import load_artifact
+    from ..evaluate import artifact_settings, load_eval_examples
+    from ..tasks import get_task
+    from ..tokenization import DEFAULT_INPUT_NAMES, TextEncoder
+    from .backends import make_runner
+    from .targets import onnx_target, resolve_targets
+
+    t = spec["target"]
+    if t.get("onnx"):
+        target = onnx_target(t["name"], t["onnx"], task=t["task"], tokenizer_dir=t["tokenizer_dir"],
+                             data_artifact=t["data_artifact"])
+    else:
+        target = resolve_targets([t["artifact"]])[0]
+    data_artifact = load_artifact(t.get("data_artifact") or t["artifact"])
+    runner = make_runner(target, "cpu", spec.get("threads"))
+    encoder = TextEncoder.from_dir(target.tokenizer_dir, model_input_names=DEFAULT_INPUT_NAMES)
+    examples = load_eval_examples(data_artifact, spec.get("data"), spec.get("split", "dev"), spec.get("max_samples"))
+    features = get_task(target.task).eval_features(examples, encoder, artifact_settings(data_artifact))
+    batches = [encoder.collate([f]) for f in features]
+    calls = [_tagged(runner.prepare(b), b) for b in batches]
+    classify = target.task == "text-classification"
+
+    def predict(out) -> int | None:
+        if not classify:
+            return None
+        logits = out.logits.numpy() if hasattr(out, "logits") else np.asarray(out[0])
+        return int(np.argmax(logits[0]))
+
+    return calls, [ex.get("label") for ex in examples], predict, [], None
 
 
 # ----------------------------------------------------------------------------- parent
@@ -90,13 +147,17 @@ def _worker(args: list[str]) -> None:
 
 def bench_early_exit(bundles: list[str | Path], *, data: str | None = None, split: str = "dev",
                      max_samples: int | None = None, rounds: int = 5, threads: int | None = None,
-                     modes: tuple[str, ...] = MODES, warmup: int = 20, plain: bool = False) -> dict:
+                     modes: tuple[str, ...] = MODES, warmup: int = 20, plain: bool = False,
+                     targets: list[dict] | None = None) -> dict:
     """Per-input b1 latency over the dev inputs of each early-exit bundle, early exit vs full depth.
 
     With `plain`, bundles without exits are accepted too and timed once, in mode "plain" (a search ranks
-    early-exit and ordinary candidates in one run). Returns {"method", "rounds", "targets": [{bundle, mode, n,
-    mean_ms, p50_ms, p90_ms, p99_ms, accuracy, mean_exit_layer, exit_histogram, ...}], "speedups": {bundle:
-    full-depth mean / early-exit mean}}.
+    early-exit and ordinary candidates in one run). `targets` adds models that are not bundles, each timed in
+    mode "plain" in the same alternating rounds: `{"name", "artifact"}` (a PyTorch artifact, eager fp32) or
+    `{"name", "onnx", "task", "tokenizer_dir", "data_artifact"}` (an ONNX file; the dev data is the data
+    artifact's). Returns {"method", "rounds", "targets": [{bundle, mode, n, mean_ms, p50_ms, p90_ms, p99_ms,
+    accuracy, mean_exit_layer, exit_histogram, ...}], "speedups": {bundle: full-depth mean / early-exit mean}};
+    a row of `targets` has its name as `bundle`.
     """
     from ..artifacts import load_artifact
     from ..early_exit import histogram
@@ -104,7 +165,7 @@ def bench_early_exit(bundles: list[str | Path], *, data: str | None = None, spli
     for mode in modes:
         if mode not in MODES:
             raise BenchError(f"unknown mode '{mode}'", where="modes", fix=f"Use {', '.join(MODES)}")
-    plan = []
+    plan: list[tuple] = []
     protocols: dict[str, dict] = {}  # bundle path -> its manifest's early_exit ({} for a plain bundle)
     for path in bundles:
         artifact = load_artifact(path)
@@ -116,19 +177,22 @@ def bench_early_exit(bundles: list[str | Path], *, data: str | None = None, spli
         else:
             raise BenchError("not an early-exit bundle (its manifest has no early_exit.segments)", where=str(path),
                              fix="Pass a bundle exported from a `bertedge early-exit` artifact")
+    for target in targets or []:
+        protocols[target["name"]] = {}
+        plan.append((target["name"], (PLAIN,), {"target": {k: str(v) for k, v in target.items()}}))
     workers = []
     try:
-        for path, bundle_modes in plan:
+        for path, bundle_modes, *extra in plan:
             for mode in bundle_modes:
                 spec = {"path": str(path), "mode": mode, "data": data, "split": split, "max_samples": max_samples,
-                        "threads": threads, "warmup": warmup}
+                        "threads": threads, "warmup": warmup, **(extra[0] if extra else {})}
                 proc = subprocess.Popen([sys.executable, "-m", "bertedge.bench.early_exit", json.dumps(spec)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
                 line = proc.stdout.readline()
                 if not line:
                     raise BenchError(f"the worker for {path} ({mode}) exited ({proc.wait()})", where=str(path),
-                                     fix="Run `bertedge eval` on the bundle to see the error")
+                                     fix="Run `bertedge eval` on it to see the error")
                 workers.append({"path": str(path), "mode": mode, "proc": proc, "ready": json.loads(line),
                                 "timings": [], "blocks": []})
         for _ in range(rounds):
