@@ -78,6 +78,11 @@ class Artifact:
         return (self.path / "model.onnx").exists() or (self.path / "segment_0.onnx").exists()
 
     @property
+    def has_exits(self) -> bool:
+        """An early-exit bundle: its manifest lists the segment graphs."""
+        return bool((self.manifest.get("early_exit") or {}).get("segments"))
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.manifest.get("metrics") or {})
 

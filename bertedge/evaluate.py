@@ -139,7 +139,7 @@ def evaluate_artifact(path: str | Path, data: str | None = None, split: str = "d
     examples = load_eval_examples(artifact, data, split, max_samples)
     encoder, forward = forward_for(artifact, provider, full_depth)
     exits: list[int] = []
-    early_exit = artifact.is_bundle and bool((artifact.manifest.get("early_exit") or {}).get("segments"))
+    early_exit = artifact.is_bundle and artifact.has_exits
     if early_exit:  # early-exit bundle: also report where the inputs left
         run = forward
 

@@ -357,7 +357,7 @@ def _rank(finals: list[dict], records: list[dict], teacher: Artifact, metric: st
     from .bench import BenchConfig, run_bench
     from .bench.report import plot_pareto
 
-    exits = {r["name"] for r in finals if (load_artifact(r["path"]).manifest.get("early_exit") or {}).get("segments")}
+    exits = {r["name"] for r in finals if load_artifact(r["path"]).has_exits}
     fixed = [r for r in finals if r["name"] not in exits]  # an early-exit bundle has no one-graph fixed-shape run
     bench = run_bench([str(teacher.path), *[r["path"] for r in fixed]],
                       BenchConfig(batch_sizes=[config.batch_size], seq_lens=[config.seq_len], runs=config.runs,

@@ -82,7 +82,7 @@ def _early_exit_bundles(artifacts: list[Path]) -> bool:
     from ..artifacts import load_artifact
     from ..errors import BenchError
 
-    flags = [bool((load_artifact(a).manifest.get("early_exit") or {}).get("segments")) for a in artifacts]
+    flags = [load_artifact(a).has_exits for a in artifacts]
     if any(flags) and not all(flags):
         raise BenchError("early-exit bundles are timed on real dev inputs, early exit vs full depth, apart from "
                          "other artifacts", where="bench", fix="Bench the early-exit bundles in a command of their own")

@@ -42,7 +42,7 @@ def quantize(src: str | Path | Artifact, config: QuantizeConfig, out: str | Path
     if config.with_tokenizer and parent.manifest.get("early_exit"):
         raise ConfigError("does not support early-exit bundles (one graph per segment)", where="--with-tokenizer",
                           fix="Drop --with-tokenizer")
-    if (parent.manifest.get("early_exit") or {}).get("segments"):  # one graph per segment
+    if parent.has_exits:  # one graph per segment
         from ..early_exit_bundle import quantize_early_exit
 
         return quantize_early_exit(parent, config, out, overwrite=overwrite)
