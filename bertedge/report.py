@@ -91,7 +91,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     teacher_dev = dev_metrics(teacher)
 
     # Early-exit bundles have no single graph for the fixed-shape grid: `bertedge bench` times them on dev inputs.
-    targets: list = [str(a.path) for _, a in artifacts if not _has_exits(a)]
+    targets: list = [str(a.path) for _, a in artifacts if not a.has_exits]
     if len(targets) < len(artifacts):
         log.warning("report: early-exit bundles are left out of the fixed-shape latency grid; a final one is timed "
                     "over the dev inputs with the teacher and the peer (others: `bertedge bench BUNDLE`)")
@@ -167,11 +167,13 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     else:
         final_index = len(artifacts) - 1 if artifacts else None
     final = rows[final_index] if final_index is not None else None
+    search_sections = [_search_section(run_dir, name, step, names, recipe) for name, step in searches]
     dev_inputs = None
     if final is not None:
         final["batching"] = _batching(artifacts[final_index][1])
         final_artifact = artifacts[final_index][1]
-        if _has_exits(final_artifact) or any(_ranked_on_dev(run_dir, name) for name, _ in searches):
+        ranked_on_dev = any((s.get("ranking") or {}).get("key") == "dev_mean_ms" for s in search_sections)
+        if final_artifact.has_exits or ranked_on_dev:  # exits, or a search with the early-exit axis
             dev_inputs = _dev_input_bench(teacher, final, final_artifact, peer_name, peer_files, run_dir,
                                           recipe.target.threads)
     budget["metric"] = metric
@@ -201,7 +203,7 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
                   "artifacts": bench["artifacts"]},
         "speedup_grid": speedup_grid(results, teacher_target, final["bench_name"] if final else None, peer_name),
         "dev_inputs": dev_inputs,
-        "search": [_search_section(run_dir, name, step, names, recipe) for name, step in searches],
+        "search": search_sections,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "run_dir": str(run_dir),
     }
@@ -215,21 +217,6 @@ def build_report(run_dir: str | Path, recipe: Recipe | None = None, *, peer: boo
     (run_dir / REPORT_MD).write_text(markdown(report), encoding="utf-8")
     log.info(f"report: {run_dir / REPORT_MD}")
     return str(run_dir / REPORT_JSON)
-
-
-def _has_exits(artifact: Artifact) -> bool:
-    return bool((artifact.manifest.get("early_exit") or {}).get("segments"))
-
-
-def _ranked_on_dev(run_dir: Path, step: str) -> bool:
-    """Whether a search step ranked its candidates on dev inputs (it had the early-exit axis)."""
-    from .search_space import SEARCH_JSON
-
-    try:
-        result = json.loads((run_dir / "search" / step / SEARCH_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (result.get("ranking") or {}).get("key") == "dev_mean_ms"
 
 
 DEV_ROUNDS = 3
@@ -266,7 +253,7 @@ def _dev_input_bench(teacher: Artifact, final: dict, final_artifact: Artifact, p
         for other in ("teacher", "peer"):
             base = by_role.get(other)
             r[f"speedup_vs_{other}"] = round(base["mean_ms"] / r["mean_ms"], 3) if base and r["mean_ms"] else None
-    if _has_exits(final_artifact):  # no fixed-shape figure exists for it: these are its speed-ups
+    if final_artifact.has_exits:  # no fixed-shape figure exists for it: these are its speed-ups
         final.update(speedup_vs_teacher=by_role["final"]["speedup_vs_teacher"],
                      speedup_vs_peer=by_role["final"]["speedup_vs_peer"], speedup_basis="dev_mean_ms")
     final["dev_mean_ms"] = by_role["final"]["mean_ms"]
