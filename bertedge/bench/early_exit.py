@@ -50,17 +50,15 @@ def _worker(args: list[str]) -> None:
     spec = json.loads(args[0])
     out = sys.stdout
     sys.stdout = sys.stderr  # libraries print; the pipe belongs to the protocol
-    if spec.get("target"):
-        calls, gold, predict, exits, layers = _target_calls(spec)
-    else:
-        calls, gold, predict, exits, layers = _bundle_calls(spec)
+    calls, batches, gold, predict, exit_layer, layers = (_target_calls if spec.get("target") else _bundle_calls)(spec)
     for call in calls[: spec.get("warmup", 20)]:
         call()
-    predicted = [predict(call()) for call in calls]
-    correct = [p == g for p, g in zip(predicted, gold) if g is not None and p is not None]
+    outputs = [call() for call in calls]  # one pass gives the predictions and, with exits, where each input left
+    exits = [exit_layer(o) for o in outputs] if exit_layer else []
+    correct = [p == g for p, g in zip(map(predict, outputs), gold) if g is not None and p is not None]
     ready = {"n": len(calls), "exit_layers": exits, "layers": layers,
              "accuracy": sum(correct) / len(correct) if correct else None,
-             "tokens": [int(call.tokens) for call in calls], "pid": os.getpid()}  # type: ignore[attr-defined]
+             "tokens": [int(b["input_ids"].shape[1]) for b in batches], "pid": os.getpid()}
     out.write(json.dumps(ready) + "\n")
     out.flush()
     clock = time.perf_counter_ns
@@ -80,11 +78,6 @@ def _worker(args: list[str]) -> None:
         out.flush()
 
 
-def _tagged(call, batch):
-    call.tokens = int(batch["input_ids"].shape[1])
-    return call
-
-
 def _bundle_calls(spec: dict):
     """One batch-1 call per dev input through `bertedge.runtime.Bundle` (the exit rule, when it has exits)."""
     import numpy as np
@@ -98,12 +91,12 @@ def _bundle_calls(spec: dict):
                                    if ex.get("text_pair") is not None else ex["text"]) for ex in examples]
     features = bundle.task.eval_features(normalized, bundle.encoder, bundle.settings)
     batches = [bundle.encoder.collate([f]) for f in features]
-    calls = [_tagged(lambda b=b: bundle.forward(b), b) for b in batches]
-    exits = [int(bundle.forward(b)["exit_layer"][0]) for b in batches] if bundle.early_exit else []
-    layers = len(bundle.segments) if bundle.early_exit else None
+    calls = [lambda b=b: bundle.forward(b) for b in batches]
     classify = bundle.task.name == "text-classification"
-    return (calls, [ex.get("label") for ex in examples],
-            lambda result: int(np.argmax(result["logits"][0])) if classify else None, exits, layers)
+    return (calls, batches, [ex.get("label") for ex in examples],
+            lambda result: int(np.argmax(result["logits"][0])) if classify else None,
+            (lambda result: int(result["exit_layer"][0])) if bundle.early_exit else None,
+            len(bundle.segments) if bundle.early_exit else None)
 
 
 def _target_calls(spec: dict):
@@ -130,7 +123,7 @@ def _target_calls(spec: dict):
     examples = load_eval_examples(data_artifact, spec.get("data"), spec.get("split", "dev"), spec.get("max_samples"))
     features = get_task(target.task).eval_features(examples, encoder, artifact_settings(data_artifact))
     batches = [encoder.collate([f]) for f in features]
-    calls = [_tagged(runner.prepare(b), b) for b in batches]
+    calls = [runner.prepare(b) for b in batches]
     classify = target.task == "text-classification"
 
     def predict(out) -> int | None:
@@ -139,7 +132,7 @@ def _target_calls(spec: dict):
         logits = out.logits.numpy() if hasattr(out, "logits") else np.asarray(out[0])
         return int(np.argmax(logits[0]))
 
-    return calls, [ex.get("label") for ex in examples], predict, [], None
+    return calls, batches, [ex.get("label") for ex in examples], predict, None, None
 
 
 # ----------------------------------------------------------------------------- parent
