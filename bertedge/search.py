@@ -496,8 +496,8 @@ def _make_config(stage: str, settings: dict, config: SearchConfig, teacher: Arti
     if stage == "prune":
         options = {"distill_from": str(teacher.path), **config.prune_options, **settings}
         return models["prune_options"].model_validate({**options, "data": data(config.prune_options)})
-    if stage == "export":
-        return models["export_options"].model_validate(config.export_options)
+    if stage == "export":  # every dev example: a candidate's metric is judged against the teacher's full-dev one
+        return models["export_options"].model_validate({"metric_samples": None, **config.export_options})
     if stage == "early-exit":
         block = config.early_exit or {}
         return models["early_exit"].model_validate({**block, **settings, "data": data(block)})

@@ -173,6 +173,16 @@ def test_tiny_search_end_to_end_and_resume(cli, tmp_path, tiny_artifacts):
     assert all(r["kept_from_earlier_run"] for r in again["candidates"])
 
 
+def test_export_candidates_are_scored_on_the_whole_dev_set():
+    """The export stage checks its metric on a 1000-example subset by default; a search candidate compared with
+    the teacher's full-dev metric must not be (CoNLL-2003: a 0.46-pt "drop" that was the subset, not ONNX)."""
+    from bertedge.search import _make_config
+
+    assert _make_config("export", {}, search_config(), None).metric_samples is None
+    custom = search_config(export_options={"metric_samples": 200, "atol": 1e-3})
+    assert _make_config("export", {}, custom, None).metric_samples == 200
+
+
 def test_prune_choice_tag():
     assert PruneChoice(ffn=0.5, heads=0.33).tag == "p50-33"
 
