@@ -33,10 +33,13 @@ KNOWN_LOG_RECORDS = (
     ("transformers.modeling_utils", r"`torch_dtype` is deprecated"),
     ("transformers.configuration_utils", r"`torch_dtype` is deprecated"),  # optimum's peer export passes it
     ("fusion_embedlayer", r"word_embedding_table .* <= position_embedding_table"),
-    # transformers 5's load report, when all it says is that the task head is new (as 4's "Some weights of").
+    # transformers 5's load report, when all it says is that the task head is new (as 4's "Some weights of") and,
+    # for a head without a pooler (token classification, QA), that the checkpoint's pooler is not used (4 drops
+    # that note itself: `_keys_to_ignore_on_load_unexpected`).
     ("transformers.modeling_utils", rf"(?s)^{_ANSI}\w+ LOAD REPORT{_ANSI} from: [^\n]*\nKey +\| Status +\|[^\n]*\n"
-                                    rf"[-+]+\n(?:{_ANSI}(?:classifier|qa_outputs)\.(?:weight|bias) *\| {_ANSI}MISSING"
-                                    rf"{_ANSI} *\|[^\n]*\n)+\s*Notes:\s*\n- {_ANSI}MISSING:{_ANSI}[^\n]*\Z"),
+                                    rf"[-+]+\n(?:{_ANSI}(?:(?:classifier|qa_outputs)\.(?:weight|bias) *\| {_ANSI}MISSING"
+                                    rf"|pooler\.dense\.(?:weight|bias) *\| {_ANSI}UNEXPECTED){_ANSI} *\|[^\n]*\n)+"
+                                    rf"\s*Notes:\s*\n(?:- {_ANSI}(?:UNEXPECTED|MISSING):{_ANSI}[^\n]*(?:\n|\Z))+\s*\Z"),
 )
 
 

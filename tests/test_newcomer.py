@@ -285,7 +285,38 @@ def test_a_finetune_log_has_no_progress_bars_and_no_known_warnings(tmp_path, tin
                   "Loading weights"):
         assert noise not in text, (noise, text)
     assert "eval: step 3/6 (epoch 1.00) accuracy" in text and "finetune: dev accuracy" in text
+    # a head without a pooler (token classification, QA): transformers 5 also reports the checkpoint's pooler
+    ner_log = tmp_path / "ner.log"
+    with open(ner_log, "w") as fh:
+        assert subprocess.call([*command[:7], "token-classification", "--data", str(tiny_data["conll"]),
+                                "--epochs", "1", "--out", str(tmp_path / "ner")],
+                               stdout=fh, stderr=subprocess.STDOUT, env=env) == 0
+    ner_text = ner_log.read_text()
+    assert "\r" not in ner_text and "LOAD REPORT" not in ner_text and "UNEXPECTED" not in ner_text, ner_text
+    assert "finetune: dev f1" in ner_text
     verbose = subprocess.run([sys.executable, "-m", "bertedge", "--verbose", *command[3:-1], str(tmp_path / "b")],
                              capture_output=True, text=True, env=env)
     # the new head's note: "Some weights of ..." from transformers 4, a "LOAD REPORT" table from 5
     assert verbose.returncode == 0 and ("Some weights of" in verbose.stderr or "LOAD REPORT" in verbose.stderr)
+
+
+def test_a_load_report_that_says_more_than_a_new_head_is_shown():
+    """transformers 5's load report is dropped only when it lists the new task head and an unused pooler."""
+    import logging
+
+    from bertedge.log import quiet_known_noise
+
+    quiet_known_noise()
+    target = logging.getLogger("transformers.modeling_utils")
+
+    def shown(rows: str) -> bool:
+        message = (f"\x1b[1mBertForTokenClassification LOAD REPORT\x1b[0m from: /m\nKey                 | Status     | \n"
+                   f"--------------------+------------+-\n{rows}\nNotes:\n- UNEXPECTED:\tcan be ignored\n"
+                   f"- MISSING:\tthose params were newly initialized")
+        record = logging.LogRecord(target.name, logging.WARNING, __file__, 1, message, None, None)
+        return all(f.filter(record) for f in target.filters)
+
+    assert not shown("pooler.dense.weight | UNEXPECTED | \npooler.dense.bias   | UNEXPECTED | \n"
+                     "classifier.weight   | MISSING    | \nclassifier.bias     | MISSING    | ")
+    assert shown("encoder.layer.0.attention.self.query.weight | UNEXPECTED | \nclassifier.weight | MISSING | ")
+    assert shown("encoder.layer.0.output.dense.weight | MISSING | \nclassifier.weight | MISSING | ")
