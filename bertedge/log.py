@@ -24,6 +24,9 @@ KNOWN_WARNINGS = (
     (r"Iterating over a tensor might cause the trace", "TracerWarning, as above"),
     (r"(?s).*torch\.ao\.quantization.* deprecated", "torch.ao's deprecation notes: bertedge uses them knowingly"),
     (r"`torch_dtype` is deprecated", "transformers' rename of torch_dtype to dtype"),
+    (r"Exporting aten::index operator of advanced indexing",
+     "the ONNX export of transformers 5's padding mask (padding_mask[batch_idx, kv_idx]): its indices are aranges, "
+     "never negative, and the export checks the graph against PyTorch"),
 )
 _ANSI = r"(?:\x1b\[[0-9;]*m)*"  # transformers styles its load report on a terminal
 # Log records dropped for the same reason: (logger, message regex).

@@ -300,6 +300,24 @@ def test_a_finetune_log_has_no_progress_bars_and_no_known_warnings(tmp_path, tin
     assert verbose.returncode == 0 and ("Some weights of" in verbose.stderr or "LOAD REPORT" in verbose.stderr)
 
 
+def test_an_export_log_has_no_known_warnings(tmp_path, tiny_artifacts):
+    """`bertedge export ... > log 2>&1` of a QA model: transformers 5's padding mask exports through advanced
+    indexing, which torch.onnx warns about; the warning is filtered and --verbose shows it again."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "bertedge", "export", str(tiny_artifacts["squad"].path), "--out"]
+    quiet = subprocess.run([*command, str(tmp_path / "a")], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    for noise in ("Warning", "warnings.warn", "aten::index", "opset9.index"):
+        assert noise not in quiet.stderr, (noise, quiet.stderr)
+    assert "export: wrote" in quiet.stderr
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        verbose = subprocess.run([sys.executable, "-m", "bertedge", "--verbose", *command[3:], str(tmp_path / "b")],
+                                 capture_output=True, text=True, env=env)
+        assert verbose.returncode == 0 and "aten::index operator of advanced indexing" in verbose.stderr
+
+
 def test_a_load_report_that_says_more_than_a_new_head_is_shown():
     """transformers 5's load report is dropped only when it lists the new task head and an unused pooler."""
     import logging
