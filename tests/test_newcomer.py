@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, synthetic_sentence
+from conftest import assert_one_line_error, child_env, synthetic_sentence
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -272,7 +271,7 @@ def test_a_finetune_log_has_no_progress_bars_and_no_known_warnings(tmp_path, tin
     """`bertedge finetune ... > log 2>&1`: stderr is not a terminal, so no tqdm bar, and the known library
     warnings are filtered; --verbose shows them again."""
     log = tmp_path / "finetune.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("BERTEDGE_PROGRESS", None)
     command = [sys.executable, "-m", "bertedge", "finetune", "--model", str(tiny_model_dir), "--task",
                "text-classification", "--data", str(tiny_data["sst"]), "--epochs", "2", "--lr", "3e-3",
@@ -303,7 +302,7 @@ def test_a_finetune_log_has_no_progress_bars_and_no_known_warnings(tmp_path, tin
 def test_an_export_log_has_no_known_warnings(tmp_path, tiny_artifacts):
     """`bertedge export ... > log 2>&1` of a QA model: transformers 5's padding mask exports through advanced
     indexing, which torch.onnx warns about; the warning is filtered and --verbose shows it again."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "bertedge", "export", str(tiny_artifacts["squad"].path), "--out"]
     quiet = subprocess.run([*command, str(tmp_path / "a")], capture_output=True, text=True, env=env)
     assert quiet.returncode == 0, quiet.stderr
