@@ -171,6 +171,15 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
                                    {"mode": mode, "max_accuracy_drop": round(max(left, 0.0), 4)}))
             records[-1]["final"] = True
 
+    def trimmed_teacher() -> str | None:
+        """With trim_first: the trimmed teacher, every pruned model's KD teacher (it reads the same tokens);
+        built once, None when it could not be built."""
+        if not any(r["name"] == "teacher-tv" for r in records):
+            records.append(attempt("teacher-tv", "trim-vocab", "teacher", {}))
+        record = next(r for r in records if r["name"] == "teacher-tv")
+        return "teacher-tv" if record["status"] in ("built", "dropped") else None
+
+    trim_first = config.trim_vocab is not None and config.trim_first
     depths = sorted({teacher_depth if d in (0, teacher_depth) else d for d in config.layers}, reverse=True)
     failed_depth: tuple[int, float] | None = None
     for depth in depths:
@@ -184,33 +193,47 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
             if record is None:
                 failed_depth = (depth, records[-1]["drop_pts"])
                 continue
+        base, kd_teacher = student, None
+        if trim_first:  # prune the trimmed model: the recovery then learns the trimmed tokenization
+            kd_teacher = trimmed_teacher()
+            if kd_teacher is None:
+                continue
+            base = f"{student}-tv"
+            if student != "teacher" and build_or_drop(base, "trim-vocab", student, {}, "not pruned or exported") is None:
+                continue
+            if student == "teacher" and records[-1]["name"] == base and (records[-1].get("drop_pts") or 0) > limit:
+                records[-1].update(status="dropped", reason=f"dropped: loses {records[-1]['drop_pts']:.2f} pts, over "
+                                                            f"the {limit:g} pt limit; not pruned or exported")
+                continue
         failed_ratios: list[tuple[PruneChoice, float]] = []
         for choice in sorted(config.prune, key=lambda c: (-c.kept_share(depth), c.ffn)):
-            source = student
+            source = base
             if not choice.is_identity:
-                name = f"{student}-{choice.tag}"
+                name = f"{base}-{choice.tag}"
                 if choice.layers is not None and choice.layers >= depth:
-                    skip(name, "prune", student, f"skipped: keeps {choice.layers} layers, {student} has {depth}")
+                    skip(name, "prune", base, f"skipped: keeps {choice.layers} layers, {base} has {depth}")
                     continue
                 worse = next((f for f in failed_ratios if choice.ffn >= f[0].ffn and choice.heads >= f[0].heads
                               and (choice.layers or depth) <= (f[0].layers or depth)), None)
                 if config.monotone and worse is not None:
-                    skip(name, "prune", student, f"skipped: pruning {worse[0].tag} of {student} already "
-                                                 f"loses {worse[1]:.2f} pts (over the budget)")
+                    skip(name, "prune", base, f"skipped: pruning {worse[0].tag} of {base} already "
+                                              f"loses {worse[1]:.2f} pts (over the budget)")
                     continue
                 reason = too_big(depth, choice)
                 if reason:
-                    skip(name, "prune", student, reason)
+                    skip(name, "prune", base, reason)
                     continue
                 settings: dict[str, Any] = {"ffn": choice.ffn, "heads": choice.heads}
                 if choice.layers is not None:
                     settings["drop_layers"] = list(range(choice.layers, depth))  # the top ones
-                record = build_or_drop(name, "prune", student, settings, "not exported")
+                if kd_teacher is not None:
+                    settings["distill_from"] = kd_teacher  # a candidate's name; build() resolves it
+                record = build_or_drop(name, "prune", base, settings, "not exported")
                 if record is None:
                     failed_ratios.append((choice, records[-1]["drop_pts"]))
                     continue
                 source = name
-            if config.trim_vocab is not None:
+            if config.trim_vocab is not None and not trim_first:
                 trimmed = f"{source}-tv"
                 record = build_or_drop(trimmed, "trim-vocab", source, {}, "not exported")
                 if record is None:
@@ -283,6 +306,8 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
     started = time.time()
 
     def build(name: str, stage: str, parent: str | None, settings: dict) -> dict:
+        if settings.get("distill_from") in paths:  # trim_first: the KD teacher is a candidate built earlier
+            settings = {**settings, "distill_from": str(paths[settings["distill_from"]])}
         stage_config = _make_config(stage, settings, config, teacher)
         source = paths[parent]
         parent_sha = load_artifact(source).manifest.get("payload_sha256")

@@ -62,6 +62,9 @@ class SearchConfig(StrictModel):
     trim_vocab: dict[str, Any] | None = Field(None, description="Trim the vocabulary of every model before export "
                                               "(TrimVocabConfig fields, e.g. {keep_chars: ascii}; {} = defaults; "
                                               "default: no trimming)")
+    trim_first: bool = Field(False, description="With trim_vocab: trim each model before it is pruned, so the "
+                                                "recovery trains on the trimmed vocabulary (KD from the trimmed "
+                                                "teacher); default: trim after pruning")
     early_exit: dict[str, Any] | None = Field(None, description="Also try every model with exit heads (EarlyExitConfig "
                                               "fields, e.g. {pooling: mean, ce_weight: 1}; {} = defaults; its "
                                               "max_accuracy_drop caps the calibration's share of the budget; "
@@ -131,6 +134,9 @@ def parse_search(data: Any, where: str = "search") -> SearchConfig:
 
 def check_blocks(config: SearchConfig, where: str = "search") -> None:
     """The per-stage option blocks (distill, prune_options, ...): no field the search varies, each valid."""
+    if config.trim_first and config.trim_vocab is None:
+        raise ConfigError(f"{where}.trim_first: there is no vocabulary trim to move before pruning",
+                          fix="Add trim_vocab (e.g. trim_vocab: {}), or drop trim_first")
     for block, model in stage_configs().items():
         options = getattr(config, block)
         if options is None:  # trim_vocab, early_exit: off

@@ -103,6 +103,32 @@ def test_layer_dropping_and_trim_vocab_in_the_tree():
         plan_and_build(search_config(prune=[{"layers": 6}]), 6, build)
 
 
+def test_trim_first_prunes_the_trimmed_model_and_distills_from_the_trimmed_teacher():
+    # SST-2: trimming after pruning cost 1.15 pts that no recovery saw; trim_first trims before pruning, so the
+    # recovery trains on the trimmed tokens, with the trimmed teacher (same tokens) as its KD teacher
+    config = search_config(layers=[0, 4], prune=[{}, {"ffn": 0.67, "heads": 0.5}], trim_vocab={}, trim_first=True)
+    calls, build = fake_builder({"teacher-tv-p67-50": 1.4})
+    records = plan_and_build(config, 6, build)
+    assert [(c[0], c[1], c[2]) for c in calls] == [
+        ("teacher-tv", "trim-vocab", "teacher"), ("teacher-tv-onnx", "export", "teacher-tv"),
+        ("teacher-tv-dynamic", "quantize", "teacher-tv-onnx"), ("teacher-tv-p67-50", "prune", "teacher-tv"),
+        ("L4", "distill", "teacher"), ("L4-tv", "trim-vocab", "L4"), ("L4-tv-onnx", "export", "L4-tv"),
+        ("L4-tv-dynamic", "quantize", "L4-tv-onnx"), ("L4-tv-p67-50", "prune", "L4-tv"),
+        ("L4-tv-p67-50-onnx", "export", "L4-tv-p67-50"), ("L4-tv-p67-50-dynamic", "quantize", "L4-tv-p67-50-onnx")]
+    settings = {c[0]: c[3] for c in calls}
+    assert settings["teacher-tv-p67-50"] == {"ffn": 0.67, "heads": 0.5, "distill_from": "teacher-tv"}
+    assert settings["L4-tv-p67-50"]["distill_from"] == "teacher-tv"
+    assert {r["name"]: r["status"] for r in records}["teacher-tv-p67-50"] == "dropped"
+    # a trimmed teacher over the budget ends its branch before anything is pruned
+    calls, build = fake_builder({"teacher-tv": 1.2})
+    records = plan_and_build(search_config(layers=[0], prune=[{}, {"ffn": 0.5}], trim_vocab={}, trim_first=True),
+                             6, build)
+    assert [c[0] for c in calls] == ["teacher-tv"]
+    assert records[0]["reason"] == "dropped: loses 1.20 pts, over the 1 pt limit; not pruned or exported"
+    with pytest.raises(ConfigError, match=r"search.trim_first: there is no vocabulary trim to move before pruning"):
+        parse_search({"trim_first": True})
+
+
 def test_pareto_front_keeps_only_non_dominated_points():
     points = [{"name": "a", "p50_ms": 10.0, "value": 0.90}, {"name": "b", "p50_ms": 5.0, "value": 0.88},
               {"name": "c", "p50_ms": 6.0, "value": 0.87}, {"name": "d", "p50_ms": 3.0, "value": 0.80},
