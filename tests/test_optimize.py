@@ -244,6 +244,27 @@ def test_tiny_search_drops_layers_and_trims_the_vocabulary(cli, tmp_path, tiny_a
     assert "vocabulary trimmed" in (out / "search.md").read_text()
 
 
+def test_tiny_search_with_trim_first_recovers_on_the_trimmed_tokens(cli, tmp_path, tiny_artifacts):
+    """trim_first: the dropped-layer student grows from the trimmed teacher and distills from it."""
+    teacher = tiny_artifacts["sst"]
+    space = tmp_path / "space.yaml"
+    space.write_text("layers: [0]\nprune: [{}, {layers: 1}]\nquantize: [dynamic]\ntrim_vocab: {}\ntrim_first: true\n"
+                     "max_accuracy_drop: 100\nprune_options: {recover_epochs: 1, importance_samples: 16}\n"
+                     "runs: 3\nwarmup: 0\n")
+    out = tmp_path / "search"
+    result = cli("optimize", "--teacher", teacher.path, "--out", out, "--config", space, "--json")
+    assert result.code == 0, result
+    names = [r["name"] for r in json.loads(result.out)["candidates"]]
+    assert names == ["teacher-tv", "teacher-tv-onnx", "teacher-tv-dynamic",
+                     "teacher-tv-d1", "teacher-tv-d1-onnx", "teacher-tv-d1-dynamic"]
+    pruned = json.loads((out / "candidates" / "teacher-tv-d1" / "bertedge.json").read_text())
+    assert pruned["config"]["distill_from"] == str(out / "candidates" / "teacher-tv")
+    assert pruned["parent"]["path"] == str(out / "candidates" / "teacher-tv")
+    vocab = json.loads((out / "candidates" / "teacher-tv-d1" / "config.json").read_text())["vocab_size"]
+    assert vocab == json.loads((out / "candidates" / "teacher-tv" / "config.json").read_text())["vocab_size"]
+    assert vocab < json.loads((teacher.path / "config.json").read_text())["vocab_size"]
+
+
 MINILM = {"hidden_size": 384, "num_attention_heads": 12, "intermediate_size": 1536, "max_position_embeddings": 512,
           "type_vocab_size": 2, "vocab_size": 30522}
 
