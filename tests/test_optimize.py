@@ -223,18 +223,22 @@ def test_shipped_search_config_validates():
     assert config.layers == [3, 2] and config.max_size_mb == 8 and len(config.prune) == 3
 
 
-def test_tiny_search_drops_layers_and_trims_the_vocabulary(cli, tmp_path, tiny_artifacts):
-    """The teacher's own depth, a cheap student by dropping its top layer, and a trim-vocab step before export."""
-    teacher = tiny_artifacts["sst"]
+def tiny_layer_search(cli, tmp_path, teacher, extra: str = "") -> tuple:
+    """A tiny search of the teacher's own depth and its top layer dropped, vocabulary trimmed: (out, names)."""
     space = tmp_path / "space.yaml"
-    space.write_text("layers: [0]\nprune: [{}, {layers: 1}]\nquantize: [dynamic]\ntrim_vocab: {}\n"
+    space.write_text("layers: [0]\nprune: [{}, {layers: 1}]\nquantize: [dynamic]\ntrim_vocab: {}\n" + extra +
                      "max_accuracy_drop: 100\nprune_options: {recover_epochs: 1, importance_samples: 16}\n"
                      "runs: 3\nwarmup: 0\n")
     out = tmp_path / "search"
     result = cli("optimize", "--teacher", teacher.path, "--out", out, "--config", space, "--json")
     assert result.code == 0, result
-    summary = json.loads(result.out)
-    names = [r["name"] for r in summary["candidates"]]
+    return out, [r["name"] for r in json.loads(result.out)["candidates"]]
+
+
+def test_tiny_search_drops_layers_and_trims_the_vocabulary(cli, tmp_path, tiny_artifacts):
+    """The teacher's own depth, a cheap student by dropping its top layer, and a trim-vocab step before export."""
+    teacher = tiny_artifacts["sst"]
+    out, names = tiny_layer_search(cli, tmp_path, teacher)
     assert names == ["teacher-tv", "teacher-tv-onnx", "teacher-tv-dynamic",
                      "teacher-d1", "teacher-d1-tv", "teacher-d1-tv-onnx", "teacher-d1-tv-dynamic"]
     config = json.loads((out / "candidates" / "teacher-d1" / "config.json").read_text())
@@ -247,14 +251,7 @@ def test_tiny_search_drops_layers_and_trims_the_vocabulary(cli, tmp_path, tiny_a
 def test_tiny_search_with_trim_first_recovers_on_the_trimmed_tokens(cli, tmp_path, tiny_artifacts):
     """trim_first: the dropped-layer student grows from the trimmed teacher and distills from it."""
     teacher = tiny_artifacts["sst"]
-    space = tmp_path / "space.yaml"
-    space.write_text("layers: [0]\nprune: [{}, {layers: 1}]\nquantize: [dynamic]\ntrim_vocab: {}\ntrim_first: true\n"
-                     "max_accuracy_drop: 100\nprune_options: {recover_epochs: 1, importance_samples: 16}\n"
-                     "runs: 3\nwarmup: 0\n")
-    out = tmp_path / "search"
-    result = cli("optimize", "--teacher", teacher.path, "--out", out, "--config", space, "--json")
-    assert result.code == 0, result
-    names = [r["name"] for r in json.loads(result.out)["candidates"]]
+    out, names = tiny_layer_search(cli, tmp_path, teacher, "trim_first: true\n")
     assert names == ["teacher-tv", "teacher-tv-onnx", "teacher-tv-dynamic",
                      "teacher-tv-d1", "teacher-tv-d1-onnx", "teacher-tv-d1-dynamic"]
     pruned = json.loads((out / "candidates" / "teacher-tv-d1" / "bertedge.json").read_text())
