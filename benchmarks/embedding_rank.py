@@ -34,39 +34,35 @@ def main() -> None:
 
     from bertedge.artifacts import load_artifact
     from bertedge.data import load_data
-    from bertedge.modeling import load_torch_artifact
+    from bertedge.evaluate import artifact_data_spec, artifact_settings, evaluate_split
+    from bertedge.modeling import encoder_from_hf, load_torch_artifact
 
     art = load_artifact(args.artifact)
     model, tok = load_torch_artifact(art)
     model.eval()
-    data = load_data(art.manifest["data"]["path"], art.task, labels=art.labels)
+    spec, columns = artifact_data_spec(art, None)  # the dev split the artifact was judged on
+    data = load_data(spec, art.task, columns=columns, labels=art.labels)
     dev = data.split("dev")
-    texts = [ex["text"] for ex in dev]
-    gold = torch.tensor([ex["label"] if isinstance(ex["label"], int) else data.labels.index(ex["label"]) for ex in dev])
-    max_length = art.manifest.get("settings", {}).get("max_length", 128)
+    encoder, settings = encoder_from_hf(tok), artifact_settings(art)
     weight = model.base_model.embeddings.word_embeddings.weight
     u, s, vh = torch.linalg.svd(weight.data.clone(), full_matrices=False)
     vocab, hidden = weight.shape
 
-    def accuracy() -> float:
-        preds = []
-        with torch.no_grad():
-            for i in range(0, len(texts), 64):
-                enc = tok(texts[i:i + 64], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-                preds.append(model(**enc).logits.argmax(-1))
-        return (torch.cat(preds) == gold).float().mean().item()
+    def int8_mb(tokens: int | None, rank: int) -> float | None:
+        """Bytes of an int8 embedding of `tokens` rows: factorized (tokens x rank + rank x hidden) below full rank."""
+        if tokens is None:
+            return None
+        return round(((tokens + hidden) * rank if rank < hidden else tokens * hidden) / 1e6, 2)
 
     rows = []
     for r in [int(x) for x in args.ranks.split(",")]:
         weight.data = (u[:, :r] * s[:r]) @ vh[:r]
-        rows.append({"rank": r, "dev_accuracy": round(accuracy(), 4),
-                     "int8_mb_full_vocab": round(((vocab + hidden) * r if r < hidden else vocab * hidden) / 1e6, 2),
-                     "int8_mb_train_vocab": (round(((args.train_vocab + hidden) * r if r < hidden
-                                                    else args.train_vocab * hidden) / 1e6, 2)
-                                             if args.train_vocab else None)})
+        metrics = evaluate_split(model, encoder, art.task, dev, settings, data.labels, 64)
+        rows.append({"rank": r, "dev_accuracy": round(metrics["accuracy"], 4),
+                     "int8_mb_full_vocab": int8_mb(vocab, r), "int8_mb_train_vocab": int8_mb(args.train_vocab, r)})
         print(rows[-1], flush=True)
     lines = [f"# Low-rank word embeddings: dev accuracy before any recovery ({art.path.name})", "",
-             f"Artifact: `{args.artifact}` ({vocab:,} x {hidden} word embeddings, dev {len(texts)} examples). "
+             f"Artifact: `{args.artifact}` ({vocab:,} x {hidden} word embeddings, dev {len(dev)} examples). "
              "Rank = hidden size is the artifact unchanged. Sizes are the factorized embedding's int8 bytes "
              "((vocab + hidden) x rank), full vocabulary and train-only vocabulary."
              + (f"\n\n**Note:** {args.note}" if args.note else ""), "",
