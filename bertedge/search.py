@@ -171,13 +171,14 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
                                    {"mode": mode, "max_accuracy_drop": round(max(left, 0.0), 4)}))
             records[-1]["final"] = True
 
-    def trimmed_teacher() -> str | None:
-        """With trim_first: the trimmed teacher, every pruned model's KD teacher (it reads the same tokens);
-        built once, None when it could not be built."""
-        if not any(r["name"] == "teacher-tv" for r in records):
-            records.append(attempt("teacher-tv", "trim-vocab", "teacher", {}))
-        record = next(r for r in records if r["name"] == "teacher-tv")
-        return "teacher-tv" if record["status"] in ("built", "dropped") else None
+    def trimmed_teacher() -> dict | None:
+        """With trim_first: the record of the trimmed teacher, every pruned model's KD teacher (it reads the same
+        tokens); built once (dropped when over budget, still a KD teacher), None when it could not be built."""
+        record = next((r for r in records if r["name"] == "teacher-tv"), None)
+        if record is None:
+            build_or_drop("teacher-tv", "trim-vocab", "teacher", {}, "not pruned or exported")
+            record = records[-1]
+        return record if record["status"] in ("built", "dropped") else None
 
     trim_first = config.trim_vocab is not None and config.trim_first
     depths = sorted({teacher_depth if d in (0, teacher_depth) else d for d in config.layers}, reverse=True)
@@ -195,15 +196,14 @@ def plan_and_build(config: SearchConfig, teacher_depth: int,
                 continue
         base, kd_teacher = student, None
         if trim_first:  # prune the trimmed model: the recovery then learns the trimmed tokenization
-            kd_teacher = trimmed_teacher()
-            if kd_teacher is None:
+            kd = trimmed_teacher()
+            if kd is None:
                 continue
-            base = f"{student}-tv"
-            if student != "teacher" and build_or_drop(base, "trim-vocab", student, {}, "not pruned or exported") is None:
-                continue
-            if student == "teacher" and records[-1]["name"] == base and (records[-1].get("drop_pts") or 0) > limit:
-                records[-1].update(status="dropped", reason=f"dropped: loses {records[-1]['drop_pts']:.2f} pts, over "
-                                                            f"the {limit:g} pt limit; not pruned or exported")
+            kd_teacher, base = kd["name"], f"{student}-tv"
+            if student == "teacher":
+                if kd["status"] == "dropped":
+                    continue
+            elif build_or_drop(base, "trim-vocab", student, {}, "not pruned or exported") is None:
                 continue
         failed_ratios: list[tuple[PruneChoice, float]] = []
         for choice in sorted(config.prune, key=lambda c: (-c.kept_share(depth), c.ffn)):
