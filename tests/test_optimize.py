@@ -167,6 +167,11 @@ def test_cli_errors_are_one_line(cli, tmp_path, tiny_artifacts, tiny_bundles):
     bad.write_text("layers: [1]\nquantize_options: {mode: static}\n")
     assert_one_line_error(cli("optimize", "--teacher", teacher, "--out", tmp_path / "d", "--config", bad),
                           f"{bad}.quantize_options.mode: set by the search itself")
+    bad.write_text("layers: [0]\ntrim_first: true\n")
+    assert_one_line_error(cli("optimize", "--teacher", teacher, "--out", tmp_path / "e", "--config", bad),
+                          f"{bad}.trim_first: there is no vocabulary trim to move before pruning",
+                          "Add trim_vocab (e.g. trim_vocab: {}), or drop trim_first")
+    assert not (tmp_path / "e").exists()
     assert not (tmp_path / "b" / "candidates").exists() or not any((tmp_path / "b" / "candidates").iterdir())
 
 
