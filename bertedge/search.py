@@ -338,7 +338,8 @@ def optimize(teacher_path: str | Path, config: SearchConfig, out: str | Path, *,
         if stage == "quantize":
             record["quantize_choice"] = (artifact.manifest.get("quantization") or {}).get("candidate")
         if stage == "trim-vocab":
-            record["vocab_size"] = (artifact.manifest.get("vocab") or {}).get("vocab_after")
+            vocab = artifact.manifest.get("vocab") or {}
+            record["vocab_size"] = vocab.get("embedding_rows") or vocab.get("vocab_after")  # rows the bundle stores
         log.info(f"optimize: {name}: dev {metric} {value if value is None else round(value, 4)} "
                  f"(drop {record['drop_pts']} pts)")
         return record

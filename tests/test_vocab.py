@@ -185,3 +185,114 @@ def test_unlabeled_text_is_counted_and_dev_text_never(tmp_path, cli, tiny_artifa
                               "--splits", "train,dev"),
                           "splits", "dev text is never counted: the evaluation data would choose the vocabulary")
     assert not (tmp_path / "dev").exists()
+
+
+def _word_table(model_path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    index = next(i for i in model.graph.initializer if i.name.endswith(".row_index"))
+    table = next(i for i in model.graph.initializer if i.name == index.name[:-len(".row_index")])
+    return model, numpy_helper.to_array(table), numpy_helper.to_array(index)
+
+
+@pytest.fixture(scope="module")
+def nearest(tmp_path_factory, tiny_artifacts):
+    from bertedge.stages.vocab import TrimVocabConfig, trim_vocab
+
+    out = tmp_path_factory.mktemp("vocab") / "sst-nearest"
+    return trim_vocab(tiny_artifacts["sst"], TrimVocabConfig(keep_chars="none", dropped="nearest"), out)
+
+
+def test_nearest_keeps_the_tokenizer_and_gives_dropped_tokens_the_most_similar_kept_row(nearest, tiny_artifacts,
+                                                                                        tiny_data):
+    old_model, old_tok = _load(tiny_artifacts["sst"])
+    new_model, new_tok = _load(nearest)
+    record = nearest.manifest["vocab"]
+    assert new_tok.get_vocab() == old_tok.get_vocab()  # every runtime tokenizes exactly as before
+    assert (nearest.path / "vocab.txt").read_text() == (tiny_artifacts["sst"].path / "vocab.txt").read_text()
+    old_rows, new_rows = old_model.get_input_embeddings().weight, new_model.get_input_embeddings().weight
+    assert new_rows.shape == old_rows.shape
+    vocab = old_tok.get_vocab()
+    kept = sorted(set(old_tok(_train_texts(tiny_data["sst"]), truncation=True, max_length=64)["input_ids"][0])
+                  | set(old_tok.all_special_ids))
+    shared = record["shared_rows"]
+    assert record["dropped"] == "nearest" and record["embedding_rows"] == shared["kept"] < len(vocab)
+    assert shared["kept"] + shared["dropped_tokens"] == len(vocab) and shared["centroids"] == 0
+    assert torch.unique(new_rows, dim=0).shape[0] == record["embedding_rows"]
+    assert record["embedding_parameters_after"] == record["embedding_rows"] * old_rows.shape[1]
+    # a kept row is unchanged; a dropped token gets the row of the kept token of highest cosine similarity
+    kept_ids_ = [i for i in range(len(vocab)) if torch.equal(new_rows[i], old_rows[i])]
+    assert set(kept) <= set(kept_ids_)
+    dropped = next(i for i in range(len(vocab)) if not torch.equal(new_rows[i], old_rows[i]))
+    normed = torch.nn.functional.normalize(old_rows.detach(), dim=1)
+    kept_t = torch.tensor(sorted(set(range(len(vocab))) - {i for i in range(len(vocab))
+                                                           if not torch.equal(new_rows[i], old_rows[i])}))
+    best = kept_t[(normed[kept_t] @ normed[dropped]).argmax()]
+    assert torch.equal(new_rows[dropped], old_rows[best])
+    # counted text (nothing of it dropped) gives the same logits, with the same ids
+    texts = _train_texts(tiny_data["sst"])
+    inputs = old_tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        assert (old_model(**inputs).logits - new_model(**inputs).logits).abs().max().item() < 1e-5
+
+
+def test_export_stores_shared_rows_once_and_quantizes_the_small_table(nearest, tmp_path):
+    from bertedge.stages.export import ExportConfig, export
+    from bertedge.stages.quantize import QuantizeConfig, quantize
+
+    record = nearest.manifest["vocab"]
+    bundle = export(nearest, ExportConfig(), tmp_path / "onnx")  # validated against PyTorch on dev
+    shared = bundle.manifest["onnx"]["shared_embedding_rows"]
+    assert shared["rows"] == record["vocab_before"] and shared["distinct_rows"] == record["embedding_rows"]
+    graph, table, index = _word_table(bundle.path / "model.onnx")
+    assert table.shape[0] == record["embedding_rows"] and index.shape == (record["vocab_before"],)
+    _, old_tok = _load(nearest)
+    new_model, _ = _load(nearest)
+    rows = new_model.get_input_embeddings().weight.detach().numpy()
+    import numpy as np
+
+    np.testing.assert_array_equal(table[index], rows)  # the same matrix, each row stored once
+    assert [n.op_type for n in graph.graph.node if n.output[0] == shared["index"].replace("row_index", "row_ids")] \
+        == ["Gather"]
+    assert bundle.manifest["validation"]["metric"]["onnx"] == pytest.approx(bundle.manifest["validation"]["metric"]
+                                                                           ["torch"], abs=1e-9)
+    int8 = quantize(bundle, QuantizeConfig(mode="dynamic", preset="avx2"), tmp_path / "int8")
+    import onnx
+
+    q = onnx.load(str(int8.path / "model.onnx"))
+    eln = next(n for n in q.graph.node if n.op_type == "QEmbedLayerNormalization")
+    assert eln.input[0] == shared["index"].replace("row_index", "row_ids")  # ids go through the index first
+    words = next(i for i in q.graph.initializer if i.name == eln.input[2])
+    assert words.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    assert list(words.dims) == [record["embedding_rows"], rows.shape[1]]  # the distinct rows only, in 8 bits
+    assert not [i for i in q.graph.initializer if len(i.dims) == 2 and i.dims[0] == record["vocab_before"]]
+
+
+def test_cluster_gives_dropped_tokens_centroid_rows_within_max_size(tmp_path, tiny_artifacts):
+    from bertedge.stages.vocab import TrimVocabConfig, trim_vocab
+
+    full = trim_vocab(tiny_artifacts["sst"], TrimVocabConfig(keep_chars="none"), tmp_path / "full")
+    size = full.manifest["vocab"]["vocab_after"]  # every counted token fits; 3 of the rows become centroids
+    config = TrimVocabConfig(keep_chars="none", dropped="cluster", max_size=size, clusters=3)
+    a = trim_vocab(tiny_artifacts["sst"], config, tmp_path / "a")
+    b = trim_vocab(tiny_artifacts["sst"], config, tmp_path / "b")
+    record = a.manifest["vocab"]["shared_rows"]
+    assert record["centroids"] == 3 and record["kept"] == size - 3 and a.manifest["vocab"]["embedding_rows"] == size
+    assert a.manifest["vocab"]["counted_dropped"] == 3  # the three rarest counted tokens gave up their rows
+    rows_a, rows_b = (_load(x)[0].get_input_embeddings().weight for x in (a, b))
+    assert torch.equal(rows_a, rows_b)  # seeded
+    assert torch.unique(rows_a, dim=0).shape[0] == size
+
+
+def test_bad_shared_row_options_are_one_line(tmp_path, cli, tiny_artifacts):
+    art, out = str(tiny_artifacts["sst"].path), tmp_path / "out"
+    assert_one_line_error(cli("trim-vocab", art, "--out", str(out), "--dropped", "cluster"),
+                          "dropped: cluster needs max_size")
+    assert_one_line_error(cli("trim-vocab", art, "--out", str(out), "--clusters", "4"),
+                          "clusters is the number of centroid rows of dropped: cluster")
+    assert_one_line_error(cli("trim-vocab", art, "--out", str(out), "--dropped", "cluster", "--max-size", "8",
+                              "--clusters", "8"), "clusters 8 leaves no row of max_size 8")
+    assert_one_line_error(cli("trim-vocab", art, "--out", str(out), "--dropped", "alias"), "dropped")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))

@@ -27,6 +27,11 @@ def trim_vocab(
     keep_chars: Annotated[str, typer.Option(help="Single-character pieces kept so that unseen words split into "
                                                  "pieces instead of [UNK]: all, ascii (English text) "
                                                  "or none.")] = "all",
+    dropped: Annotated[str, typer.Option(help="Tokens not kept: split (the tokenizer forgets them), nearest "
+                                              "(tokenizer unchanged; each shares its most similar kept token's "
+                                              "row) or cluster (they share k-means centroid rows).")] = "split",
+    clusters: Annotated[int | None, typer.Option(help="With --dropped cluster: how many of the --max-size rows are "
+                                                      "centroids (default: an eighth).")] = None,
     data: Annotated[str | None, typer.Option(help="Data (defaults to the one the artifact records).")] = None,
     max_train_samples: Annotated[int | None, typer.Option(help="Count a seeded subset of the train split.")] = None,
     max_eval_samples: Annotated[int | None, typer.Option(help="Evaluate on a seeded dev subset.")] = None,
@@ -42,7 +47,7 @@ def trim_vocab(
     config = build(TrimVocabConfig, {
         "splits": split_names([splits]), "unlabeled": [str(u) for u in unlabeled or []], "min_count": min_count,
         "max_size": max_size,
-        "keep_chars": keep_chars, "eval_batch_size": eval_batch_size,
+        "keep_chars": keep_chars, "dropped": dropped, "clusters": clusters, "eval_batch_size": eval_batch_size,
         "data": data_options(data, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples),
     })
     with contextlib.redirect_stdout(sys.stderr):
@@ -55,12 +60,19 @@ def trim_vocab(
         return
     before, after = result.manifest["metrics"]["dev_before"], result.manifest["metrics"]["dev"]
     typer.echo(f"wrote {result.path}")
-    typer.echo(f"  vocabulary {record['vocab_before']:,} -> {record['vocab_after']:,} tokens "
+    shared = record.get("shared_rows")
+    kept_to = (f"{record['vocab_before']:,} tokens (tokenizer unchanged) sharing {record['embedding_rows']:,} rows"
+               if shared else f"{record['vocab_before']:,} -> {record['vocab_after']:,} tokens")
+    typer.echo(f"  vocabulary {kept_to} "
                f"({record['special']} special, {record['single_characters']} single characters, "
                f"{record['counted_kept']:,} counted in {', '.join(record['counted_splits'])}"
                + (f" + {record['unlabeled']['examples']:,} unlabeled examples" if record.get("unlabeled") else "")
-               + ")")
+               + ")"
+               + (f"; {shared['dropped_tokens']:,} dropped tokens share "
+                  + (f"{shared['centroids']:,} centroid rows" if shared["centroids"] else "their nearest kept row")
+                  if shared else ""))
     typer.echo(f"  embedding parameters {record['embedding_parameters_before']:,} -> "
-               f"{record['embedding_parameters_after']:,}")
+               f"{record['embedding_parameters_after']:,}" + (" once exported (export stores each row once)"
+                                                              if shared else ""))
     typer.echo(f"  dev {metric} {before.get(metric, float('nan')):.4f} -> {after.get(metric, float('nan')):.4f}; "
                f"dev [UNK] rate {record['dev_unk_rate_before']:.2%} -> {record['dev_unk_rate_after']:.2%}")

@@ -32,7 +32,14 @@ from ..runtime import session_forward
 from ..tasks import get_task
 from ..tasks.base import run_forward
 from .exporters import Exporter, export_onnx, exporter_record, graph_input_names, require_optimum, stdout_to_stderr
-from .onnx_graph import describe_graph, fuse_graph, interface_record, load_eager, validation_examples
+from .onnx_graph import (
+    describe_graph,
+    fuse_graph,
+    interface_record,
+    load_eager,
+    share_embedding_rows,
+    validation_examples,
+)
 
 DEFAULT_OPSET = 17
 # BERT's export needs >= 14 (LayerNormalization is native from 17); the TorchScript
@@ -126,6 +133,11 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
             fused = fuse_graph(raw_path, model_path, model.config, config)
         else:
             shutil.copyfile(raw_path, model_path)
+        # trim-vocab's shared rows (dropped: nearest / cluster) are stored once; the validation below runs on it
+        shared_rows = share_embedding_rows(model_path, int(model.config.vocab_size))
+        if shared_rows:
+            log.info(f"export: {shared_rows['rows']:,} word-embedding rows stored as {shared_rows['distinct_rows']:,} "
+                     "distinct rows and an index")
         save_tokenizer(hf_tokenizer, writer.path)
         model.config.save_pretrained(writer.path)  # lets optimum's ORTModelFor* load the bundle too
 
@@ -159,7 +171,7 @@ def export(src: str | Path | Artifact, config: ExportConfig, out: str | Path, *,
             "tokenizer": parent.manifest.get("tokenizer") or {},
             "onnx": {**onnx_io, "file": MODEL_FILE, "exporter": exporter_record(config.exporter),
                      "opset": config.opset, "optimized": config.optimize,
-                     "fused_node_counts": fused, "ort_format": ort_record and
+                     "fused_node_counts": fused, "shared_embedding_rows": shared_rows, "ort_format": ort_record and
                      {k: v for k, v in ort_record.items() if k != "validation"},
                      "attention_implementation_at_export": "eager"},
             "interface": interface_record(parent, task.name, settings, onnx_io, config),

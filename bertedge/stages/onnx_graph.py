@@ -124,3 +124,49 @@ def interface_record(parent: Artifact, task_name: str, settings, onnx_io: dict, 
     record["inputs"] = [i["name"] for i in onnx_io["inputs"]]
     record["outputs"] = [o["name"] for o in onnx_io["outputs"]]
     return record
+
+
+def share_embedding_rows(model_path: Path, vocab_size: int) -> dict | None:
+    """Store a word-embedding table with repeated rows once: distinct rows plus an index table in front.
+
+    trim-vocab's `nearest` / `cluster` modes keep the tokenizer and give dropped tokens shared rows, so the
+    (vocab_size x hidden) initializer repeats rows. This rewrites it, in place, as its distinct rows in
+    first-seen order and adds `Gather(row_index, ids)` before the node that reads it (a plain Gather, or
+    EmbedLayerNormalization's word_embedding input), so the graph computes exactly what it did. The
+    quantizer then sees the small table. Returns what changed, or None when no table repeats rows.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    tables = {i.name: i for i in graph.initializer if len(i.dims) == 2 and i.dims[0] == vocab_size
+              and i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
+    slots = [(node, slot) for node in graph.node for slot, name in enumerate(node.input) if name in tables
+             and ((node.op_type == "Gather" and slot == 0) or (node.op_type == "EmbedLayerNormalization" and slot == 2))]
+    if len(slots) != 1 or sum(name == slots[0][0].input[slots[0][1]] for n in graph.node for name in n.input) != 1:
+        return None  # no word-embedding table, or one shared with other nodes (tied weights): left alone
+    node, slot = slots[0]
+    table = tables[node.input[slot]]
+    weights = numpy_helper.to_array(table)
+    _, first, inverse = np.unique(weights, axis=0, return_index=True, return_inverse=True)
+    if len(first) == len(weights):
+        return None
+    order = np.argsort(first)  # distinct rows in the order they first appear (row 0 stays row 0)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    index = rank[inverse.reshape(-1)].astype(np.int32)
+    if not np.array_equal(weights[first[order]][index], weights):
+        raise ArtifactError("sharing the embedding rows changed the table", where=str(model_path),
+                            fix="Export without trim-vocab's shared rows (dropped: split) and report this")
+    table.CopyFrom(numpy_helper.from_array(weights[first[order]], table.name))
+    index_name, ids_name = f"{table.name}.row_index", f"{table.name}.row_ids"
+    graph.initializer.append(numpy_helper.from_array(index, index_name))
+    ids_slot = 1 if node.op_type == "Gather" else 0
+    gather = helper.make_node("Gather", [index_name, node.input[ids_slot]], [ids_name], name=f"{table.name}.rows")
+    node.input[ids_slot] = ids_name
+    position = list(graph.node).index(node)
+    graph.node.insert(position, gather)
+    onnx.save(model, str(model_path))
+    return {"table": table.name, "rows": int(len(weights)), "distinct_rows": int(len(first)),
+            "index": index_name}

@@ -11,6 +11,15 @@ computes the same outputs on it; a word whose pieces were dropped falls back to 
 single characters are kept for that) or, at worst, [UNK]. The stage measures what that costs: the
 dev metric before and after, the dev [UNK] rate before and after, and how many checked features
 changed tokenization. The result is an ordinary PyTorch artifact: evaluate, export, quantize it.
+
+`dropped` chooses what becomes of the tokens that are not kept. `split` (the default) is the above: the
+tokenizer forgets them. `nearest` and `cluster` leave the tokenizer untouched, so every runtime tokenizes
+exactly as before, and give each dropped token a shared embedding row instead: the row of its most
+similar kept token (cosine), or one of `clusters` k-means centroids of the dropped rows (the rest of
+`max_size` are kept tokens). The PyTorch model keeps its full-size matrix with repeated rows; export
+stores each distinct row once with an index table in front of it (onnx_graph.share_embedding_rows), so
+the bundle's embedding holds `max_size` rows either way. On SST-2 a dev word the train split never used
+is better served by a shared row than by a split into characters (docs/optimize.md).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .. import log
 from ..artifacts import (
@@ -53,8 +62,33 @@ class TrimVocabConfig(StrictModel):
         "all", description="Also keep the single-character pieces (x and ##x) — all of them, the ASCII ones only "
                            "(English text; 136 instead of 1,994 in BERT's uncased vocabulary), or none — so that a "
                            "word outside the kept vocabulary splits into pieces rather than becoming [UNK]")
+    dropped: Literal["split", "nearest", "cluster"] = Field(
+        "split", description="Tokens not kept: split (the tokenizer forgets them; words fall back to kept pieces), "
+                             "nearest (tokenizer unchanged; each shares the row of its most similar kept token) or "
+                             "cluster (tokenizer unchanged; they share k-means centroid rows, `clusters` of max_size)")
+    clusters: int | None = Field(None, ge=1, description="cluster: how many of the max_size rows are centroids of the "
+                                                         "dropped rows (default: an eighth of max_size)")
     eval_batch_size: int = Field(64, ge=1, description="Batch size of the dev evaluations")
     data: DataConfig = Field(default_factory=DataConfig)
+
+    @model_validator(mode="after")
+    def _clusters_fit(self):
+        if self.clusters is not None and self.dropped != "cluster":
+            raise ValueError("clusters is the number of centroid rows of dropped: cluster; set dropped: cluster "
+                             "or leave clusters out")
+        if self.dropped == "cluster":
+            if self.max_size is None:
+                raise ValueError("dropped: cluster needs max_size (the rows kept tokens and centroids share)")
+            if self.clusters is not None and self.clusters >= self.max_size:
+                raise ValueError(f"clusters {self.clusters} leaves no row of max_size {self.max_size} to kept "
+                                 "tokens; use fewer clusters than max_size")
+        return self
+
+    def centroid_rows(self) -> int:
+        """Rows of max_size given to centroids of the dropped tokens (0 unless dropped is cluster)."""
+        if self.dropped != "cluster" or self.max_size is None:
+            return 0
+        return self.clusters if self.clusters is not None else max(1, self.max_size // 8)
 
     @field_validator("splits", mode="before")
     @classmethod
@@ -79,11 +113,13 @@ def kept_ids(counts: Counter, vocab: dict[str, int], special: set[int],
     chars = {i for t, i in vocab.items() if (len(t) == 1 or (t.startswith("##") and len(t) == 3))
              and (config.keep_chars == "all" or t[-1].isascii())} if config.keep_chars != "none" else set()
     always = special | chars
-    if config.max_size is not None and config.max_size < len(always):
+    if config.max_size is not None and config.max_size - config.centroid_rows() < len(always):
+        extra = f" plus {config.centroid_rows()} centroid rows" if config.centroid_rows() else ""
         raise ConfigError(f"max_size {config.max_size} is smaller than the {len(always)} special and single-character "
-                          "tokens that are always kept", where="max_size",
-                          fix=f"Raise it above {len(always)}, or set keep_chars to ascii or none")
-    room = None if config.max_size is None else config.max_size - len(always)
+                          f"tokens that are always kept{extra}", where="max_size",
+                          fix=f"Raise it above {len(always) + config.centroid_rows()}, or set keep_chars to ascii "
+                              "or none" + (", or use fewer clusters" if extra else ""))
+    room = None if config.max_size is None else config.max_size - config.centroid_rows() - len(always)
     ranked = [i for i, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
               if c >= config.min_count and i not in always]
     chosen = ranked if room is None else ranked[:room]
@@ -124,6 +160,52 @@ def _rewrite_tokenizer_files(path: Path, backend: dict, old2new: dict[int, int],
         if decoder:
             tok_config["added_tokens_decoder"] = {str(old2new[int(k)]): v for k, v in decoder.items()}
         config_file.write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def shared_rows(weight, kept: list[int], config: TrimVocabConfig, *, iterations: int = 20, chunk: int = 4096):
+    """The embedding matrix with every dropped token's row replaced by a shared one.
+
+    nearest: the row of the kept token with the highest cosine similarity. cluster: the nearest of
+    `config.centroid_rows()` k-means centroids (seeded, Euclidean) of the dropped rows. Kept rows are
+    unchanged. Returns the new matrix and a record of how many distinct rows it has.
+    """
+    import torch
+
+    vocab_rows = weight.shape[0]
+    kept_index = torch.tensor(kept, dtype=torch.long)
+    dropped = torch.ones(vocab_rows, dtype=torch.bool)
+    dropped[kept_index] = False
+    dropped_index = dropped.nonzero().flatten()
+    rows = weight.clone()
+    record: dict[str, Any] = {"mode": config.dropped, "kept": len(kept), "dropped_tokens": len(dropped_index)}
+    if not len(dropped_index):
+        return rows, {**record, "centroids": 0, "rows": len(kept)}
+    if config.dropped == "nearest":
+        targets = torch.nn.functional.normalize(weight[kept_index], dim=1)
+        for start in range(0, len(dropped_index), chunk):
+            ids = dropped_index[start:start + chunk]
+            best = (torch.nn.functional.normalize(weight[ids], dim=1) @ targets.T).argmax(1)
+            rows[ids] = weight[kept_index[best]]
+        return rows, {**record, "centroids": 0, "rows": len(kept)}
+    points = weight[dropped_index]
+    k = min(config.centroid_rows(), len(points))
+    generator = torch.Generator().manual_seed(0)
+    centroids = points[torch.randperm(len(points), generator=generator)[:k]].clone()
+
+    def assign() -> torch.Tensor:
+        return torch.cat([torch.cdist(points[s:s + chunk], centroids).argmin(1)
+                          for s in range(0, len(points), chunk)])
+
+    for _ in range(iterations):
+        labels = assign()
+        sums = torch.zeros_like(centroids).index_add_(0, labels, points)
+        sizes = torch.bincount(labels, minlength=k)
+        filled = sizes > 0  # an empty cluster keeps its previous centroid
+        centroids[filled] = sums[filled] / sizes[filled].unsqueeze(1).to(sums.dtype)
+    labels = assign()
+    rows[dropped_index] = centroids[labels]
+    used = int(torch.unique(labels).numel())
+    return rows, {**record, "centroids": used, "rows": len(kept) + used}
 
 
 def _ids(features: list[dict]) -> list[list[int]]:
@@ -218,49 +300,65 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
     unk_before = unk_rate(encoder, hf_tokenizer.unk_token_id)
     params_before = count_parameters(model)
     old_embedding = model.get_input_embeddings()
-    pad_old = old_embedding.padding_idx
-    new_embedding = torch.nn.Embedding(len(kept), old_embedding.embedding_dim,
-                                       padding_idx=old2new.get(pad_old) if pad_old is not None else None)
-    with torch.no_grad():
-        new_embedding.weight.copy_(old_embedding.weight[torch.tensor(kept, dtype=torch.long)])
-    model.set_input_embeddings(new_embedding)
-    model.config.vocab_size = len(kept)
-    if getattr(model.config, "pad_token_id", None) is not None and model.config.pad_token_id in old2new:
-        model.config.pad_token_id = old2new[model.config.pad_token_id]
+    embedding_before = old_embedding.weight.numel()
+    shared = config.dropped != "split"
+    if shared:  # tokenizer unchanged; dropped tokens share rows, stored once by export
+        with torch.no_grad():
+            rows, shared_record = shared_rows(old_embedding.weight.detach(), kept, config)
+            old_embedding.weight.copy_(rows)
+        new_embedding = old_embedding
+        embedding_rows = shared_record["rows"]
+    else:
+        pad_old = old_embedding.padding_idx
+        new_embedding = torch.nn.Embedding(len(kept), old_embedding.embedding_dim,
+                                           padding_idx=old2new.get(pad_old) if pad_old is not None else None)
+        with torch.no_grad():
+            new_embedding.weight.copy_(old_embedding.weight[torch.tensor(kept, dtype=torch.long)])
+        model.set_input_embeddings(new_embedding)
+        model.config.vocab_size = len(kept)
+        if getattr(model.config, "pad_token_id", None) is not None and model.config.pad_token_id in old2new:
+            model.config.pad_token_id = old2new[model.config.pad_token_id]
+        embedding_rows, shared_record = len(kept), None
 
     with atomic_artifact(out, stage="trim-vocab", task=parent.task, overwrite=overwrite) as writer:
         model.save_pretrained(writer.path, safe_serialization=True)
         save_tokenizer(hf_tokenizer, writer.path)
-        _rewrite_tokenizer_files(writer.path, _remap_backend(backend, old2new, tokens), old2new, tokens)
-        new_tokenizer = load_hf_tokenizer(writer.path)
-        expected_pad = old2new.get(hf_tokenizer.pad_token_id)
-        if new_tokenizer.vocab_size != len(kept) or new_tokenizer.pad_token_id != expected_pad:
-            raise ArtifactError(f"the rewritten tokenizer reads back with {new_tokenizer.vocab_size} tokens and pad id "
-                                f"{new_tokenizer.pad_token_id}, expected {len(kept)} and "
-                                f"{expected_pad}", where=str(parent.path),
-                                fix="Report this tokenizer layout as a bug; the untrimmed artifact is unchanged")
-        new_encoder = encoder_from_hf(new_tokenizer)
-        # Proof of the mapping: counted text re-tokenized with the new tokenizer gives the old ids renumbered
-        # (exactly, unless min_count / max_size dropped some counted tokens).
-        sample = subsample(counted, CHECK_SAMPLES, 0)
-        old_ids, new_ids = _ids(task.eval_features(sample, encoder, settings)), \
-            _ids(task.eval_features(sample, new_encoder, settings))
-        changed = sum(1 for o, n in zip(old_ids, new_ids) if [old2new.get(i, -1) for i in o] != n)
-        if kept_record["counted_dropped"] == 0 and changed:
-            raise ArtifactError(f"{changed} of {len(old_ids)} counted features tokenize differently after trimming",
-                                where=str(parent.path),
-                                fix="Report this tokenizer as a bug; use the untrimmed artifact")
+        if shared:
+            new_tokenizer, new_encoder, changed, checked = hf_tokenizer, encoder, 0, 0
+        else:
+            _rewrite_tokenizer_files(writer.path, _remap_backend(backend, old2new, tokens), old2new, tokens)
+            new_tokenizer = load_hf_tokenizer(writer.path)
+            expected_pad = old2new.get(hf_tokenizer.pad_token_id)
+            if new_tokenizer.vocab_size != len(kept) or new_tokenizer.pad_token_id != expected_pad:
+                raise ArtifactError(f"the rewritten tokenizer reads back with {new_tokenizer.vocab_size} tokens and "
+                                    f"pad id {new_tokenizer.pad_token_id}, expected {len(kept)} and "
+                                    f"{expected_pad}", where=str(parent.path),
+                                    fix="Report this tokenizer layout as a bug; the untrimmed artifact is unchanged")
+            new_encoder = encoder_from_hf(new_tokenizer)
+            # Proof of the mapping: counted text re-tokenized with the new tokenizer gives the old ids renumbered
+            # (exactly, unless min_count / max_size dropped some counted tokens).
+            sample = subsample(counted, CHECK_SAMPLES, 0)
+            old_ids, new_ids = _ids(task.eval_features(sample, encoder, settings)), \
+                _ids(task.eval_features(sample, new_encoder, settings))
+            changed = sum(1 for o, n in zip(old_ids, new_ids) if [old2new.get(i, -1) for i in o] != n)
+            checked = len(old_ids)
+            if kept_record["counted_dropped"] == 0 and changed:
+                raise ArtifactError(f"{changed} of {len(old_ids)} counted features tokenize differently after "
+                                    "trimming", where=str(parent.path),
+                                    fix="Report this tokenizer as a bug; use the untrimmed artifact")
         model.eval()
         dev_after = evaluate(model, new_encoder)
         unk_id = new_tokenizer.unk_token_id
+        hidden = new_embedding.weight.shape[1]
         record = {
-            "vocab_before": len(vocab), "vocab_after": len(kept), **kept_record,
+            "vocab_before": len(vocab), "vocab_after": len(vocab) if shared else len(kept), **kept_record,
+            "dropped": config.dropped, "embedding_rows": embedding_rows, "shared_rows": shared_record,
             "counted_splits": config.splits, "counted_examples": len(counted), "unlabeled": unlabeled_record,
             "counted_tokens": sum(counts.values()),
-            "embedding_parameters_before": old_embedding.weight.numel(),
-            "embedding_parameters_after": new_embedding.weight.numel(),
+            "embedding_parameters_before": embedding_before,
+            "embedding_parameters_after": embedding_rows * hidden,  # as the exported bundle stores them
             "dev_unk_rate_before": unk_before, "dev_unk_rate_after": unk_rate(new_encoder, unk_id),
-            "checked_features": len(old_ids), "retokenized_features": changed,
+            "checked_features": checked, "retokenized_features": changed,
         }
         writer.manifest.update({
             **derived_record(parent, settings, metric, config),
@@ -271,8 +369,11 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
             "vocab": record,
             "torch_threads": torch.get_num_threads(),
         })
-        log.info(f"trim-vocab: {len(vocab):,} -> {len(kept):,} tokens ({params_before:,} -> "
-                 f"{count_parameters(model):,} parameters); dev {metric} {dev_before.get(metric, float('nan')):.4f} "
+        how = (f"{len(vocab):,} tokens share {embedding_rows:,} embedding rows ({config.dropped})" if shared
+               else f"{len(vocab):,} -> {len(kept):,} tokens")
+        log.info(f"trim-vocab: {how} ({params_before:,} -> {count_parameters(model):,} parameters"
+                 + (", before export shares the rows" if shared else "")
+                 + f"); dev {metric} {dev_before.get(metric, float('nan')):.4f} "
                  f"-> {dev_after.get(metric, float('nan')):.4f}; dev [UNK] rate {unk_before:.2%} -> "
                  f"{record['dev_unk_rate_after']:.2%}")
     return load_artifact(out)
