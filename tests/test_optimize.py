@@ -228,10 +228,10 @@ def test_shipped_search_config_validates():
     assert config.layers == [3, 2] and config.max_size_mb == 8 and len(config.prune) == 3
 
 
-def tiny_layer_search(cli, tmp_path, teacher, extra: str = "") -> tuple:
+def tiny_layer_search(cli, tmp_path, teacher, extra: str = "", trim: str = "{}") -> tuple:
     """A tiny search of the teacher's own depth and its top layer dropped, vocabulary trimmed: (out, names)."""
     space = tmp_path / "space.yaml"
-    space.write_text("layers: [0]\nprune: [{}, {layers: 1}]\nquantize: [dynamic]\ntrim_vocab: {}\n" + extra +
+    space.write_text(f"layers: [0]\nprune: [{{}}, {{layers: 1}}]\nquantize: [dynamic]\ntrim_vocab: {trim}\n" + extra +
                      "max_accuracy_drop: 100\nprune_options: {recover_epochs: 1, importance_samples: 16}\n"
                      "runs: 3\nwarmup: 0\n")
     out = tmp_path / "search"
@@ -251,6 +251,21 @@ def test_tiny_search_drops_layers_and_trims_the_vocabulary(cli, tmp_path, tiny_a
     vocab = json.loads((out / "candidates" / "teacher-d1-tv" / "config.json").read_text())["vocab_size"]
     assert vocab < json.loads((teacher.path / "config.json").read_text())["vocab_size"]
     assert "vocabulary trimmed" in (out / "search.md").read_text()
+
+
+def test_tiny_search_with_shared_rows_counts_the_rows_the_bundle_stores(cli, tmp_path, tiny_artifacts):
+    """trim_vocab {dropped: nearest}: the tokenizer is kept, the bundles store the distinct rows, and the search
+    records those rows as the trimmed vocabulary its size bound uses."""
+    teacher = tiny_artifacts["sst"]
+    out, names = tiny_layer_search(cli, tmp_path, teacher, trim="{dropped: nearest, keep_chars: none}")
+    assert names[:3] == ["teacher-tv", "teacher-tv-onnx", "teacher-tv-dynamic"]
+    full = json.loads((teacher.path / "config.json").read_text())["vocab_size"]
+    assert json.loads((out / "candidates" / "teacher-tv" / "config.json").read_text())["vocab_size"] == full
+    rows = json.loads((out / "candidates" / "teacher-tv" / "bertedge.json").read_text())["vocab"]["embedding_rows"]
+    record = next(r for r in json.loads((out / "search.json").read_text())["candidates"] if r["name"] == "teacher-tv")
+    assert record["vocab_size"] == rows < full
+    shared = json.loads((out / "candidates" / "teacher-tv-onnx" / "bertedge.json").read_text())["onnx"]
+    assert shared["shared_embedding_rows"]["distinct_rows"] == rows
 
 
 def test_tiny_search_with_trim_first_recovers_on_the_trimmed_tokens(cli, tmp_path, tiny_artifacts):
