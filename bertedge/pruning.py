@@ -128,6 +128,7 @@ def importance_scores(model, batches: Iterable[dict], *, heads: bool = True, ffn
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # no dropout: scores reflect the model that will be deployed
+    trainable = [p.requires_grad for p in model.parameters()]  # restored after: frozen weights stay frozen
     for p in model.parameters():
         p.requires_grad_(False)
     handles, head_gates, ffn_gates = _gates(model, batch_size, heads, ffn)
@@ -150,8 +151,8 @@ def importance_scores(model, batches: Iterable[dict], *, heads: bool = True, ffn
     finally:
         for handle in handles:
             handle.remove()
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for p, flag in zip(model.parameters(), trainable):
+            p.requires_grad_(flag)
         model.train(was_training)
     return {"heads": [t.tolist() for t in head_total], "ffn": [t.tolist() for t in ffn_total]}
 
