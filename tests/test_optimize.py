@@ -254,18 +254,31 @@ def test_tiny_search_drops_layers_and_trims_the_vocabulary(cli, tmp_path, tiny_a
 
 
 def test_tiny_search_with_shared_rows_counts_the_rows_the_bundle_stores(cli, tmp_path, tiny_artifacts):
-    """trim_vocab {dropped: nearest}: the tokenizer is kept, the bundles store the distinct rows, and the search
-    records those rows as the trimmed vocabulary its size bound uses."""
+    """trim_vocab {dropped: nearest} with trim_first: the tokenizer is kept, the search records the distinct rows
+    as the trimmed vocabulary its size bound uses, and the student pruned from the trimmed teacher keeps the
+    shared rows frozen, so its bundle stores them once too."""
+    import torch
+    from safetensors.torch import load_file
+
     teacher = tiny_artifacts["sst"]
-    out, names = tiny_layer_search(cli, tmp_path, teacher, trim="{dropped: nearest, keep_chars: none}")
-    assert names[:3] == ["teacher-tv", "teacher-tv-onnx", "teacher-tv-dynamic"]
+    out, names = tiny_layer_search(cli, tmp_path, teacher, "trim_first: true\n",
+                                   trim="{dropped: nearest, keep_chars: none}")
+    assert names == ["teacher-tv", "teacher-tv-onnx", "teacher-tv-dynamic",
+                     "teacher-tv-d1", "teacher-tv-d1-onnx", "teacher-tv-d1-dynamic"]
     full = json.loads((teacher.path / "config.json").read_text())["vocab_size"]
     assert json.loads((out / "candidates" / "teacher-tv" / "config.json").read_text())["vocab_size"] == full
     rows = json.loads((out / "candidates" / "teacher-tv" / "bertedge.json").read_text())["vocab"]["embedding_rows"]
     record = next(r for r in json.loads((out / "search.json").read_text())["candidates"] if r["name"] == "teacher-tv")
     assert record["vocab_size"] == rows < full
-    shared = json.loads((out / "candidates" / "teacher-tv-onnx" / "bertedge.json").read_text())["onnx"]
-    assert shared["shared_embedding_rows"]["distinct_rows"] == rows
+
+    def words(name):
+        weights = load_file(str(out / "candidates" / name / "model.safetensors"))
+        return next(v for k, v in weights.items() if k.endswith("word_embeddings.weight"))
+
+    assert torch.equal(words("teacher-tv-d1"), words("teacher-tv"))  # recovery left the shared rows as trimmed
+    for bundle in ("teacher-tv-onnx", "teacher-tv-d1-onnx"):
+        onnx_record = json.loads((out / "candidates" / bundle / "bertedge.json").read_text())["onnx"]
+        assert onnx_record["shared_embedding_rows"]["distinct_rows"] == rows, bundle
 
 
 def test_tiny_search_with_trim_first_recovers_on_the_trimmed_tokens(cli, tmp_path, tiny_artifacts):

@@ -314,6 +314,11 @@ def prune(src: str | Path | Artifact, config: PruneConfig, out: str | Path, *, o
         return evaluate_split(m, encoder, parent.task, dev_examples, settings, data.labels,
                               config.train.eval_batch_size)
 
+    if (parent.manifest.get("model") or {}).get("shared_embedding_rows") and config.recover_epochs > 0:
+        # trim-vocab's shared rows (dropped: nearest / cluster): training them would make them differ again,
+        # and the bundle would store every row; they stay as trimmed
+        model.get_input_embeddings().weight.requires_grad_(False)
+        log.info("prune: the word embeddings share rows (trim-vocab); they stay frozen during recovery")
     log.info(f"prune: {parent.path} — train {len(train_examples)}, dev {len(dev_examples)}"
              + (f", distilling from {teacher_artifact.path}" if teacher is not None else ""))
     params_before = count_parameters(model)

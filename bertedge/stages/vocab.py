@@ -360,8 +360,11 @@ def trim_vocab(src: str | Path | Artifact, config: TrimVocabConfig, out: str | P
             "dev_unk_rate_before": unk_before, "dev_unk_rate_after": unk_rate(new_encoder, unk_id),
             "checked_features": checked, "retokenized_features": changed,
         }
+        derived = derived_record(parent, settings, metric, config)
+        if shared:  # carried by later PyTorch stages (prune), which keep the shared rows frozen
+            derived["model"] = {**(derived.get("model") or {}), "shared_embedding_rows": embedding_rows}
         writer.manifest.update({
-            **derived_record(parent, settings, metric, config),
+            **derived,
             "data": {**data.source, "dev_examples": len(dev_examples)},
             "tokenizer": tokenizer_record(new_tokenizer),
             "parameters": count_parameters(model),
