@@ -215,22 +215,20 @@ def test_nearest_keeps_the_tokenizer_and_gives_dropped_tokens_the_most_similar_k
     old_rows, new_rows = old_model.get_input_embeddings().weight, new_model.get_input_embeddings().weight
     assert new_rows.shape == old_rows.shape
     vocab = old_tok.get_vocab()
-    kept = sorted(set(old_tok(_train_texts(tiny_data["sst"]), truncation=True, max_length=64)["input_ids"][0])
-                  | set(old_tok.all_special_ids))
+    counted = {i for ids in old_tok(_train_texts(tiny_data["sst"]), truncation=True, max_length=64)["input_ids"]
+               for i in ids} | set(old_tok.all_special_ids)
     shared = record["shared_rows"]
     assert record["dropped"] == "nearest" and record["embedding_rows"] == shared["kept"] < len(vocab)
     assert shared["kept"] + shared["dropped_tokens"] == len(vocab) and shared["centroids"] == 0
     assert torch.unique(new_rows, dim=0).shape[0] == record["embedding_rows"]
     assert record["embedding_parameters_after"] == record["embedding_rows"] * old_rows.shape[1]
-    # a kept row is unchanged; a dropped token gets the row of the kept token of highest cosine similarity
-    kept_ids_ = [i for i in range(len(vocab)) if torch.equal(new_rows[i], old_rows[i])]
-    assert set(kept) <= set(kept_ids_)
-    dropped = next(i for i in range(len(vocab)) if not torch.equal(new_rows[i], old_rows[i]))
+    # a kept row is unchanged; each dropped token gets the row of the kept token of highest cosine similarity
+    unchanged = torch.tensor([i for i in range(len(vocab)) if torch.equal(new_rows[i], old_rows[i])])
+    assert counted <= set(unchanged.tolist()) and len(unchanged) == shared["kept"]
     normed = torch.nn.functional.normalize(old_rows.detach(), dim=1)
-    kept_t = torch.tensor(sorted(set(range(len(vocab))) - {i for i in range(len(vocab))
-                                                           if not torch.equal(new_rows[i], old_rows[i])}))
-    best = kept_t[(normed[kept_t] @ normed[dropped]).argmax()]
-    assert torch.equal(new_rows[dropped], old_rows[best])
+    for dropped in sorted(set(range(len(vocab))) - set(unchanged.tolist())):
+        best = unchanged[(normed[unchanged] @ normed[dropped]).argmax()]
+        assert torch.equal(new_rows[dropped], old_rows[best]), dropped
     # counted text (nothing of it dropped) gives the same logits, with the same ids
     texts = _train_texts(tiny_data["sst"])
     inputs = old_tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
